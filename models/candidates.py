@@ -1,0 +1,113 @@
+"""The model family: estimator factories and their search spaces.
+
+Clinical cohorts are small, so the spaces lean to few, shallow trees with strong regularisation,
+and the tree models obey the published directions of effect as monotone constraints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from xgboost import XGBClassifier
+
+from pipeline.contract import FEATURES_BY_NAME
+from pipeline.features import MATRIX_COLUMNS, monotone_constraints
+
+# Skewed, non-negative labs and doses enter the linear model on a log scale.
+_LOG_COLUMNS = [
+    j
+    for j, c in enumerate(MATRIX_COLUMNS)
+    if c.level is None and FEATURES_BY_NAME[c.feature].kind == "float" and c.feature != "age_years"
+]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    factory: Callable[[int, int], BaseEstimator]  # (seed, n_jobs) -> unfitted estimator
+    space: dict[str, list[Any]]
+    tree: bool
+
+
+def make_xgboost(seed: int, n_jobs: int = 1) -> XGBClassifier:
+    return XGBClassifier(
+        objective="binary:logistic",
+        tree_method="hist",
+        eval_metric="logloss",
+        monotone_constraints=monotone_constraints(),
+        random_state=seed,
+        n_jobs=n_jobs,
+        subsample=0.8,
+        colsample_bynode=0.8,
+    )
+
+
+def make_hist_gradient_boosting(seed: int, n_jobs: int = 1) -> HistGradientBoostingClassifier:
+    return HistGradientBoostingClassifier(
+        monotonic_cst=list(monotone_constraints()),
+        early_stopping=False,
+        random_state=seed,
+    )
+
+
+def make_logistic(seed: int, n_jobs: int = 1) -> Pipeline:
+    return Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)),
+            ("log", FunctionTransformer(_log1p_columns_padded)),
+            ("scale", StandardScaler()),
+            ("model", LogisticRegression(C=0.1, max_iter=2000, random_state=seed)),
+        ]
+    )
+
+
+def _log1p_columns_padded(X: np.ndarray) -> np.ndarray:
+    """Log the skewed matrix columns; the imputer's indicator columns follow them unchanged."""
+    X = np.array(X, dtype=np.float64, copy=True)
+    X[:, _LOG_COLUMNS] = np.log1p(np.clip(X[:, _LOG_COLUMNS], 0, None))
+    return X
+
+
+CANDIDATES: dict[str, Candidate] = {
+    "xgboost": Candidate(
+        "xgboost",
+        make_xgboost,
+        {
+            "n_estimators": [50, 100, 200, 300],
+            "learning_rate": [0.02, 0.05, 0.1],
+            "max_depth": [1, 2, 3],
+            "min_child_weight": [1, 5, 10],
+            "reg_lambda": [1.0, 5.0, 20.0],
+            "gamma": [0.0, 0.5],
+        },
+        tree=True,
+    ),
+    "hist_gradient_boosting": Candidate(
+        "hist_gradient_boosting",
+        make_hist_gradient_boosting,
+        {
+            "max_iter": [50, 100, 200, 300],
+            "learning_rate": [0.02, 0.05, 0.1],
+            "max_depth": [2, 3],
+            "max_leaf_nodes": [4, 8],
+            "min_samples_leaf": [20, 40, 80],
+            "l2_regularization": [0.0, 1.0, 10.0],
+        },
+        tree=True,
+    ),
+    "logistic": Candidate(
+        "logistic",
+        make_logistic,
+        {"model__C": [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]},
+        tree=False,
+    ),
+}
+TREE_FAMILIES = tuple(n for n, c in CANDIDATES.items() if c.tree)

@@ -1,0 +1,25 @@
+"""The MLflow pyfunc face of a bundle, for MLflow's own tooling (`mlflow models serve`, batch UDFs).
+
+The service does not use it: it loads the bundle directly. Both answer with the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+
+from models.artifact import ModelBundle
+from pipeline.features import encode_frame
+
+
+class IcansRiskPyfunc(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: Any) -> None:
+        self.bundle = ModelBundle.load(context.artifacts["bundle"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        ex = self.bundle.explain(encode_frame(pd.DataFrame(model_input)))
+        return pd.DataFrame(
+            {"risk": ex.risk, "risk_group": self.bundle.risk_group(ex.risk), "log_odds": ex.log_odds}
+        )

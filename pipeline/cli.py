@@ -1,0 +1,197 @@
+"""`icans-risk`: one command for every stage (generate, train, evaluate, score, serve)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.contract import DEFAULT_OUTCOME, OUTCOMES
+
+EXIT_INVALID_DATA = 2
+
+
+def _settings(**overrides: object):
+    from pydantic import ValidationError
+
+    from pipeline.settings import get_settings
+
+    try:
+        return get_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()]
+        raise click.ClickException("invalid settings:\n" + "\n".join(lines)) from None
+
+
+def _data_error(exc: Exception) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(EXIT_INVALID_DATA)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="More logging.")
+def main(verbose: bool) -> None:
+    """ICANS risk (research use only; not a medical device; no treatment advice)."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("mlflow", "alembic", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@main.command()
+@click.option("--n", "n", type=click.IntRange(min=10), default=2000, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="CSV or Parquet path.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def generate(n: int, seed: int, out: Path | None, overwrite: bool) -> None:
+    """Write a literature-grounded synthetic cohort (carries p_true, which is never a feature)."""
+    from pipeline.cohort import generate_cohort, oracle_auroc
+    from pipeline.data import write_new, write_synthetic_cohort
+
+    df = generate_cohort(n, seed)
+    if out is None:
+        path = write_synthetic_cohort(df, _settings().data_dir, n, seed)
+    else:
+        try:
+            path = write_new(df, out, overwrite=overwrite)
+        except FileExistsError as exc:
+            raise click.ClickException(str(exc)) from None
+    prev = df["severe_icans"].mean()
+    click.echo(f"{n} patients, severe ICANS {prev:.1%}, oracle AUROC {oracle_auroc(df):.3f}")
+    click.echo(str(path))
+
+
+@main.command()
+@click.option("--data", type=click.Path(path_type=Path), default=None, help="Cohort file; default: synthetic.")
+@click.option("--outcome", type=click.Choice(sorted(OUTCOMES)), default=DEFAULT_OUTCOME, show_default=True)
+@click.option("--seed", type=int, default=None)
+@click.option("--n", "n_patients", type=click.IntRange(min=100), default=None, help="Synthetic cohort size.")
+@click.option("--n-iter", type=click.IntRange(min=1), default=None, help="Search configurations per family.")
+@click.option("--on-invalid", type=click.Choice(["refuse", "drop"]), default="refuse", show_default=True)
+def train(data, outcome, seed, n_patients, n_iter, on_invalid) -> None:
+    """Train, evaluate and register; move @champion only if at least as good as the current one."""
+    from pipeline.io import CohortError
+    from pipeline.train import train as run_training
+
+    settings = _settings(seed=seed, n_iter=n_iter, outcome=outcome)
+    try:
+        result = run_training(settings, data=data, outcome=outcome, on_invalid=on_invalid, n_patients=n_patients)
+    except (CohortError, ValueError) as exc:
+        _data_error(exc)
+    m = result.metrics
+    click.echo(f"run {result.run_id}: {result.model_name} v{result.version} ({result.chosen})")
+    click.echo(
+        f"held-out AUROC {m['test_auroc']:.3f}, calibration slope {m['test_calibration_slope']:.2f}, "
+        f"Brier {m['test_brier']:.4f}; EASIX {m.get('test_easix_auroc', float('nan')):.3f}, "
+        f"m-EASIX {m.get('test_m_easix_auroc', float('nan')):.3f}"
+        + (f", oracle {m['test_oracle_auroc']:.3f}" if "test_oracle_auroc" in m else "")
+    )
+    verdict = "promoted to @champion" if result.promoted else "NOT promoted"
+    click.echo(f"{verdict}: {result.reason}")
+
+
+@main.command()
+@click.option("--data", type=click.Path(path_type=Path), default=None, help="External cohort; default: a fresh synthetic one.")
+@click.option("--outcome", type=click.Choice(sorted(OUTCOMES)), default=DEFAULT_OUTCOME, show_default=True)
+@click.option("--on-invalid", type=click.Choice(["refuse", "drop"]), default="refuse", show_default=True)
+def evaluate(data, outcome, on_invalid) -> None:
+    """Validate the served model on a cohort it has never seen (new MLflow run, no retraining)."""
+    from pipeline.evaluate import evaluate as run_evaluation
+    from pipeline.io import CohortError
+    from pipeline.registry import ModelNotFound
+
+    settings = _settings(outcome=outcome)
+    try:
+        result = run_evaluation(settings, data=data, outcome=outcome, on_invalid=on_invalid)
+    except (CohortError, ValueError) as exc:
+        _data_error(exc)
+    except ModelNotFound as exc:
+        raise click.ClickException(f"{exc}; train one first (make train)") from None
+    click.echo(f"run {result['run_id']}: {result['model']}")
+    click.echo(
+        "external AUROC {auroc:.3f}, calibration slope {calibration_slope:.2f}, Brier {brier:.4f}".format(
+            **result["metrics"]
+        )
+    )
+
+
+@main.command()
+@click.option("--data", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--on-invalid", type=click.Choice(["refuse", "drop"]), default="refuse", show_default=True)
+def score(data, out, overwrite, on_invalid) -> None:
+    """Score a cohort file offline with the served model, with one shap_<feature> column each."""
+    from pipeline.io import CohortError
+    from pipeline.registry import ModelNotFound
+    from pipeline.score import score_file
+
+    settings = _settings()
+    try:
+        n, model = score_file(settings, data, out, overwrite=overwrite, on_invalid=on_invalid)
+    except (CohortError, ValueError) as exc:
+        _data_error(exc)
+    except FileExistsError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ModelNotFound as exc:
+        raise click.ClickException(f"{exc}; train one first (make train)") from None
+    click.echo(f"scored {n} patients with {model} -> {out}")
+
+
+@main.command()
+@click.option("--host", default=None)
+@click.option("--port", type=int, default=None)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--train-if-missing", is_flag=True, help="Train a champion on the default cohort if none exists.")
+def serve(host, port, workers, train_if_missing) -> None:
+    """Serve the champion over HTTP (FastAPI + uvicorn)."""
+    import uvicorn
+
+    settings = _settings()
+    if train_if_missing:
+        _ensure_champion(settings)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    uvicorn.run(
+        "serving.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        log_level="info",
+        proxy_headers=False,
+    )
+
+
+def _ensure_champion(settings) -> None:
+    from mlflow import MlflowClient
+
+    from pipeline.registry import ModelNotFound, resolve
+    from pipeline.train import setup_mlflow, train as run_training
+
+    setup_mlflow(settings, settings.experiment)
+    try:
+        resolved = resolve(MlflowClient(), settings.resolved_model_uri)
+        click.echo(f"serving {resolved.name} v{resolved.version} ({settings.resolved_model_uri})")
+    except ModelNotFound:
+        if settings.model_uri:
+            raise click.ClickException(f"no model at {settings.model_uri}") from None
+        click.echo("no champion yet: training one on the default synthetic cohort first ...")
+        result = run_training(settings)
+        click.echo(f"trained {result.model_name} v{result.version}: {result.reason}")
+
+
+@main.command("contract")
+def contract_table() -> None:
+    """Print the data contract as a Markdown table (the README's table)."""
+    from pipeline.contract import markdown_table
+
+    click.echo(markdown_table())
+
+
+if __name__ == "__main__":
+    main()

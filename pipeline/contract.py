@@ -1,0 +1,250 @@
+"""The data contract v1, declared once.
+
+Every other representation of the columns (the pandera schema for cohort files, the pydantic
+request model for the API, the OpenAPI example, the README table, the model matrix) is derived
+from `FEATURES` and `OUTCOMES` below. Change a range here and all of them change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+CONTRACT_VERSION = "1"
+
+Kind = Literal["float", "bool", "category"]
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One baseline column, measured before lymphodepletion."""
+
+    name: str
+    kind: Kind
+    description: str
+    unit: str = "-"
+    required: bool = True
+    # Hard (physically possible) range; `min_exclusive` for "> 0".
+    min: float | None = None
+    max: float | None = None
+    min_exclusive: bool = False
+    categories: tuple[str, ...] = ()
+    loinc: str | None = None
+    # Direction of the published effect on severe neurotoxicity (+1 raises risk), used as a
+    # monotone constraint; 0 where the literature gives no reliable direction.
+    direction: int = 0
+    example: float | bool | str | None = None
+
+    @property
+    def range_text(self) -> str:
+        if self.kind == "category":
+            return ", ".join(self.categories)
+        if self.kind == "bool":
+            return "true / false"
+        low = f"> {_fmt(self.min)}" if self.min_exclusive else f">= {_fmt(self.min)}"
+        return f"{low} and <= {_fmt(self.max)}"
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:g}"
+
+
+FEATURES: tuple[Feature, ...] = (
+    Feature("age_years", "float", "Age at infusion", "years", min=0.5, max=100, example=34.0),
+    Feature("sex", "category", "Sex", categories=("female", "male"), example="female"),
+    Feature(
+        "prior_neuro_comorbidity",
+        "bool",
+        "Pre-existing neurological comorbidity (seizures, neuropathy, prior CNS toxicity, "
+        "cognitive impairment)",
+        direction=1,
+        example=False,
+    ),
+    Feature("cns_involvement", "bool", "Active CNS leukemia (CNS2/CNS3)", example=False),
+    Feature("prior_allo_hct", "bool", "Prior allogeneic haematopoietic cell transplant", example=True),
+    Feature(
+        "marrow_blasts_pct",
+        "float",
+        "Bone-marrow blasts (tumour burden)",
+        "%",
+        min=0,
+        max=100,
+        loinc="26464-8",
+        direction=1,
+        example=12.0,
+    ),
+    Feature(
+        "ldh_u_l",
+        "float",
+        "Lactate dehydrogenase",
+        "U/L",
+        min=30,
+        max=20000,
+        loinc="2532-0",
+        direction=1,
+        example=240.0,
+    ),
+    Feature(
+        "product",
+        "category",
+        "CAR T-cell product",
+        categories=(
+            "tisagenlecleucel",
+            "brexucabtagene_autoleucel",
+            "obecabtagene_autoleucel",
+            "other",
+        ),
+        example="brexucabtagene_autoleucel",
+    ),
+    Feature(
+        "costimulatory_domain",
+        "category",
+        "CAR costimulatory domain",
+        categories=("4-1BB", "CD28"),
+        direction=1,  # CD28 (the second category) raises risk
+        example="CD28",
+    ),
+    Feature(
+        "target_antigen",
+        "category",
+        "CAR target antigen",
+        categories=("CD19", "CD22", "CD19/CD22"),
+        example="CD19",
+    ),
+    Feature(
+        "car_t_dose_10e6_per_kg",
+        "float",
+        "CAR+ T-cell dose",
+        "10^6 CAR+ cells/kg",
+        min=0,
+        max=100,
+        min_exclusive=True,
+        direction=1,
+        example=1.0,
+    ),
+    Feature(
+        "lymphodepletion",
+        "category",
+        "Lymphodepleting chemotherapy",
+        categories=("flu_cy", "other"),
+        example="flu_cy",
+    ),
+    Feature("crp_mg_l", "float", "C-reactive protein", "mg/L", min=0, max=600, loinc="1988-5", example=8.0),
+    Feature(
+        "platelets_10e9_l",
+        "float",
+        "Platelet count",
+        "10^9/L",
+        min=0,
+        max=2000,
+        loinc="777-3",
+        example=85.0,
+    ),
+    Feature(
+        "creatinine_mg_dl",
+        "float",
+        "Serum creatinine",
+        "mg/dL",
+        min=0.05,
+        max=20,
+        loinc="2160-0",
+        example=0.7,
+    ),
+    Feature(
+        "ferritin_ng_ml",
+        "float",
+        "Ferritin",
+        "ng/mL",
+        required=False,
+        min=0,
+        max=200000,
+        loinc="2276-4",
+        example=650.0,
+    ),
+    Feature(
+        "il6_pg_ml",
+        "float",
+        "Interleukin-6",
+        "pg/mL",
+        required=False,
+        min=0,
+        max=100000,
+        loinc="26881-3",
+        example=6.0,
+    ),
+    Feature(
+        "ifng_pg_ml",
+        "float",
+        "Interferon-gamma",
+        "pg/mL",
+        required=False,
+        min=0,
+        max=100000,
+        loinc="27415-9",
+        example=None,
+    ),
+    Feature(
+        "il15_pg_ml",
+        "float",
+        "Interleukin-15 (no LOINC code; use a local code)",
+        "pg/mL",
+        required=False,
+        min=0,
+        max=100000,
+        example=None,
+    ),
+)
+
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+FEATURES_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}
+
+ID_COLUMN = "patient_id"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    description: str
+    registered_model: str
+
+
+OUTCOMES: dict[str, Outcome] = {
+    "severe_icans": Outcome(
+        "severe_icans", "ASTCT ICANS grade >= 3 within 30 days", "icans-risk"
+    ),
+    "severe_crs": Outcome("severe_crs", "ASTCT CRS grade >= 3", "crs-risk"),
+}
+DEFAULT_OUTCOME = "severe_icans"
+GRADE_COLUMN = "icans_max_grade"
+
+# Columns that describe what happened after infusion or the truth of a synthetic row: they are
+# never model inputs, whatever file they arrive in.
+NON_FEATURE_COLUMNS: frozenset[str] = frozenset(
+    {ID_COLUMN, GRADE_COLUMN, "p_true", *OUTCOMES}
+)
+
+INTENDED_USE = (
+    "Research use only. Not a medical device. This estimate of the risk of severe ICANS "
+    "(ASTCT grade >= 3) after CAR T-cell therapy is not a treatment recommendation."
+)
+
+
+def example_request() -> dict[str, object]:
+    """A valid request body, built from the per-feature examples."""
+    return {f.name: f.example for f in FEATURES if f.example is not None}
+
+
+def markdown_table() -> str:
+    """The contract as the README's table."""
+    rows = [
+        "| column | type | unit | allowed values | required | LOINC | description |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in FEATURES:
+        rows.append(
+            f"| `{f.name}` | {f.kind} | {f.unit} | {f.range_text} | "
+            f"{'yes' if f.required else 'no'} | {f.loinc or '-'} | {f.description} |"
+        )
+    return "\n".join(rows)

@@ -1,0 +1,61 @@
+"""Offline scoring of a cohort file with the served model, explanations included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+
+from models.artifact import ModelBundle
+from pipeline.contract import FEATURE_NAMES, ID_COLUMN
+from pipeline.data import write_new
+from pipeline.features import encode_frame
+from pipeline.io import read_cohort
+from pipeline.registry import load_bundle, resolve
+from pipeline.settings import Settings
+
+CHUNK = 10_000
+
+
+def score_frame(bundle: ModelBundle, df: pd.DataFrame) -> pd.DataFrame:
+    """risk, risk_group, log_odds and one shap_<feature> column per feature, in chunks."""
+    parts = []
+    for start in range(0, len(df), CHUNK):
+        chunk = df.iloc[start : start + CHUNK]
+        ex = bundle.explain(encode_frame(chunk))
+        out = pd.DataFrame(
+            {
+                "risk": ex.risk,
+                "risk_group": bundle.risk_group(ex.risk),
+                "log_odds": ex.log_odds,
+                "shap_base": ex.base,
+            },
+            index=chunk.index,
+        )
+        shap_cols = pd.DataFrame(
+            ex.contributions, columns=[f"shap_{f}" for f in FEATURE_NAMES], index=chunk.index
+        )
+        parts.append(pd.concat([out, shap_cols], axis=1))
+    return pd.concat(parts) if parts else pd.DataFrame()
+
+
+def score_file(
+    settings: Settings, data: Path, out: Path, overwrite: bool = False, on_invalid: str = "refuse"
+) -> tuple[int, str]:
+    if Path(out).exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
+    cohort = read_cohort(Path(data), outcome=None, on_invalid=on_invalid, require_id=False)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    resolved = resolve(MlflowClient(), settings.resolved_model_uri)
+    bundle = load_bundle(resolved, nthread=max(1, settings.predictor_threads))
+    scored = score_frame(bundle, cohort.data)
+    ids = cohort.data[ID_COLUMN] if ID_COLUMN in cohort.data else pd.Series(
+        np.arange(1, len(cohort.data) + 1), name=ID_COLUMN
+    )
+    result = pd.concat([ids.rename(ID_COLUMN).reset_index(drop=True), scored.reset_index(drop=True)], axis=1)
+    result["model_version"] = f"{resolved.name}/{resolved.version}"
+    write_new(result, Path(out), overwrite=overwrite)
+    return len(result), f"{resolved.name} v{resolved.version}"

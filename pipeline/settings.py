@@ -1,0 +1,78 @@
+"""One typed settings object, read from the environment when a command or the app starts."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.contract import DEFAULT_OUTCOME, OUTCOMES
+
+
+def _default_tracking_uri() -> str:
+    return f"sqlite:///{(Path.cwd() / 'mlflow.db').as_posix()}"
+
+
+def _default_artifact_root() -> str:
+    return (Path.cwd() / "mlartifacts").as_uri()
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Environment variables use the ICANS_ prefix, except MLflow's own."""
+
+    model_config = SettingsConfigDict(env_prefix="ICANS_", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+
+    # MLflow: the system of record. SQLite + local artifacts are the embedded defaults.
+    tracking_uri: str = Field(
+        default_factory=_default_tracking_uri,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "ICANS_TRACKING_URI"),
+    )
+    artifact_root: str = Field(default_factory=_default_artifact_root)
+    experiment: str = "icans-risk"
+    evaluation_experiment: str = "icans-risk-evaluation"
+    outcome: str = DEFAULT_OUTCOME
+    champion_alias: str = "champion"
+    model_uri: str | None = None  # ICANS_MODEL_URI; default models:/<name>@champion
+
+    # Serving
+    host: str = "127.0.0.1"
+    port: int = 8000
+    batch_limit: int = Field(default=1000, ge=1, le=100_000)
+    model_load_retries: int = Field(default=5, ge=0)
+    model_load_backoff_s: float = Field(default=1.0, ge=0)
+    predictor_threads: int = Field(default=1, ge=1)
+
+    # Training
+    data_dir: Path = Field(default_factory=lambda: Path.cwd() / "data")
+    default_cohort_size: int = 2000
+    seed: int = 42
+    n_iter: int = Field(default=10, ge=1, description="random-search configurations per family")
+    cv_folds: int = Field(default=5, ge=2)
+    test_fraction: float = Field(default=0.25, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_defaults(self) -> "Settings":
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"ICANS_OUTCOME must be one of {sorted(OUTCOMES)}")
+        if self.env != "development":
+            if self.tracking_uri == _default_tracking_uri():
+                raise ValueError(
+                    "MLFLOW_TRACKING_URI must be set explicitly outside development "
+                    "(the embedded SQLite default is for one laptop)"
+                )
+        return self
+
+    @cached_property
+    def resolved_model_uri(self) -> str:
+        if self.model_uri:
+            return self.model_uri
+        return f"models:/{OUTCOMES[self.outcome].registered_model}@{self.champion_alias}"
+
+
+def get_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

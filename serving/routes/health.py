@@ -1,0 +1,26 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The process is alive")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="A model is loaded (503 until then, with the reason)")
+def readyz(request: Request) -> JSONResponse:
+    state = request.app.state.model
+    body = {"status": state.status, "attempts": state.attempts}
+    if state.ready:
+        p = state.predictor
+        body.update(model={"name": p.model.name, "version": p.model.version, "run_id": p.model.run_id})
+        return JSONResponse(body)
+    if state.error:
+        body["reason"] = state.error
+    return JSONResponse(body, status_code=503)

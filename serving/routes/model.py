@@ -1,0 +1,55 @@
+"""What model is being served, with its evidence."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request
+
+from pipeline.contract import FEATURES, INTENDED_USE
+
+router = APIRouter(tags=["model"])
+
+
+def current_predictor(request: Request):
+    state = request.app.state.model
+    predictor = state.predictor
+    if predictor is None:
+        raise HTTPException(503, "model not loaded yet; see /readyz", headers={"Retry-After": "5"})
+    return predictor
+
+
+@router.get("/v1/model", summary="The served model: version, metrics, features, thresholds")
+def model_info(request: Request) -> dict:
+    p = current_predictor(request)
+    b = p.bundle
+    meta = b.metadata
+    return {
+        "name": p.model.name,
+        "version": p.model.version,
+        "run_id": p.model.run_id,
+        "outcome": b.outcome,
+        "kind": b.kind,
+        "trained_at": meta.get("trained_at"),
+        "metrics": meta.get("test_metrics", {}),
+        "thresholds": {"low": b.low_threshold, "high": b.high_threshold},
+        "risk_groups": {
+            "low": f"risk < {b.low_threshold}",
+            "intermediate": f"{b.low_threshold} <= risk < {b.high_threshold}",
+            "high": f"risk >= {b.high_threshold}",
+        },
+        "calibration": {"intercept": b.calibration_intercept, "slope": b.calibration_slope},
+        "features": [
+            {
+                "name": f.name,
+                "type": f.kind,
+                "unit": f.unit,
+                "required": f.required,
+                "allowed": f.range_text,
+                "loinc": f.loinc,
+                "description": f.description,
+                "training_range_p1_p99": b.training_ranges.get(f.name),
+            }
+            for f in FEATURES
+        ],
+        "contract_version": b.contract_version,
+        "notice": INTENDED_USE,
+    }

@@ -1,0 +1,107 @@
+"""Request and response models. The request model is built from the contract, never by hand."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model
+
+from pipeline.contract import FEATURES, INTENDED_USE, Feature, example_request
+
+
+def _field(f: Feature) -> tuple[Any, Any]:
+    extra: dict[str, Any] = {"unit": f.unit}
+    if f.loinc:
+        extra["loinc"] = f.loinc
+    description = f"{f.description} ({f.unit})" if f.unit != "-" else f.description
+    if f.kind == "float":
+        bounds: dict[str, float] = {"le": f.max}  # type: ignore[dict-item]
+        bounds["gt" if f.min_exclusive else "ge"] = f.min  # type: ignore[assignment]
+        annotation: Any = float
+        kwargs = dict(allow_inf_nan=False, **bounds)
+    elif f.kind == "bool":
+        annotation, kwargs = StrictBool, {}
+    else:
+        annotation, kwargs = Literal[f.categories], {}  # type: ignore[valid-type]
+    if f.required:
+        return annotation, Field(..., description=description, json_schema_extra=extra, **kwargs)
+    return annotation | None, Field(None, description=description, json_schema_extra=extra, **kwargs)
+
+
+PatientFeatures: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "PatientFeatures",
+    __config__=ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"patient_id": "pseudonym-0042", **example_request()}]},
+    ),
+    __doc__="Baseline features of one CAR T-cell infusion (data contract v1), measured before "
+    "lymphodepletion. Optional laboratory values may be omitted or null.",
+    patient_id=(
+        str | None,
+        Field(
+            None,
+            min_length=1,
+            max_length=128,
+            pattern=r"^[A-Za-z0-9._:\-]+$",
+            description="Pseudonymous identifier (optional; never a feature)",
+        ),
+    ),
+    **{f.name: _field(f) for f in FEATURES},
+)
+
+
+class Contribution(BaseModel):
+    feature: str
+    value: float | bool | str | None
+    unit: str
+    log_odds: float = Field(description="SHAP value of this feature on the log-odds scale")
+
+
+class Explanation(BaseModel):
+    base_log_odds: float = Field(description="Expected log-odds over the development data")
+    contributions: list[Contribution] = Field(
+        description="Sorted by absolute effect; base_log_odds + sum(log_odds) == the answer's log_odds"
+    )
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+    run_id: str | None
+
+
+class RiskResponse(BaseModel):
+    risk: float = Field(ge=0, le=1, description="Probability of severe ICANS (ASTCT grade >= 3), 0-1")
+    risk_group: Literal["low", "intermediate", "high"]
+    log_odds: float
+    explanation: Explanation
+    model: ModelRef
+    warnings: list[str]
+    request_id: str
+    notice: str = Field(default=INTENDED_USE)
+
+
+class BatchResult(BaseModel):
+    results: list[RiskResponse]
+    request_id: str
+    notice: str = Field(default=INTENDED_USE)
+
+
+class ErrorItem(BaseModel):
+    field: str
+    rule: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    detail: list[ErrorItem] | str
+    request_id: str | None = None
+
+
+def batch_request_model(limit: int) -> type[BaseModel]:
+    """The batch body, with the configured size limit in its schema."""
+    return create_model(  # type: ignore[call-overload]
+        "BatchRequest",
+        __config__=ConfigDict(extra="forbid"),
+        patients=(list[PatientFeatures], Field(..., min_length=1, max_length=limit)),  # type: ignore[valid-type]
+    )
