@@ -7,7 +7,7 @@ artifact. Serving loads it directly, so the hot path needs neither pyfunc nor pa
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +91,9 @@ class ModelBundle:
             estimator_file = "model.joblib"
             joblib.dump(self.estimator, path / estimator_file)
         meta = {
-            k: v
-            for k, v in asdict(self).items()
-            if k not in ("estimator", "_explainer", "nthread")
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("estimator", "_explainer", "nthread")
         }
         meta["estimator_file"] = estimator_file
         (path / BUNDLE_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +22,7 @@ def _default_artifact_root() -> str:
 class Settings(BaseSettings):
     """Everything configurable. Environment variables use the ICANS_ prefix, except MLflow's own."""
 
-    model_config = SettingsConfigDict(env_prefix="ICANS_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="ICANS_", extra="ignore", validate_by_name=True)
 
     env: Literal["development", "production"] = "development"
 
@@ -67,7 +66,7 @@ class Settings(BaseSettings):
                 )
         return self
 
-    @cached_property
+    @property
     def resolved_model_uri(self) -> str:
         if self.model_uri:
             return self.model_uri

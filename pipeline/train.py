@@ -233,7 +233,7 @@ def train(
 
         tuned: dict[str, dict[str, Any]] = {}
         for name in CANDIDATES:
-            with mlflow.start_run(run_name=name, nested=True):
+            with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=True):
                 t0 = time.perf_counter()
                 tuned[name] = _tune(name, X_dev, y_dev, cv, settings, n_jobs)
                 mlflow.log_params({f"best_{k}": v for k, v in tuned[name]["params"].items()})

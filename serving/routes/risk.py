@@ -1,6 +1,5 @@
 """Scoring endpoints. `def` routes: the CPU-bound model work runs in the threadpool."""
 
-from __future__ import annotations
 
 from fastapi import APIRouter, Request
 

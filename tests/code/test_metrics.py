@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -177,9 +176,8 @@ def test_bootstrap_all_single_class_gives_nan():
     assert np.isnan(low) and np.isnan(high)
 
 
-def test_bootstrap_auroc_is_fast_and_brackets_estimate(small_set):
+def test_bootstrap_auroc_brackets_estimate(small_set):
+    # speed is a benchmark concern (make bench), not a unit-test assertion
     y, p = small_set
-    start = time.perf_counter()
     low, high = bootstrap_ci(y, p, auroc, n_boot=1000, seed=0)
-    assert time.perf_counter() - start < 0.5
     assert low < auroc(y, p) < high

@@ -1,0 +1,57 @@
+"""The champion gate: a worse retrain never silently replaces the served model."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+
+from pipeline.cohort import generate_cohort
+from pipeline.features import encode_frame
+from pipeline.train import _promote
+
+
+def test_worse_candidate_stays_registered_without_the_alias(trained):
+    settings, result = trained
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    client = MlflowClient()
+    name = result.model_name
+    champ = client.get_model_version_by_alias(name, "champion")
+    candidate = client.create_model_version(name, source=champ.source, run_id=champ.run_id)
+    df = generate_cohort(400, seed=99)
+    X, y = encode_frame(df), df["severe_icans"].astype(int).to_numpy()
+    try:
+        promoted, reason, champ_auroc = _promote(client, settings, name, candidate.version, 0.5 * 0.9, X, y)
+        assert not promoted
+        assert champ_auroc is not None and champ_auroc > 0.45
+        assert client.get_model_version_by_alias(name, "champion").version == champ.version
+        tags = client.get_model_version(name, candidate.version).tags
+        assert tags["promotion"] == "not promoted" and "<" in tags["promotion_reason"]
+
+        promoted, reason, _ = _promote(client, settings, name, candidate.version, 1.0, X, y)
+        assert promoted and ">=" in reason
+        assert client.get_model_version_by_alias(name, "champion").version == candidate.version
+    finally:
+        client.set_registered_model_alias(name, "champion", champ.version)
+
+
+def test_training_result_records_the_decision(trained):
+    settings, result = trained
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.tags["promoted"] == "true"
+    assert run.data.tags["promotion_reason"] == "no champion yet"
+    # every number of the foundation issue is in the run
+    for key in (
+        "test_auroc", "test_auprc", "test_brier", "test_log_loss", "test_calibration_slope",
+        "test_calibration_intercept", "test_easix_auroc", "test_m_easix_auroc", "test_oracle_auroc",
+        "test_logistic_auroc", "cv_log_loss_xgboost", "cv_log_loss_hist_gradient_boosting",
+    ):
+        assert np.isfinite(run.data.metrics[key]), key
+    assert len(run.data.params["data_sha256"]) == 64
+    children = MlflowClient().search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'"
+    )
+    assert {c.data.tags["family"] for c in children} == {"xgboost", "hist_gradient_boosting", "logistic"}
+    artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id, "plots")}
+    assert {"plots/roc.png", "plots/calibration.png", "plots/shap_summary.png"} <= artifacts
