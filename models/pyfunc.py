@@ -23,3 +23,10 @@ class IcansRiskPyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(
             {"risk": ex.risk, "risk_group": self.bundle.risk_group(ex.risk), "log_odds": ex.log_odds}
         )
+
+
+def model_code_path() -> str:
+    """The models-from-code entry file MLflow stores with the model (no pickled Python object)."""
+    from pathlib import Path
+
+    return str(Path(__file__).with_name("pyfunc_entry.py"))

@@ -124,7 +124,15 @@ def read_table(path: Path) -> pd.DataFrame:
         if suffix in (".parquet", ".pq"):
             df = pd.read_parquet(path)
         elif suffix in (".csv", ".txt", ""):
-            df = pd.read_csv(path, dtype=str, keep_default_na=True, skipinitialspace=True)
+            header = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].astype(str).str.strip()
+            dupes = sorted(set(header[header.duplicated()]))
+            if dupes:
+                raise CohortError(f"duplicate column names: {', '.join(dupes)}")
+            # blank lines are kept and then dropped, so that reported rows match the file
+            df = pd.read_csv(
+                path, dtype=str, keep_default_na=True, skipinitialspace=True, skip_blank_lines=False
+            )
+            df = df.dropna(how="all")
         else:
             raise CohortError(f"unsupported cohort file type '{suffix}': use .csv or .parquet")
     except CohortError:
@@ -132,11 +140,24 @@ def read_table(path: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
         raise CohortError(
             f"could not read {path.name} as {suffix.lstrip('.') or 'csv'}: {type(exc).__name__}"
+            + _delimiter_hint(path)
         ) from None
     if df.empty:
         raise CohortError(f"cohort file has no data rows: {path}")
     df.columns = [str(c).strip() for c in df.columns]
     return df
+
+
+def _delimiter_hint(path: Path) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            first = fh.readline()
+    except OSError:
+        return ""
+    for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
+        if first.count(sep) > first.count(","):
+            return f" (the file seems to use {name} as the delimiter; a comma is expected)"
+    return ""
 
 
 def _check_columns(df: pd.DataFrame, outcome: str | None, require_id: bool) -> list[str]:
@@ -152,7 +173,7 @@ def _check_columns(df: pd.DataFrame, outcome: str | None, require_id: bool) -> l
     if missing:
         hint = ""
         if len(df.columns) == 1 and any(s in df.columns[0] for s in (";", "\t", "|")):
-            hint = " (the file seems to use another delimiter than a comma)"
+            hint = " (the file seems to use another delimiter than a comma: a comma is expected)"
         raise CohortError(f"missing required columns: {', '.join(missing)}{hint}")
     return sorted(c for c in df.columns if c not in KNOWN_COLUMNS)
 
@@ -171,7 +192,7 @@ def _parse(df: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int, str, str]]]:
         text = raw.astype("string").str.strip()
         parsed = pd.to_numeric(text, errors="coerce")
         bad = text.notna() & (text != "") & parsed.isna()
-        for idx in np.flatnonzero(bad.to_numpy()):
+        for idx in out.index[bad.to_numpy()]:
             failures.append((int(idx), col, "must be a number (use '.' as the decimal separator)"))
         out[col] = parsed.astype(float)
     for col in BOOL_COLUMNS:
@@ -188,7 +209,7 @@ def _parse(df: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int, str, str]]]:
             dtype=object,
         )
         bad = text.notna() & (text != "") & parsed.isna()
-        for idx in np.flatnonzero(bad.to_numpy()):
+        for idx in out.index[bad.to_numpy()]:
             failures.append((int(idx), col, "must be true or false"))
         out[col] = parsed
     for f in FEATURES:
@@ -233,7 +254,6 @@ def validate(
             stacklevel=2,
         )
         df = df.drop(columns=ignored)
-    df = df.reset_index(drop=True)
     parsed, parse_failures = _parse(df)
     schema = cohort_schema(outcome, require_id=require_id)
     rows: list[tuple[int, str, str]] = list(parse_failures)
@@ -242,8 +262,12 @@ def validate(
     except pa.errors.SchemaErrors as exc:
         fc = exc.failure_cases
         for rec in fc.itertuples(index=False):
-            column = rec.column if isinstance(rec.column, str) else None
             check = str(rec.check)
+            if rec.schema_context == "DataFrameSchema":
+                if rec.index is not None and not (isinstance(rec.index, float) and np.isnan(rec.index)):
+                    rows.append((int(rec.index), "severe_icans", "must equal icans_max_grade >= 3"))
+                continue
+            column = rec.column if isinstance(rec.column, str) else None
             if rec.index is None or (isinstance(rec.index, float) and np.isnan(rec.index)):
                 if column is None:
                     continue
@@ -299,8 +323,8 @@ def read_cohort(
             "Fix the file, or pass --on-invalid drop to quarantine the invalid rows.",
             report,
         )
-    bad_idx = report.invalid_rows - 1
-    rejected = raw.iloc[bad_idx].copy()
+    bad_idx = report.invalid_rows - 1  # row labels of the file's data rows
+    rejected = raw.loc[bad_idx].copy()
     if len(rejected):
         rejected.insert(0, "_file_row", report.invalid_rows)
         rejected["_reasons"] = report.reasons_by_row().reindex(report.invalid_rows).to_numpy()

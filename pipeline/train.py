@@ -346,11 +346,11 @@ def train(
             mlflow.log_artifacts(str(tmp_path), artifact_path="plots")
 
             bundle_dir = bundle.save(tmp_path / BUNDLE_ARTIFACT)
-            from models.pyfunc import IcansRiskPyfunc
+            from models.pyfunc import model_code_path
 
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=IcansRiskPyfunc(),
+                python_model=model_code_path(),
                 artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
                 signature=model_signature(),
                 input_example=input_example(),
