@@ -62,7 +62,9 @@ FEATURES: tuple[Feature, ...] = (
         direction=1,
         example=False,
     ),
-    Feature("cns_involvement", "bool", "Active CNS leukemia (CNS2/CNS3)", example=False),
+    Feature(
+        "cns_involvement", "bool", "Active CNS leukemia (CNS2/CNS3)", direction=1, example=False
+    ),
     Feature("prior_allo_hct", "bool", "Prior allogeneic haematopoietic cell transplant", example=True),
     Feature(
         "marrow_blasts_pct",
@@ -131,7 +133,17 @@ FEATURES: tuple[Feature, ...] = (
         categories=("flu_cy", "other"),
         example="flu_cy",
     ),
-    Feature("crp_mg_l", "float", "C-reactive protein", "mg/L", min=0, max=600, loinc="1988-5", example=8.0),
+    Feature(
+        "crp_mg_l",
+        "float",
+        "C-reactive protein",
+        "mg/L",
+        min=0,
+        max=600,
+        loinc="1988-5",
+        direction=1,
+        example=8.0,
+    ),
     Feature(
         "platelets_10e9_l",
         "float",
@@ -140,6 +152,7 @@ FEATURES: tuple[Feature, ...] = (
         min=0,
         max=2000,
         loinc="777-3",
+        direction=-1,  # low platelets before lymphodepletion raise risk (EASIX)
         example=85.0,
     ),
     Feature(
@@ -161,6 +174,7 @@ FEATURES: tuple[Feature, ...] = (
         min=0,
         max=200000,
         loinc="2276-4",
+        direction=1,
         example=650.0,
     ),
     Feature(
@@ -239,12 +253,14 @@ def example_request() -> dict[str, object]:
 def markdown_table() -> str:
     """The contract as the README's table."""
     rows = [
-        "| column | type | unit | allowed values | required | LOINC | description |",
-        "|---|---|---|---|---|---|---|",
+        "| column | type | unit | allowed values | required | LOINC | monotone effect | description |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    arrows = {1: "raises risk", -1: "lowers risk", 0: "-"}
     for f in FEATURES:
         rows.append(
             f"| `{f.name}` | {f.kind} | {f.unit} | {f.range_text} | "
-            f"{'yes' if f.required else 'no'} | {f.loinc or '-'} | {f.description} |"
+            f"{'yes' if f.required else 'no'} | {f.loinc or '-'} | {arrows[f.direction]} | "
+            f"{f.description} |"
         )
     return "\n".join(rows)
