@@ -44,8 +44,12 @@ score: install
 	$(BIN)/icans-risk score --data $(DATA) --out $(OUT) --on-invalid $(ON_INVALID)
 
 # One thread per worker: xgboost's OpenMP threads would otherwise oversubscribe 2 cores.
+# A fresh clone serves in development mode (no API keys); AUTH=on requires keys
+# (`icans-risk keys create --client NAME --scope score`).
+AUTH ?= off
 serve: install
-	OMP_NUM_THREADS=1 $(BIN)/icans-risk serve --train-if-missing --host $(HOST) --port $(PORT) --workers $(WORKERS)
+	@if [ "$(AUTH)" = "off" ]; then echo "make serve: development mode, authentication OFF (AUTH=on to require API keys)"; fi
+	ICANS_AUTH=$(AUTH) OMP_NUM_THREADS=1 $(BIN)/icans-risk serve --train-if-missing --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \

@@ -185,6 +185,23 @@ def _ensure_champion(settings) -> None:
         click.echo(f"trained {result.model_name} v{result.version}: {result.reason}")
 
 
+def _store():
+    from serving.app import _open_store
+
+    return _open_store(_settings())
+
+
+def _attach_admin_groups() -> None:
+    from serving.cli_admin import make_groups
+
+    keys, audit = make_groups(_store)
+    main.add_command(keys)
+    main.add_command(audit)
+
+
+_attach_admin_groups()
+
+
 @main.command("contract")
 def contract_table() -> None:
     """Print the data contract as a Markdown table (the README's table)."""

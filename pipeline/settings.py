@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.contract import DEFAULT_OUTCOME, OUTCOMES
@@ -17,6 +17,13 @@ def _default_tracking_uri() -> str:
 
 def _default_artifact_root() -> str:
     return (Path.cwd() / "mlartifacts").as_uri()
+
+
+def _default_store_url() -> str:
+    return f"sqlite:///{(Path.cwd() / 'icans-service.db').as_posix()}"
+
+
+DEV_AUDIT_KEY = "development-only-audit-key"
 
 
 class Settings(BaseSettings):
@@ -45,6 +52,15 @@ class Settings(BaseSettings):
     model_load_retries: int = Field(default=5, ge=0)
     model_load_backoff_s: float = Field(default=1.0, ge=0)
     predictor_threads: int = Field(default=1, ge=1)
+    reload_interval_s: float = Field(default=0.0, ge=0, description="poll @champion; 0 = off")
+    max_body_bytes: int = Field(default=2_000_000, ge=1024)
+    cors_origins: list[str] = Field(default_factory=list)  # closed unless listed
+
+    # Access control and audit trail
+    auth: Literal["on", "off"] = "on"
+    store_url: str = Field(default_factory=_default_store_url)
+    audit_hmac_key: SecretStr = SecretStr(DEV_AUDIT_KEY)
+    key_cache_ttl_s: float = Field(default=2.0, ge=0)
 
     # Training
     data_dir: Path = Field(default_factory=lambda: Path.cwd() / "data")
@@ -64,6 +80,12 @@ class Settings(BaseSettings):
                     "MLFLOW_TRACKING_URI must be set explicitly outside development "
                     "(the embedded SQLite default is for one laptop)"
                 )
+            if self.auth == "off":
+                raise ValueError("ICANS_AUTH=off is for development only")
+            if self.audit_hmac_key.get_secret_value() == DEV_AUDIT_KEY:
+                raise ValueError("ICANS_AUDIT_HMAC_KEY must be set to a secret outside development")
+            if "*" in self.cors_origins:
+                raise ValueError("ICANS_CORS_ORIGINS may not be '*' outside development")
         return self
 
     @property

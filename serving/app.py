@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
-import uuid
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,11 +13,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.contract import INTENDED_USE
 from pipeline.settings import Settings, get_settings
-from serving.routes import health, model, risk
-from serving.state import ModelState, load_in_background, load_predictor
+from serving.observability import Metrics, RequestContextMiddleware
+from serving.routes import admin, health, model, risk
+from serving.state import ModelState, load_predictor
 
 log = logging.getLogger("icans_risk.serving")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 
 DESCRIPTION = f"""
 Predicts the probability of severe immune effector cell-associated neurotoxicity syndrome
@@ -31,14 +29,26 @@ answer and the model version that computed it.
 """
 
 
-def create_app(settings: Settings | None = None, loader=load_predictor) -> FastAPI:
+def create_app(settings: Settings | None = None, loader=load_predictor, store=None) -> FastAPI:
     settings = settings or get_settings()
-    state = ModelState()
+    metrics = Metrics()
+    state = ModelState(
+        on_swap=lambda p: metrics.set_model(p.model.name, p.model.version, p.model.run_id),
+        on_reload=lambda result: metrics.reloads.labels(result).inc(),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.loader_thread = load_in_background(state, settings, loader)
-        yield
+        if settings.auth == "off":
+            log.warning("AUTHENTICATION IS OFF (ICANS_AUTH=off): development mode, no API keys checked")
+        app.state.store = store or _open_store(settings)
+        state.load_in_background(settings, loader)
+        if settings.reload_interval_s > 0:
+            state.poll_in_background(settings, settings.reload_interval_s, loader)
+        try:
+            yield
+        finally:
+            state.stop()
 
     app = FastAPI(
         title="icans-risk",
@@ -48,14 +58,18 @@ def create_app(settings: Settings | None = None, loader=load_predictor) -> FastA
     )
     app.state.settings = settings
     app.state.model = state
+    app.state.metrics = metrics
+    app.state.loader = loader
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
 
-    @app.middleware("http")
-    async def request_id(request: Request, call_next):
-        rid = request.headers.get("x-request-id", "")
-        request.state.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
-        response = await call_next(request)
-        response.headers["X-Request-ID"] = request.state.request_id
-        return response
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -83,11 +97,24 @@ def create_app(settings: Settings | None = None, loader=load_predictor) -> FastA
     app.include_router(health.router)
     app.include_router(risk.build_router(settings))
     app.include_router(model.router)
+    app.include_router(admin.router)
     return app
 
 
+def _open_store(settings: Settings):
+    from serving.store import Store
+
+    store = Store(
+        settings.store_url,
+        settings.audit_hmac_key.get_secret_value().encode(),
+        key_cache_ttl_s=settings.key_cache_ttl_s,
+    )
+    store.migrate()
+    return store
+
+
 def _rid(request: Request) -> str | None:
-    return getattr(request.state, "request_id", None)
+    return request.scope.get("state", {}).get("request_id")
 
 
 def sanitize_errors(errors: Any) -> list[dict[str, str]]:

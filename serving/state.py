@@ -1,4 +1,9 @@
-"""What the service is serving right now, and loading it in the background with retries."""
+"""What the service is serving right now: loading it, checking it, and swapping it live.
+
+A request takes the predictor reference once, at its start, and finishes on it; a reload builds
+and verifies a new predictor beside the old one and swaps the single reference. A model that
+fails to load or to verify is refused and the old one keeps serving.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,47 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from serving.predictor import Predictor
 
 log = logging.getLogger("icans_risk.serving")
+
+
+def resolve_current(settings: Any):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipeline.registry import resolve
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    return resolve(MlflowClient(), settings.resolved_model_uri)
+
+
+def load_predictor(settings: Any, resolved: Any = None) -> Predictor:
+    """Resolve the configured model URI to a concrete version, load its bundle and verify it."""
+    from pipeline.registry import load_bundle
+
+    resolved = resolved or resolve_current(settings)
+    bundle = load_bundle(resolved, nthread=settings.predictor_threads)
+    predictor = Predictor(bundle, resolved)
+    verify(predictor)
+    return predictor
+
+
+def verify(predictor: Predictor) -> None:
+    """Refuse a model that cannot answer the stored input example with an explanation that adds up."""
+    from pipeline.contract import example_request
+
+    answer = predictor.predict([example_request()])[0]
+    total = answer["explanation"]["base_log_odds"] + sum(
+        c["log_odds"] for c in answer["explanation"]["contributions"]
+    )
+    if not 0.0 <= answer["risk"] <= 1.0 or abs(total - answer["log_odds"]) > 1e-6:
+        raise RuntimeError("model verification failed: the explanation does not add up to the answer")
+
+
+Loader = Callable[..., Predictor]
 
 
 @dataclass
@@ -19,72 +61,102 @@ class ModelState:
     error: str | None = None
     attempts: int = 0
     loaded_at: float | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    last_reload: dict[str, Any] = field(default_factory=dict)
+    on_swap: Callable[[Predictor], None] | None = None
+    on_reload: Callable[[str], None] | None = None
+    _swap_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _reload_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def ready(self) -> bool:
         return self.predictor is not None
 
     def set_ready(self, predictor: Predictor) -> None:
-        with self._lock:
-            self.predictor = predictor  # one reference swap: requests hold the one they started with
+        with self._swap_lock:
+            self.predictor = predictor  # one reference swap: in-flight requests keep the old one
             self.status, self.error, self.loaded_at = "ready", None, time.time()
+        if self.on_swap:
+            self.on_swap(predictor)
 
+    def stop(self) -> None:
+        self._stop.set()
 
-def load_predictor(settings) -> Predictor:
-    """Resolve the configured model URI to a concrete version and load its bundle."""
-    import mlflow
-    from mlflow import MlflowClient
+    # -- start-up -----------------------------------------------------------------------------
 
-    from pipeline.registry import load_bundle, resolve
+    def load_in_background(self, settings: Any, loader: Loader = load_predictor) -> threading.Thread:
+        """Load with exponential backoff; /readyz reports the reason while it is not ready."""
 
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    resolved = resolve(MlflowClient(), settings.resolved_model_uri)
-    bundle = load_bundle(resolved, nthread=settings.predictor_threads)
-    predictor = Predictor(bundle, resolved)
-    _self_check(predictor)
-    return predictor
+        def run() -> None:
+            delay = settings.model_load_backoff_s
+            for attempt in range(settings.model_load_retries + 1):
+                if self._stop.is_set():
+                    return
+                self.attempts = attempt + 1
+                self.status = "loading"
+                try:
+                    predictor = loader(settings, None)
+                except Exception as exc:  # reported through /readyz, never to a scoring client
+                    self.status, self.error = "error", f"{type(exc).__name__}: {exc}"
+                    log.warning("model load attempt %d failed: %s", attempt + 1, self.error)
+                    if attempt < settings.model_load_retries:
+                        self._stop.wait(delay)
+                        delay = min(delay * 2, 60)
+                    continue
+                self.set_ready(predictor)
+                log.info(
+                    "serving %s v%s (run %s)", predictor.model.name, predictor.model.version, predictor.model.run_id
+                )
+                return
+            log.error("giving up loading the model after %d attempts", self.attempts)
 
+        thread = threading.Thread(target=run, name="model-loader", daemon=True)
+        thread.start()
+        return thread
 
-def _self_check(predictor: Predictor) -> None:
-    """Refuse a model whose explanation does not add up on the contract's example patient."""
-    from pipeline.contract import example_request
+    # -- live updates ---------------------------------------------------------------------------
 
-    answer = predictor.predict([example_request()])[0]
-    total = answer["explanation"]["base_log_odds"] + sum(
-        c["log_odds"] for c in answer["explanation"]["contributions"]
-    )
-    if abs(total - answer["log_odds"]) > 1e-6:
-        raise RuntimeError("model self-check failed: explanation does not add up to the log-odds")
-
-
-def load_in_background(state: ModelState, settings, loader=load_predictor) -> threading.Thread:
-    """Load with exponential backoff; /readyz reports the reason while it is not ready."""
-
-    def run() -> None:
-        delay = settings.model_load_backoff_s
-        for attempt in range(settings.model_load_retries + 1):
-            state.attempts = attempt + 1
-            state.status = "loading"
+    def reload(self, settings: Any, loader: Loader = load_predictor, resolver: Callable = resolve_current) -> dict:
+        """Load the current @champion beside the served model, verify it, swap it in atomically."""
+        if not self._reload_lock.acquire(blocking=False):
+            return self._record("busy", "another reload is in progress")
+        try:
             try:
-                predictor = loader(settings)
-            except Exception as exc:  # reported through /readyz, never to a scoring client
-                state.status, state.error = "error", f"{type(exc).__name__}: {exc}"
-                log.warning("model load attempt %d failed: %s", attempt + 1, state.error)
-                if attempt < settings.model_load_retries:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 60)
-                continue
-            state.set_ready(predictor)
-            log.info(
-                "serving %s v%s (run %s)",
-                predictor.model.name,
-                predictor.model.version,
-                predictor.model.run_id,
+                resolved = resolver(settings)
+            except Exception as exc:
+                return self._record("failed", f"registry unreachable or model missing: {type(exc).__name__}: {exc}")
+            current = self.predictor
+            if current is not None and (current.model.name, current.model.version) == (resolved.name, resolved.version):
+                return self._record("unchanged", f"already serving {resolved.name} v{resolved.version}")
+            try:
+                predictor = loader(settings, resolved)
+            except Exception as exc:
+                return self._record("failed", f"new model refused, still serving the old one: {type(exc).__name__}: {exc}")
+            old = current.model.version if current else None
+            self.set_ready(predictor)
+            return self._record(
+                "swapped", f"now serving {predictor.model.name} v{predictor.model.version} (was v{old})"
             )
-            return
-        log.error("giving up loading the model after %d attempts", state.attempts)
+        finally:
+            self._reload_lock.release()
 
-    thread = threading.Thread(target=run, name="model-loader", daemon=True)
-    thread.start()
-    return thread
+    def poll_in_background(self, settings: Any, interval_s: float, loader: Loader = load_predictor) -> threading.Thread:
+        def run() -> None:
+            while not self._stop.wait(interval_s):
+                if self.predictor is None:
+                    continue
+                result = self.reload(settings, loader)
+                if result["result"] == "failed":
+                    log.warning("reload poll: %s", result["reason"])
+
+        thread = threading.Thread(target=run, name="model-poller", daemon=True)
+        thread.start()
+        return thread
+
+    def _record(self, result: str, reason: str) -> dict:
+        self.last_reload = {"result": result, "reason": reason, "at": time.time()}
+        level = logging.WARNING if result == "failed" else logging.INFO
+        log.log(level, "reload %s: %s", result, reason)
+        if self.on_reload:
+            self.on_reload(result)
+        return dict(self.last_reload)

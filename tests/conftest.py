@@ -25,6 +25,10 @@ def make_settings(root: Path, **overrides):
         seed=7,
         model_load_backoff_s=0.05,
         model_load_retries=1,
+        store_url=f"sqlite:///{root / 'service.db'}",
+        audit_hmac_key="test-audit-hmac-key-0123456789",
+        key_cache_ttl_s=0.0,
+        auth="on",
     )
     values.update(overrides)
     return Settings(**values)
@@ -95,3 +99,21 @@ def edge_records() -> list[dict]:
                     rec[f.name] = float(v) if (f.required or with_optional) else None
             out.append(rec)
     return out
+
+
+def open_store(settings):
+    from serving.store import Store
+
+    store = Store(settings.store_url, settings.audit_hmac_key.get_secret_value().encode(), key_cache_ttl_s=0)
+    store.migrate()
+    return store
+
+
+@pytest.fixture(scope="session")
+def tokens(trained):
+    """A score key and an admin key in the service store of the trained settings."""
+    settings, _ = trained
+    store = open_store(settings)
+    _, score = store.create_key("test-ehr", "score")
+    _, admin = store.create_key("test-admin", "admin")
+    return {"score": score, "admin": admin}

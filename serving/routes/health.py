@@ -16,7 +16,15 @@ def healthz() -> dict[str, str]:
 @router.get("/readyz", summary="A model is loaded (503 until then, with the reason)")
 def readyz(request: Request) -> JSONResponse:
     state = request.app.state.model
-    body = {"status": state.status, "attempts": state.attempts}
+    body = {
+        "status": state.status,
+        "attempts": state.attempts,
+        "auth": request.app.state.settings.auth,
+    }
+    if request.app.state.settings.auth == "off":
+        body["warning"] = "authentication is off (development mode)"
+    if state.last_reload:
+        body["last_reload"] = state.last_reload
     if state.ready:
         p = state.predictor
         body.update(model={"name": p.model.name, "version": p.model.version, "run_id": p.model.run_id})

@@ -1,14 +1,60 @@
-"""Scoring endpoints. `def` routes: the CPU-bound model work runs in the threadpool."""
+"""Scoring endpoints. `def` routes: the CPU-bound model work runs in the threadpool.
 
+Every scored patient is written to the audit trail before the answer leaves; if the audit
+record cannot be written, the caller gets 503 and no risk (an unaudited answer is not given).
+"""
 
-from fastapi import APIRouter, Request
+import logging
+import time
+
+from fastapi import APIRouter, Depends, HTTPException, Request
 
 from pipeline.contract import INTENDED_USE
 from pipeline.settings import Settings
+from serving.auth import Principal, require
 from serving.routes.model import current_predictor
 from serving.schemas import BatchResult, ErrorResponse, PatientFeatures, RiskResponse, batch_request_model
 
-_ERRORS = {422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+log = logging.getLogger("icans_risk.serving")
+_ERRORS = {
+    401: {"model": ErrorResponse},
+    403: {"model": ErrorResponse},
+    422: {"model": ErrorResponse},
+    503: {"model": ErrorResponse},
+}
+TOP_CONTRIBUTIONS = 5
+
+
+def _audit(request: Request, principal: Principal, endpoint: str, records: list[dict], answers: list[dict], started: float) -> None:
+    from serving.store import AuditRecord
+
+    latency_ms = (time.perf_counter() - started) * 1000
+    rows = [
+        AuditRecord(
+            request_id=request.state.request_id,
+            client_id=principal.client,
+            endpoint=endpoint,
+            model_name=a["model"]["name"],
+            model_version=a["model"]["version"],
+            inputs={k: v for k, v in rec.items() if k != "patient_id"},
+            patient_id=rec.get("patient_id"),
+            risk=a["risk"],
+            risk_group=a["risk_group"],
+            top_contributions=[
+                {"feature": c["feature"], "log_odds": c["log_odds"]}
+                for c in a["explanation"]["contributions"][:TOP_CONTRIBUTIONS]
+            ],
+            latency_ms=latency_ms,
+        )
+        for rec, a in zip(records, answers)
+    ]
+    try:
+        request.app.state.store.append_many(rows)
+    except Exception as exc:
+        request.app.state.metrics.audit_failures.inc(len(rows))
+        log.error("audit write failed (request %s): %s", request.state.request_id, type(exc).__name__)
+        raise HTTPException(503, "the audit trail could not be written; no answer was given") from None
+    request.app.state.metrics.patients.inc(len(rows))
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -21,9 +67,12 @@ def build_router(settings: Settings) -> APIRouter:
         responses=_ERRORS,
         summary="Risk of severe ICANS for one patient, with its SHAP explanation",
     )
-    def risk(body: PatientFeatures, request: Request):  # type: ignore[valid-type]
+    def risk(body: PatientFeatures, request: Request, principal: Principal = Depends(require("score"))):  # type: ignore[valid-type]
+        started = time.perf_counter()
         predictor = current_predictor(request)
-        answer = predictor.predict([body.model_dump()])[0]  # type: ignore[attr-defined]
+        record = body.model_dump()  # type: ignore[attr-defined]
+        answer = predictor.predict([record])[0]
+        _audit(request, principal, "/v1/risk", [record], [answer], started)
         answer["request_id"] = request.state.request_id
         answer["notice"] = INTENDED_USE
         return answer
@@ -34,9 +83,12 @@ def build_router(settings: Settings) -> APIRouter:
         responses=_ERRORS,
         summary=f"Risks for up to {settings.batch_limit} patients, in the order given",
     )
-    def risk_batch(body: BatchRequest, request: Request):  # type: ignore[valid-type]
+    def risk_batch(body: BatchRequest, request: Request, principal: Principal = Depends(require("score"))):  # type: ignore[valid-type]
+        started = time.perf_counter()
         predictor = current_predictor(request)
-        results = predictor.predict([p.model_dump() for p in body.patients])  # type: ignore[attr-defined]
+        records = [p.model_dump() for p in body.patients]  # type: ignore[attr-defined]
+        results = predictor.predict(records)
+        _audit(request, principal, "/v1/risk/batch", records, results, started)
         for r in results:
             r["request_id"] = request.state.request_id
             r["notice"] = INTENDED_USE

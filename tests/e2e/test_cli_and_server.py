@@ -29,6 +29,9 @@ def workspace(tmp_path_factory):
         "ICANS_ARTIFACT_ROOT": (root / "mlartifacts").as_uri(),
         "ICANS_DATA_DIR": str(root / "data"),
         "ICANS_N_ITER": "1",
+        "ICANS_STORE_URL": f"sqlite:///{root / 'service.db'}",
+        "ICANS_AUDIT_HMAC_KEY": "e2e-audit-key-0123456789abcdef",
+        "ICANS_AUTH": "on",
         "ICANS_CV_FOLDS": "3",
         "OMP_NUM_THREADS": "1",
     }
@@ -124,6 +127,8 @@ def _free_port() -> int:
 
 def test_served_answer_carries_the_registry_version(workspace, cohort_files):
     root, env = workspace
+    created = run(env, "keys", "create", "--client", "e2e-ehr", "--scope", "score")
+    token = created.stdout.strip().splitlines()[-1]
     port = _free_port()
     proc = subprocess.Popen(
         [CLI, "serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -144,7 +149,7 @@ def test_served_answer_carries_the_registry_version(workspace, cohort_files):
         req = urllib.request.Request(
             f"{url}/v1/risk",
             data=json.dumps(example_request()).encode(),
-            headers={"content-type": "application/json"},
+            headers={"content-type": "application/json", "authorization": f"Bearer {token}"},
         )
         with urllib.request.urlopen(req, timeout=10) as r:
             body = json.loads(r.read())

@@ -26,10 +26,10 @@ def _wait_ready(client: TestClient, timeout: float = 60.0) -> dict:
 
 
 @pytest.fixture(scope="module")
-def client(trained):
+def client(trained, tokens):
     settings, _ = trained
     app = create_app(settings.model_copy(update={"batch_limit": 50}))
-    with TestClient(app) as c:
+    with TestClient(app, headers={"Authorization": f"Bearer {tokens['score']}"}) as c:
         _wait_ready(c)
         yield c
 
@@ -180,17 +180,18 @@ def test_openapi_says_research_use_and_carries_the_contract_example(client):
     assert schema["properties"]["car_t_dose_10e6_per_kg"]["exclusiveMinimum"] == 0
 
 
-def test_not_ready_until_the_model_is_loaded(trained):
+def test_not_ready_until_the_model_is_loaded(trained, tokens):
     settings, _ = trained
     release = threading.Event()
 
-    def slow_loader(s):
+    def slow_loader(s, resolved=None):
         from serving.state import load_predictor
 
         release.wait(30)
-        return load_predictor(s)
+        return load_predictor(s, resolved)
 
-    with TestClient(create_app(settings, loader=slow_loader)) as c:
+    auth = {"Authorization": f"Bearer {tokens['score']}"}
+    with TestClient(create_app(settings, loader=slow_loader), headers=auth) as c:
         assert c.get("/healthz").status_code == 200
         r = c.get("/readyz")
         assert r.status_code == 503 and r.json()["status"] in ("starting", "loading")
@@ -201,10 +202,11 @@ def test_not_ready_until_the_model_is_loaded(trained):
         assert c.post("/v1/risk", json=example_request()).status_code == 200
 
 
-def test_unknown_model_is_reported_by_readyz_not_crash(trained):
+def test_unknown_model_is_reported_by_readyz_not_crash(trained, tokens):
     settings, _ = trained
     bad = settings.model_copy(update={"model_uri": "models:/no-such-model@champion"})
-    with TestClient(create_app(bad)) as c:
+    auth = {"Authorization": f"Bearer {tokens['score']}"}
+    with TestClient(create_app(bad), headers=auth) as c:
         deadline = time.time() + 30
         while time.time() < deadline:
             body = c.get("/readyz").json()

@@ -1,0 +1,169 @@
+"""`icans-risk keys ...` and `icans-risk audit ...`: administration of the service store.
+
+`make_groups(store_factory)` returns the two click groups; the main command attaches them and
+supplies the factory (settings are read only when a command runs). Every command migrates the
+store first, so they work on a fresh clone before the service has ever started.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import click
+
+from serving.store import SCOPES, KeyRecord, Store
+
+
+def parse_since(value: str) -> datetime:
+    """An ISO date (midnight UTC) or datetime (naive = UTC) as an aware UTC datetime."""
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=UTC)
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO date or datetime (e.g. 2026-05-01 or 2026-05-01T08:30:00Z)"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+class _Since(click.ParamType):
+    name = "ISO-DATE-OR-DATETIME"
+
+    def convert(self, value, param, ctx):  # type: ignore[override]
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_since(value)
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line, without SQL statements or bound values."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _when(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value else "-"
+
+
+def make_groups(store_factory: Callable[[], Store]) -> tuple[click.Group, click.Group]:
+    """(keys, audit) click groups over the store that `store_factory` opens when a command runs."""
+
+    @contextmanager
+    def opened() -> Iterator[Store]:
+        import sqlalchemy.exc
+
+        store = store_factory()
+        try:
+            try:
+                store.migrate()
+            except sqlalchemy.exc.SQLAlchemyError as exc:
+                raise click.ClickException(f"cannot open the store at {store.safe_url}: {_describe(exc)}") from None
+            try:
+                yield store
+            except sqlalchemy.exc.SQLAlchemyError as exc:
+                raise click.ClickException(f"store error ({store.safe_url}): {_describe(exc)}") from None
+        finally:
+            store.close()
+
+    @click.group("keys")
+    def keys() -> None:
+        """API keys of client systems (bearer tokens; only salted hashes are stored)."""
+
+    @keys.command("create")
+    @click.option("--client", required=True, help="Name of the client system, e.g. ehr-ward-3.")
+    @click.option("--scope", type=click.Choice(SCOPES), default="score", show_default=True,
+                  help="score: scoring endpoints; admin: also administration.")
+    def create(client: str, scope: str) -> None:
+        """Create a key; its token is printed once, alone on the last line."""
+        with opened() as store:
+            try:
+                record, token = store.create_key(client, scope)  # type: ignore[arg-type]
+            except ValueError as exc:
+                raise click.ClickException(str(exc)) from None
+        click.echo(
+            f"created key {record.key_id} for client {record.client!r} (scope {record.scope}); "
+            "the token below is shown once and cannot be recovered:"
+        )
+        click.echo(token)
+
+    @keys.command("revoke")
+    @click.argument("key_id")
+    def revoke(key_id: str) -> None:
+        """Revoke a key (the service refuses it within seconds, without a restart)."""
+        with opened() as store:
+            try:
+                record = store.revoke_key(key_id)
+            except KeyError:
+                raise click.ClickException(f"no key with id {key_id!r} (see `icans-risk keys list`)") from None
+        click.echo(f"revoked key {record.key_id} of client {record.client!r} at {_when(record.revoked_at)}")
+
+    @keys.command("list")
+    @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+    def list_(as_json: bool) -> None:
+        """Every key: id, client, scope, created, revoked (never a secret)."""
+        with opened() as store:
+            records = store.list_keys()
+        if as_json:
+            for r in records:
+                click.echo(json.dumps(_as_dict(r)))
+            return
+        if not records:
+            click.echo("no keys (create one with `icans-risk keys create --client NAME`)")
+            return
+        rows = [("KEY_ID", "CLIENT", "SCOPE", "CREATED", "REVOKED")]
+        rows += [(r.key_id, r.client, r.scope, _when(r.created_at), _when(r.revoked_at)) for r in records]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+    @click.group("audit")
+    def audit() -> None:
+        """The append-only audit trail of scoring requests."""
+
+    @audit.command("export")
+    @click.option("--since", type=_Since(), default=None,
+                  help="Records at or after this time (UTC unless an offset is given); default: all.")
+    @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+                  help="New file to write (never overwritten).")
+    @click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default=None,
+                  help="Default: parquet for a .parquet file, otherwise csv.")
+    def export(since: datetime | None, out: Path, fmt: str | None) -> None:
+        """Write audit records as CSV or Parquet for monitoring and review."""
+        fmt = fmt or ("parquet" if out.suffix.lower() in (".parquet", ".pq") else "csv")
+        if out.exists():
+            raise click.ClickException(f"{out} exists; refusing to overwrite it")
+        with opened() as store:
+            try:
+                n = store.export(since, out, fmt)  # type: ignore[arg-type]
+            except (FileExistsError, FileNotFoundError) as exc:
+                raise click.ClickException(str(exc)) from None
+        click.echo(f"exported {n} audit records{f' since {since.isoformat()}' if since else ''} -> {out}")
+
+    @audit.command("count")
+    @click.option("--since", type=_Since(), default=None, help="Count records at or after this time.")
+    def count(since: datetime | None) -> None:
+        """Print the number of audit records (alone, for scripts)."""
+        with opened() as store:
+            click.echo(str(store.count(since)))
+
+    return keys, audit
+
+
+def _as_dict(r: KeyRecord) -> dict[str, str | None]:
+    return {
+        "key_id": r.key_id,
+        "client": r.client,
+        "scope": r.scope,
+        "created_at": _when(r.created_at),
+        "revoked_at": _when(r.revoked_at) if r.revoked_at else None,
+    }

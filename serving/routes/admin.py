@@ -1,0 +1,26 @@
+"""Administration: live model reload and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from serving.auth import Principal, require
+
+router = APIRouter(tags=["admin"])
+
+
+@router.post("/v1/admin/reload", summary="Load the current @champion, verify it and swap it in (admin scope)")
+def reload_model(request: Request, principal: Principal = Depends(require("admin"))) -> dict:
+    state = request.app.state.model
+    outcome = state.reload(request.app.state.settings, request.app.state.loader)
+    current = state.predictor
+    outcome["serving"] = (
+        {"name": current.model.name, "version": current.model.version} if current is not None else None
+    )
+    return outcome
+
+
+@router.get("/metrics", summary="Prometheus metrics of this process", include_in_schema=False)
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

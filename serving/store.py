@@ -1,0 +1,596 @@
+"""The service's own store: API keys and the append-only audit trail, behind one SQLAlchemy engine.
+
+SQLite (WAL) next to the service by default, PostgreSQL in production, selected by URL. The schema
+is owned by the Alembic environment shipped in serving/migrations and applied by `Store.migrate()`;
+no DDL lives in this module. Nothing here touches the database until a method is called.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import json
+import math
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.pool import NullPool
+
+Scope = Literal["score", "admin"]
+ExportFormat = Literal["csv", "parquet"]
+SCOPES: tuple[str, ...] = get_args(Scope)
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+TOKEN_PREFIX = "icr_"
+_KEY_ID_BYTES = 8  # 16 hex characters: an identifier, not a secret
+_SECRET_BYTES = 32  # token_urlsafe(32): 256 bits, 43 characters
+_TOKEN = re.compile(r"icr_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+_TOKEN_LEN = len(TOKEN_PREFIX) + 2 * _KEY_ID_BYTES + 1 + 43
+_CLIENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@ -]{0,199}")
+_MIN_HMAC_KEY = 16
+_CACHE_MAX = 10_000
+_PG_MIGRATION_LOCK = 0x1CA5_0001  # pg_advisory_xact_lock id: one migrator at a time
+
+
+# --------------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An API key as the service sees it: never the secret, never its hash."""
+
+    key_id: str
+    client: str
+    scope: Scope
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def allows(self, required: Scope) -> bool:
+        """Admin implies score; a revoked key allows nothing."""
+        if self.revoked:
+            return False
+        return self.scope == "admin" or required == self.scope
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One scored patient. `patient_id` is hashed by the store and never written as given."""
+
+    request_id: str
+    client_id: str | None
+    endpoint: str
+    model_name: str
+    model_version: str
+    inputs: Mapping[str, Any]
+    risk: float
+    risk_group: str
+    top_contributions: Any
+    latency_ms: float
+    patient_id: str | None = None
+    time: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+# --------------------------------------------------------------------------------------------------
+# Table definitions used for queries (the schema itself is created by the migrations)
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """Timezone-aware UTC in Python on both backends (SQLite has no time zones: stored as naive UTC)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = as_utc(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
+_JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+_meta = sa.MetaData()
+api_keys = sa.Table(
+    "api_keys",
+    _meta,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("client", sa.String(200), nullable=False),
+    sa.Column("scope", sa.String(16), nullable=False),
+    sa.Column("salt", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+)
+audit_log = sa.Table(
+    "audit_log",
+    _meta,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("time", UTCDateTime(), nullable=False),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("client_id", sa.String(200)),
+    sa.Column("endpoint", sa.String(200), nullable=False),
+    sa.Column("model_name", sa.String(200), nullable=False),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("patient_hash", sa.String(64)),
+    sa.Column("inputs", _JSON, nullable=False),
+    sa.Column("risk", sa.Float(), nullable=False),
+    sa.Column("risk_group", sa.String(32), nullable=False),
+    sa.Column("top_contributions", _JSON, nullable=False),
+    sa.Column("latency_ms", sa.Float(), nullable=False),
+)
+AUDIT_COLUMNS: tuple[str, ...] = tuple(c.name for c in audit_log.columns)
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def as_utc(value: datetime) -> datetime:
+    """Naive datetimes are taken as UTC (the store never writes local time)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):  # numpy arrays
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _dumps(obj: Any) -> str:
+    """Strict JSON: NaN and Infinity are refused rather than stored as invalid JSON."""
+    return json.dumps(obj, allow_nan=False, default=_json_default, separators=(",", ":"), sort_keys=True)
+
+
+def hash_patient_id(patient_id: str, key: bytes) -> str:
+    """HMAC-SHA256 hex: links one patient's records, but cannot be reversed or guessed without the key."""
+    return hmac.new(key, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def _secret_hash(salt: bytes, secret: str) -> str:
+    return hmac.new(salt, secret.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def parse_token(token: object) -> tuple[str, str] | None:
+    """(key_id, secret) of a well-formed token, else None; never raises."""
+    if not isinstance(token, str) or len(token) != _TOKEN_LEN:
+        return None
+    m = _TOKEN.fullmatch(token)
+    return (m.group(1), m.group(2)) if m else None
+
+
+def normalise_url(url: str) -> sa.URL:
+    """`postgresql://` and `postgres://` mean psycopg 3 here (psycopg2 is not a dependency)."""
+    u = make_url(url)
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+    if u.get_backend_name() == "sqlite" and u.database in (None, "", ":memory:"):
+        raise ValueError("the store needs a SQLite file (sqlite:///path/to/file.db), not an in-memory database")
+    if u.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ValueError(f"unsupported store backend {u.get_backend_name()!r}: use sqlite or postgresql")
+    return u
+
+
+def _sqlite_pragmas(dbapi_connection: Any, busy_timeout_ms: int) -> None:
+    cur = dbapi_connection.cursor()
+    try:
+        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = FULL")  # an audit row that was acknowledged survives power loss
+    finally:
+        cur.close()
+
+
+def _make_engine(url: sa.URL, *, busy_timeout_ms: int, for_migration: bool = False, **pool: Any) -> Engine:
+    if url.get_backend_name() == "sqlite":
+        kwargs: dict[str, Any] = dict(connect_args={"check_same_thread": False})
+        if for_migration:
+            kwargs["poolclass"] = NullPool
+        else:
+            kwargs.update(pool)
+        engine = sa.create_engine(url, json_serializer=_dumps, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            if for_migration:
+                dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (below)
+            _sqlite_pragmas(dbapi_connection, busy_timeout_ms)
+
+        if for_migration:
+
+            @event.listens_for(engine, "begin")
+            def _on_begin(conn: Connection) -> None:
+                # Transactional DDL and one migrator at a time: take the write lock up front.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if for_migration:
+        return sa.create_engine(url, poolclass=NullPool, json_serializer=_dumps)
+    return sa.create_engine(url, json_serializer=_dumps, pool_pre_ping=True, **pool)
+
+
+# --------------------------------------------------------------------------------------------------
+# The store
+
+
+class Store:
+    """API keys and audit records over one thread-safe engine (the app calls it from a threadpool)."""
+
+    def __init__(
+        self,
+        url: str,
+        hmac_key: bytes,
+        *,
+        key_cache_ttl_s: float = 2.0,
+        pool_size: int = 5,
+        max_overflow: int = 10,
+        sqlite_busy_timeout_ms: int = 15_000,
+    ) -> None:
+        if not isinstance(hmac_key, bytes) or len(hmac_key) < _MIN_HMAC_KEY:
+            raise ValueError(f"the audit HMAC key must be at least {_MIN_HMAC_KEY} bytes")
+        if key_cache_ttl_s < 0:
+            raise ValueError("key_cache_ttl_s must be >= 0")
+        self.url = normalise_url(url)
+        self._hmac_key = hmac_key
+        self._busy_timeout_ms = sqlite_busy_timeout_ms
+        self.key_cache_ttl_s = key_cache_ttl_s
+        self.engine = _make_engine(
+            self.url, busy_timeout_ms=sqlite_busy_timeout_ms, pool_size=pool_size, max_overflow=max_overflow
+        )
+        self._cache: dict[str, tuple[float, tuple[KeyRecord, bytes, str] | None]] = {}
+        self._cache_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Store({self.safe_url!r})"
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password masked, for logs and error messages."""
+        return self.url.render_as_string(hide_password=True)
+
+    @property
+    def backend(self) -> str:
+        return self.url.get_backend_name()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """`alembic upgrade head` with the packaged migrations; idempotent, safe from several processes.
+
+        Runs in one transaction under a lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory
+        transaction lock), so two workers starting at once cannot both create the schema.
+        """
+        from alembic import command
+        from alembic.config import Config
+
+        if self.backend == "sqlite":
+            Path(self.url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.set_main_option("sqlalchemy.url", self.url.render_as_string(hide_password=False).replace("%", "%%"))
+        engine = _make_engine(self.url, busy_timeout_ms=self._busy_timeout_ms, for_migration=True)
+        try:
+            with engine.begin() as conn:
+                if self.backend == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        finally:
+            engine.dispose()
+
+    def current_revision(self) -> str | None:
+        """The applied migration id (None before the first migrate)."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def ping(self) -> None:
+        """Raise if the database cannot be reached (for readiness checks)."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    # -- API keys -----------------------------------------------------------------------------
+
+    def create_key(self, client: str, scope: Scope) -> tuple[KeyRecord, str]:
+        """A new key for `client`; the token is returned once and only its salted hash is stored.
+
+        The secret is 256 random bits, so a single HMAC-SHA256 with a per-key salt is enough:
+        slow KDFs (bcrypt, scrypt, argon2) defend low-entropy passwords against guessing, which
+        a random token is not, and they would cost milliseconds on every request.
+        """
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
+        if not isinstance(client, str) or not _CLIENT.fullmatch(client):
+            raise ValueError(
+                "client must be 1-200 characters: letters, digits and . _ : @ - or space, "
+                "starting with a letter or digit"
+            )
+        key_id = secrets.token_hex(_KEY_ID_BYTES)
+        secret = secrets.token_urlsafe(_SECRET_BYTES)
+        salt = secrets.token_bytes(16)
+        record = KeyRecord(key_id=key_id, client=client, scope=scope, created_at=datetime.now(UTC))
+        with self.engine.begin() as conn:
+            conn.execute(
+                api_keys.insert().values(
+                    key_id=key_id,
+                    client=client,
+                    scope=scope,
+                    salt=salt.hex(),
+                    hash=_secret_hash(salt, secret),
+                    created_at=record.created_at,
+                    revoked_at=None,
+                )
+            )
+        with self._cache_lock:
+            self._cache.pop(key_id, None)
+        return record, f"{TOKEN_PREFIX}{key_id}_{secret}"
+
+    def revoke_key(self, key_id: str) -> KeyRecord:
+        """Revoke now (idempotent: an already revoked key keeps its first revocation time).
+
+        This process stops accepting it at once; other processes within `key_cache_ttl_s`.
+        Raises KeyError for an unknown key id.
+        """
+        with self.engine.begin() as conn:
+            conn.execute(
+                api_keys.update()
+                .where(api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=datetime.now(UTC))
+            )
+            row = conn.execute(sa.select(*_KEY_COLUMNS).where(api_keys.c.key_id == key_id)).first()
+        with self._cache_lock:
+            self._cache.pop(key_id, None)
+        if row is None:
+            raise KeyError(key_id)
+        return _key_record(row)
+
+    def list_keys(self) -> list[KeyRecord]:
+        """Every key, oldest first, revoked ones included (never a secret or a hash)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(*_KEY_COLUMNS).order_by(api_keys.c.created_at, api_keys.c.key_id)
+            ).all()
+        return [_key_record(r) for r in rows]
+
+    def verify(self, token: object) -> KeyRecord | None:
+        """The key behind a bearer token, or None (malformed, unknown, wrong secret or revoked).
+
+        Malformed input never raises; a database failure does (the caller answers 503, not 401).
+        Lookups are cached for `key_cache_ttl_s`, so the hot path rarely touches the database.
+        """
+        parsed = parse_token(token)
+        if parsed is None:
+            return None
+        key_id, secret = parsed
+        entry = self._lookup(key_id)
+        if entry is None:
+            return None
+        record, salt, expected = entry
+        if not hmac.compare_digest(_secret_hash(salt, secret), expected):
+            return None
+        return None if record.revoked else record
+
+    def _lookup(self, key_id: str) -> tuple[KeyRecord, bytes, str] | None:
+        now = time.monotonic()
+        if self.key_cache_ttl_s > 0:
+            with self._cache_lock:
+                hit = self._cache.get(key_id)
+            if hit is not None and hit[0] > now:
+                return hit[1]
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(*_KEY_COLUMNS, api_keys.c.salt, api_keys.c.hash).where(api_keys.c.key_id == key_id)
+            ).first()
+        entry = None if row is None else (_key_record(row), bytes.fromhex(row.salt), row.hash)
+        if self.key_cache_ttl_s > 0:
+            with self._cache_lock:
+                if len(self._cache) >= _CACHE_MAX:
+                    self._cache.clear()  # bounded: random unknown key ids cannot grow it forever
+                self._cache[key_id] = (now + self.key_cache_ttl_s, entry)
+        return entry
+
+    # -- audit trail --------------------------------------------------------------------------
+
+    def hash_patient_id(self, patient_id: str) -> str:
+        """Keyed hash of a patient id with this store's key (see the module-level function)."""
+        return hash_patient_id(patient_id, self._hmac_key)
+
+    def append(self, record: AuditRecord) -> None:
+        """Write one audit row, committed before returning; raises on any failure (never drops)."""
+        self.append_many([record])
+
+    def append_many(self, records: Iterable[AuditRecord]) -> None:
+        """Write several rows in one transaction: all of them or (on any error) none."""
+        rows = [self._audit_row(r) for r in records]
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(audit_log.insert(), rows)
+
+    def _audit_row(self, r: AuditRecord) -> dict[str, Any]:
+        inputs = dict(r.inputs)
+        patient_id = r.patient_id
+        if "patient_id" in inputs:  # the raw identifier never reaches the table
+            embedded = inputs.pop("patient_id")
+            if patient_id is None:
+                patient_id = embedded
+            elif embedded is not None and embedded != patient_id:
+                raise ValueError("AuditRecord.patient_id and inputs['patient_id'] disagree")
+        if patient_id is not None and not isinstance(patient_id, str):
+            raise TypeError("patient_id must be a string")
+        if not (math.isfinite(r.risk) and math.isfinite(r.latency_ms)):
+            raise ValueError("risk and latency_ms must be finite numbers")
+        return dict(
+            time=r.time,
+            request_id=r.request_id,
+            client_id=r.client_id,
+            endpoint=r.endpoint,
+            model_name=r.model_name,
+            model_version=str(r.model_version),
+            patient_hash=None if patient_id is None else self.hash_patient_id(patient_id),
+            inputs=inputs,
+            risk=float(r.risk),
+            risk_group=r.risk_group,
+            top_contributions=r.top_contributions,
+            latency_ms=float(r.latency_ms),
+        )
+
+    def count(self, since: datetime | None = None) -> int:
+        """Audit rows with time >= since (all of them without since)."""
+        q = sa.select(sa.func.count()).select_from(audit_log)
+        if since is not None:
+            q = q.where(audit_log.c.time >= since)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def iter_audit(self, since: datetime | None = None, chunk_size: int = 5000) -> Iterator[list[dict[str, Any]]]:
+        """Audit rows in insertion order, in chunks (server-side cursor on PostgreSQL)."""
+        q = sa.select(audit_log).order_by(audit_log.c.id)
+        if since is not None:
+            q = q.where(audit_log.c.time >= since)
+        with self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(q)
+            for part in result.partitions():
+                yield [dict(row._mapping) for row in part]
+
+    def export(
+        self,
+        since: datetime | None,
+        path: Path,
+        fmt: ExportFormat = "csv",
+        *,
+        chunk_size: int = 5000,
+    ) -> int:
+        """Write audit rows (time >= since) to a new CSV or Parquet file; returns the row count.
+
+        Streams in chunks; JSON columns are written as JSON text. Refuses to overwrite: the file is
+        written under a temporary name and linked into place only if `path` still does not exist,
+        so a failed export leaves nothing behind.
+        """
+        if fmt not in get_args(ExportFormat):
+            raise ValueError(f"format must be csv or parquet, not {fmt!r}")
+        path = Path(path)
+        if path.exists():
+            raise FileExistsError(f"{path} exists; refusing to overwrite it")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"directory {path.parent} does not exist")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+        try:
+            chunks = self.iter_audit(since, chunk_size)
+            n = _write_csv(chunks, tmp) if fmt == "csv" else _write_parquet(chunks, tmp)
+            _publish(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return n
+
+
+_KEY_COLUMNS = (
+    api_keys.c.key_id,
+    api_keys.c.client,
+    api_keys.c.scope,
+    api_keys.c.created_at,
+    api_keys.c.revoked_at,
+)
+
+
+def _key_record(row: Any) -> KeyRecord:
+    return KeyRecord(
+        key_id=row.key_id,
+        client=row.client,
+        scope=row.scope,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    out["inputs"] = _dumps(row["inputs"])
+    out["top_contributions"] = _dumps(row["top_contributions"])
+    return out
+
+
+def _write_csv(chunks: Iterator[list[dict[str, Any]]], path: Path) -> int:
+    n = 0
+    with path.open("x", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=AUDIT_COLUMNS)
+        w.writeheader()
+        for chunk in chunks:
+            for row in chunk:
+                flat = _flat(row)
+                flat["time"] = row["time"].isoformat(timespec="microseconds")  # one fixed format
+                w.writerow(flat)
+            n += len(chunk)
+    return n
+
+
+def _parquet_schema():  # pyarrow is imported only when Parquet is asked for
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("id", pa.int64()),
+            ("time", pa.timestamp("us", tz="UTC")),
+            ("request_id", pa.string()),
+            ("client_id", pa.string()),
+            ("endpoint", pa.string()),
+            ("model_name", pa.string()),
+            ("model_version", pa.string()),
+            ("patient_hash", pa.string()),
+            ("inputs", pa.string()),
+            ("risk", pa.float64()),
+            ("risk_group", pa.string()),
+            ("top_contributions", pa.string()),
+            ("latency_ms", pa.float64()),
+        ]
+    )
+
+
+def _write_parquet(chunks: Iterator[list[dict[str, Any]]], path: Path) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _parquet_schema()
+    n = 0
+    with path.open("xb") as fh, pq.ParquetWriter(fh, schema) as writer:
+        for chunk in chunks:
+            writer.write_table(pa.Table.from_pylist([_flat(r) for r in chunk], schema=schema))
+            n += len(chunk)
+    return n
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Move a finished file into place without ever replacing an existing one."""
+    try:
+        os.link(tmp, path)  # atomic, and fails if path exists
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists; refusing to overwrite it") from None
+    except OSError:  # a filesystem without hard links
+        if path.exists():
+            raise FileExistsError(f"{path} exists; refusing to overwrite it") from None
+        os.replace(tmp, path)
