@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import mlflow
@@ -10,7 +11,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from models.artifact import ModelBundle
-from pipeline.contract import FEATURE_NAMES, ID_COLUMN
+from pipeline.contract import FEATURE_NAMES, FEATURES_BY_NAME, ID_COLUMN
 from pipeline.data import write_new
 from pipeline.features import encode_frame
 from pipeline.io import read_cohort
@@ -18,6 +19,7 @@ from pipeline.registry import load_bundle, resolve
 from pipeline.settings import Settings
 
 CHUNK = 10_000
+log = logging.getLogger(__name__)
 
 
 def score_frame(bundle: ModelBundle, df: pd.DataFrame) -> pd.DataFrame:
@@ -42,6 +44,28 @@ def score_frame(bundle: ModelBundle, df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts) if parts else pd.DataFrame()
 
 
+def distribution_warnings(bundle: ModelBundle, df: pd.DataFrame) -> list[str]:
+    """Columns with many values outside the development data's 1st-99th percentile.
+
+    A unit mistake (CRP in mg/dL where mg/L is expected) usually stays inside the hard range;
+    it shows instead as a whole column shifted out of the range the model was trained on.
+    """
+    out = []
+    for name, (lo, hi) in bundle.training_ranges.items():
+        if name not in df:
+            continue
+        values = pd.to_numeric(df[name], errors="coerce").dropna()
+        if values.empty:
+            continue
+        share = float(((values < lo) | (values > hi)).mean())
+        if share > 0.10:  # by construction about 2% fall outside on data like the training data
+            out.append(
+                f"{name}: {share:.0%} of values are outside the training range "
+                f"({lo:.4g}-{hi:.4g} {FEATURES_BY_NAME[name].unit}); check the unit"
+            )
+    return out
+
+
 def score_file(
     settings: Settings, data: Path, out: Path, overwrite: bool = False, on_invalid: str = "refuse"
 ) -> tuple[int, str]:
@@ -51,6 +75,8 @@ def score_file(
     mlflow.set_tracking_uri(settings.tracking_uri)
     resolved = resolve(MlflowClient(), settings.resolved_model_uri)
     bundle = load_bundle(resolved, nthread=max(1, settings.predictor_threads))
+    for warning in distribution_warnings(bundle, cohort.data):
+        log.warning("%s", warning)
     scored = score_frame(bundle, cohort.data)
     ids = cohort.data[ID_COLUMN] if ID_COLUMN in cohort.data else pd.Series(
         np.arange(1, len(cohort.data) + 1), name=ID_COLUMN

@@ -45,7 +45,7 @@ from pipeline.contract import (
 from pipeline.features import encode_frame, training_ranges
 from pipeline.io import Cohort, read_cohort
 from pipeline.metrics import binary_metrics, ranking_metrics
-from pipeline.registry import BUNDLE_ARTIFACT, champion, load_bundle
+from pipeline.registry import BUNDLE_ARTIFACT, champion, load_bundle, promotion_lock
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -361,9 +361,12 @@ def train(
         client.set_model_version_tag(model_name, version, "outcome", outcome)
         client.set_model_version_tag(model_name, version, "test_auroc", f"{metrics['test_auroc']:.4f}")
 
-        promoted, reason, champ_auroc = _promote(
-            client, settings, model_name, version, metrics["test_auroc"], X_test, y_test
-        )
+        # Under the lock, the comparison is with whatever is champion NOW (another training
+        # may have promoted its model while this one trained).
+        with promotion_lock(settings.tracking_uri, settings.data_dir, model_name):
+            promoted, reason, champ_auroc = _promote(
+                client, settings, model_name, version, metrics["test_auroc"], X_test, y_test
+            )
         if champ_auroc is not None:
             mlflow.log_metric("champion_test_auroc_on_new_test", champ_auroc)
         mlflow.set_tags({"promoted": str(promoted).lower(), "promotion_reason": reason})

@@ -17,7 +17,8 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -468,7 +469,9 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
-    def iter_audit(self, since: datetime | None = None, chunk_size: int = 5000) -> Iterator[list[dict[str, Any]]]:
+    def iter_audit(
+        self, since: datetime | None = None, chunk_size: int = 5000
+    ) -> Generator[list[dict[str, Any]], None, None]:
         """Audit rows in insertion order, in chunks (server-side cursor on PostgreSQL)."""
         q = sa.select(audit_log).order_by(audit_log.c.id)
         if since is not None:
@@ -501,8 +504,8 @@ class Store:
             raise FileNotFoundError(f"directory {path.parent} does not exist")
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
         try:
-            chunks = self.iter_audit(since, chunk_size)
-            n = _write_csv(chunks, tmp) if fmt == "csv" else _write_parquet(chunks, tmp)
+            with closing(self.iter_audit(since, chunk_size)) as chunks:  # the cursor closes on any error
+                n = _write_csv(chunks, tmp) if fmt == "csv" else _write_parquet(chunks, tmp)
             _publish(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

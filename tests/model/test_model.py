@@ -93,3 +93,16 @@ def test_bundle_round_trip_gives_identical_answers(bundle, tmp_path):
     X = _matrix(random_records(50, seed=5))
     copy = ModelBundle.load(bundle.save(tmp_path / "b"))
     np.testing.assert_array_equal(copy.explain(X).log_odds, bundle.explain(X).log_odds)
+
+
+def test_unit_mistake_inside_hard_range_is_flagged(bundle):
+    """CRP given in mg/dL (10x smaller) stays inside 0-600 but leaves the training range."""
+    from pipeline.cohort import generate_cohort
+    from pipeline.score import distribution_warnings
+
+    df = generate_cohort(500, seed=8)
+    assert distribution_warnings(bundle, df) == []
+    wrong = df.assign(platelets_10e9_l=df["platelets_10e9_l"] * 1000 / 1000, ldh_u_l=df["ldh_u_l"] * 20)
+    warnings = distribution_warnings(bundle, wrong)
+    assert any(w.startswith("ldh_u_l") for w in warnings)
+    assert not any(w.startswith("platelets") for w in warnings)

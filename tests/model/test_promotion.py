@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mlflow
 import numpy as np
+import pytest
 from mlflow import MlflowClient
 
 from pipeline.cohort import generate_cohort
@@ -55,3 +56,37 @@ def test_training_result_records_the_decision(trained):
     assert {c.data.tags["family"] for c in children} == {"xgboost", "hist_gradient_boosting", "logistic"}
     artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id, "plots")}
     assert {"plots/roc.png", "plots/calibration.png", "plots/shap_summary.png"} <= artifacts
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_promotion_waits_for_a_concurrent_promotion(trained, tmp_path, backend):
+    """While another training holds the promotion lock, a second one cannot move the alias."""
+    import threading
+
+    from pipeline.registry import promotion_lock
+
+    settings, result = trained
+    uri = settings.tracking_uri if backend == "sqlite" else "postgresql://postgres@127.0.0.1:5432/postgres"
+    entered = threading.Event()
+    release = threading.Event()
+    order: list[str] = []
+
+    def holder():
+        with promotion_lock(uri, tmp_path, result.model_name):
+            entered.set()
+            release.wait(10)
+            order.append("first done")
+
+    def second():
+        entered.wait(10)
+        with promotion_lock(uri, tmp_path, result.model_name):
+            order.append("second inside")
+
+    t1, t2 = threading.Thread(target=holder), threading.Thread(target=second)
+    t1.start(), t2.start()
+    entered.wait(10)
+    t2.join(0.5)
+    assert t2.is_alive() and order == []  # blocked while the first holds the lock
+    release.set()
+    t1.join(10), t2.join(10)
+    assert order == ["first done", "second inside"]

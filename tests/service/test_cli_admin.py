@@ -129,6 +129,17 @@ def test_audit_export_refuses_to_overwrite(run, store, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["audit.csv"]
 
 
+def test_scopes_match_the_store_and_import_is_light():
+    import subprocess
+    import sys
+
+    from serving import cli_admin, store
+
+    assert cli_admin.SCOPES == store.SCOPES
+    code = "import sys, serving.cli_admin; assert 'sqlalchemy' not in sys.modules, 'heavy import at startup'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_unreachable_store_is_a_clear_error_without_the_password():
     keys, _ = make_groups(lambda: Store("postgresql://admin:hunter2-secret@127.0.0.1:1/audit", KEY))
     result = CliRunner().invoke(keys, ["list"], catch_exceptions=False)
