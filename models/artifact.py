@@ -47,6 +47,8 @@ class ModelBundle:
     feature_names: tuple[str, ...] = FEATURE_NAMES
     contract_version: str = CONTRACT_VERSION
     nthread: int = 1
+    # documents shipped inside the bundle directory (the model card), read at load
+    documents: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
     _explainer: TreeExplainer | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -93,7 +95,7 @@ class ModelBundle:
         meta = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name not in ("estimator", "_explainer", "nthread")
+            if f.name not in ("estimator", "_explainer", "nthread", "documents")
         }
         meta["estimator_file"] = estimator_file
         (path / BUNDLE_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
@@ -121,7 +123,8 @@ class ModelBundle:
         meta["training_ranges"] = {k: tuple(v) for k, v in meta["training_ranges"].items()}
         meta["matrix_names"] = tuple(meta["matrix_names"])
         meta["feature_names"] = tuple(meta["feature_names"])
-        return cls(estimator=estimator, nthread=nthread, **meta)
+        documents = {p.name: p.read_text(encoding="utf-8") for p in path.glob("model_card.*")}
+        return cls(estimator=estimator, nthread=nthread, documents=documents, **meta)
 
 
 def _json_default(obj: Any) -> Any:

@@ -12,7 +12,9 @@ from mlflow import MlflowClient
 
 from models.baselines import SCORES
 from pipeline import plots
-from pipeline.features import encode_frame
+from pipeline.evidence import build_evidence
+from pipeline.features import N_MATRIX, encode_frame
+from pipeline.report import render_validation_report, save_plots
 from pipeline.io import read_cohort
 from pipeline.metrics import binary_metrics, ranking_metrics
 from pipeline.registry import load_bundle, resolve
@@ -43,7 +45,13 @@ def evaluate(
     y = df[outcome].astype(int).to_numpy()
     ex = bundle.explain(encode_frame(df))
     metrics = binary_metrics(y, ex.risk)
+    evidence = build_evidence(
+        None, None, None, y, ex.risk, df,
+        {"low": bundle.low_threshold, "high": bundle.high_threshold}, N_MATRIX, outcome,
+        meta={"model": f"{resolved.name} v{resolved.version}", "external": True},
+    )
     out = {f"external_{k}": v for k, v in metrics.items()}
+    out.update(evidence.flat_metrics(prefix="external"))
     scores = {f"{resolved.name} v{resolved.version}": ex.risk}
     for name, fn in SCORES.items():
         s = fn(df)
@@ -69,7 +77,13 @@ def evaluate(
             t = Path(tmp)
             plots.roc_plot(y, scores, t / "roc.png", f"ROC, external cohort ({outcome})")
             plots.calibration_plot(y, {f"v{resolved.version}": ex.risk}, t / "calibration.png", "Calibration, external cohort")
+            save_plots(evidence, t)
             mlflow.log_artifacts(str(t), artifact_path="plots")
+            report = render_validation_report(
+                evidence, t, t / "report" / "validation_report.html",
+                title=f"External validation of {resolved.name} v{resolved.version}",
+            )
+            mlflow.log_artifact(str(report))
         run_id = run.info.run_id
     MlflowClient().set_model_version_tag(
         resolved.name, resolved.version, f"external_validation_{run_id[:8]}", f"{metrics['auroc']:.4f}"

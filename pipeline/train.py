@@ -7,6 +7,7 @@ champion on the new held-out set, so a crash or a worse model never replaces wha
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -42,9 +43,11 @@ from pipeline.contract import (
     OUTCOMES,
     example_request,
 )
-from pipeline.features import encode_frame, training_ranges
+from pipeline.evidence import build_evidence, learning_curve
+from pipeline.features import N_MATRIX, encode_frame, training_ranges
 from pipeline.io import Cohort, read_cohort
 from pipeline.metrics import binary_metrics, ranking_metrics
+from pipeline.report import render_validation_report, save_plots, write_model_card
 from pipeline.registry import BUNDLE_ARTIFACT, champion, load_bundle, promotion_lock
 from pipeline.settings import Settings
 
@@ -287,6 +290,7 @@ def train(
         logistic.fit(X_dev, y_dev)
         p_logistic = _prob(logistic, X_test)
         metrics.update({f"test_logistic_{k}": v for k, v in binary_metrics(y_test, p_logistic).items()})
+        prob_models: dict[str, ScoreToProbability] = {}
         probs = {f"{chosen} (chosen)": risk_test, "logistic": p_logistic}
         scores = {f"{chosen} (chosen)": risk_test, "logistic": p_logistic}
         for score in SCORES:
@@ -294,7 +298,7 @@ def train(
                 {f"test_{score}_{k}": v for k, v in ranking_metrics(y_test, SCORES[score](test)).items()
                  if k in ("auroc", "auprc")}
             )
-            as_prob = ScoreToProbability(score=score).fit(dev, y_dev)
+            as_prob = prob_models[score] = ScoreToProbability(score=score).fit(dev, y_dev)
             p_score = as_prob.predict_proba(test)[:, 1]
             metrics.update(
                 {f"test_{score}_{k}": v for k, v in binary_metrics(y_test, p_score).items()
@@ -317,6 +321,14 @@ def train(
         )
         for name in CANDIDATES:
             metrics[f"cv_log_loss_{name}"] = tuned[name]["cv_log_loss"]
+        evidence = build_evidence(
+            y_dev, oof_risk, dev, y_test, risk_test, test, {"low": low, "high": high}, N_MATRIX, outcome,
+            prob_models["m_easix"], other_predictions={"logistic": p_logistic}, seed=settings.seed,
+            learning_curve=learning_curve(seed=settings.seed, outcome=outcome) if synthetic else None,
+            meta={"run_id": run_id, "model": model_name, "kind": chosen},
+        )
+        metrics.update(evidence.flat_metrics())
+        gate_ok, gate_reason = quality_gate(metrics)
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
 
         logistic_loss, chosen_loss = tuned["logistic"]["cv_log_loss"], tuned[chosen]["cv_log_loss"]
@@ -340,9 +352,40 @@ def train(
             plots.shap_summary_plot(
                 explained.contributions, explained.base, test, list(FEATURE_NAMES), tmp_path / "shap_summary.png"
             )
+            save_plots(evidence, tmp_path)
             mlflow.log_artifacts(str(tmp_path), artifact_path="plots")
+            report_dir = tmp_path / "evidence"
+            report_dir.mkdir()
+            report_path = render_validation_report(evidence, tmp_path, tmp_path / "report" / "validation_report.html")
+            (report_dir / "evidence.json").write_text(json.dumps(evidence.to_dict(), default=str))
 
             bundle_dir = bundle.save(tmp_path / BUNDLE_ARTIFACT)
+            card_info = {
+                "name": model_name,
+                "version": "the registered version that carries this card (see GET /v1/model)",
+                "run_id": run_id,
+                "trained_at": bundle.metadata["trained_at"],
+                "kind": chosen,
+                "params": bundle.metadata["params"],
+                "thresholds": {"low": low, "high": high},
+                "contract_version": CONTRACT_VERSION,
+                "git_commit": git_commit(),
+                "n_params": N_MATRIX,
+            }
+            provenance = {
+                "synthetic": synthetic,
+                "sha256": cohort.sha256,
+                "file": Path(data).name,
+                "n_rows": len(df),
+                "n_dev": len(dev),
+                "n_test": len(test),
+                "seed": settings.seed,
+                "n_rows_rejected": len(cohort.rejected),
+            }
+            write_model_card(evidence, card_info, provenance, bundle_dir)  # ships with the model
+            write_model_card(evidence, card_info, provenance, report_dir)
+            mlflow.log_artifacts(str(report_dir), artifact_path="evidence")
+            mlflow.log_artifact(str(report_path))
             from models.pyfunc import model_code_path
 
             info = mlflow.pyfunc.log_model(
@@ -361,14 +404,43 @@ def train(
         # Under the lock, the comparison is with whatever is champion NOW (another training
         # may have promoted its model while this one trained).
         with promotion_lock(settings.tracking_uri, settings.data_dir, model_name):
-            promoted, reason, champ_auroc = _promote(
-                client, settings, model_name, version, metrics["test_auroc"], X_test, y_test
-            )
+            if gate_ok:
+                promoted, reason, champ_auroc = _promote(
+                    client, settings, model_name, version, metrics["test_auroc"], X_test, y_test
+                )
+            else:
+                promoted, reason, champ_auroc = False, f"quality gate: {gate_reason}", None
+                client.set_model_version_tag(model_name, version, "promotion", "not promoted")
+                client.set_model_version_tag(model_name, version, "promotion_reason", reason)
         if champ_auroc is not None:
             mlflow.log_metric("champion_test_auroc_on_new_test", champ_auroc)
         mlflow.set_tags({"promoted": str(promoted).lower(), "promotion_reason": reason})
         mlflow.log_metric("train_seconds", time.perf_counter() - started)
     return TrainResult(run_id, model_name, version, promoted, reason, chosen, metrics)
+
+
+CALIBRATION_SLOPE_BAND = (0.7, 1.3)
+
+
+def quality_gate(metrics: dict[str, float]) -> tuple[bool, str]:
+    """A model that no champion comparison can excuse: clearly miscalibrated, or worse than m-EASIX.
+
+    Calibration: the 95% bootstrap interval of the held-out calibration slope must overlap
+    CALIBRATION_SLOPE_BAND (a clearly over- or under-fitted model is refused, a small test set's
+    uncertainty is not held against it). Discrimination: held-out AUROC >= m-EASIX's.
+    """
+    low_band, high_band = CALIBRATION_SLOPE_BAND
+    lo = metrics.get("test_calibration_slope_ci_low", metrics.get("test_calibration_slope", np.nan))
+    hi = metrics.get("test_calibration_slope_ci_high", metrics.get("test_calibration_slope", np.nan))
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi < low_band or lo > high_band:
+        return False, (
+            f"calibration slope 95% CI {lo:.2f}-{hi:.2f} lies outside the band {low_band}-{high_band}"
+        )
+    if metrics["test_auroc"] < metrics.get("test_m_easix_auroc", -np.inf):
+        return False, (
+            f"held-out AUROC {metrics['test_auroc']:.4f} is below m-EASIX's {metrics['test_m_easix_auroc']:.4f}"
+        )
+    return True, "passed"
 
 
 def _promote(

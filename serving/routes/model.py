@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import html
+
 from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from pipeline.contract import FEATURES, INTENDED_USE
 
@@ -53,3 +56,25 @@ def model_info(request: Request) -> dict:
         "contract_version": b.contract_version,
         "notice": INTENDED_USE,
     }
+
+
+@router.get(
+    "/v1/model/card",
+    summary="The served model's model card (HTML, or Markdown with Accept: text/markdown)",
+    responses={200: {"content": {"text/html": {}, "text/markdown": {}}}, 404: {}, 503: {}},
+)
+def model_card(request: Request):
+    p = current_predictor(request)
+    accept = request.headers.get("accept", "")
+    wants_markdown = "text/markdown" in accept and "text/html" not in accept.split("text/markdown")[0]
+    name = "model_card.md" if wants_markdown else "model_card.html"
+    document = p.bundle.documents.get(name)
+    if document is None:
+        raise HTTPException(404, "this model version was registered without a model card; retrain it")
+    served = f"{p.model.name} version {p.model.version} (run {p.model.run_id})"
+    if wants_markdown:
+        return PlainTextResponse(
+            f"> Served as {served}. {INTENDED_USE}\n\n{document}", media_type="text/markdown; charset=utf-8"
+        )
+    banner = f'<p class="served"><strong>Served as {html.escape(served)}.</strong></p>'
+    return HTMLResponse(document.replace("<body>", f"<body>{banner}", 1))

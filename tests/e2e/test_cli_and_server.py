@@ -119,6 +119,24 @@ def test_score_writes_risks_and_shap_columns(workspace, cohort_files):
     assert again.returncode != 0 and "already exists" in again.stderr
 
 
+def test_evaluate_is_a_new_run_linked_to_the_version(workspace, cohort_files):
+    _, env = workspace
+    good, _ = cohort_files
+    proc = run(env, "evaluate", "--data", str(good))
+    assert "external AUROC" in proc.stdout
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("icans-risk", "champion")
+    exp = client.get_experiment_by_name("icans-risk-evaluation")
+    runs = client.search_runs([exp.experiment_id])
+    assert runs and runs[0].data.tags["model_version"] == str(champion.version)
+    assert "external_auroc_ci_low" in runs[0].data.metrics
+    assert "validation_report.html" in {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -54,8 +54,37 @@ def test_training_result_records_the_decision(trained):
         [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'"
     )
     assert {c.data.tags["family"] for c in children} == {"xgboost", "hist_gradient_boosting", "logistic"}
-    artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id, "plots")}
-    assert {"plots/roc.png", "plots/calibration.png", "plots/shap_summary.png"} <= artifacts
+    for key in (
+        "test_auroc_ci_low", "test_auroc_ci_high", "test_m_easix_auroc_ci_low", "test_auroc_minus_m_easix",
+        "test_ici", "test_scaled_brier", "net_benefit_at_10pct", "events_per_parameter",
+        "threshold_high_sensitivity", "subgroup_costimulatory_domain_cd28_auroc",
+    ):
+        assert np.isfinite(run.data.metrics[key]), key
+    assert run.data.metrics["test_auroc_ci_low"] < run.data.metrics["test_auroc"] < run.data.metrics["test_auroc_ci_high"]
+    client = MlflowClient()
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert {
+        "plots/roc.png", "plots/calibration.png", "plots/shap_summary.png", "plots/decision_curve.png",
+        "plots/calibration_curve.png", "plots/subgroup_auroc.png", "plots/learning_curve.png",
+    } <= artifacts
+    assert "validation_report.html" in {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"evidence/model_card.md", "evidence/model_card.html", "evidence/evidence.json"} <= {
+        a.path for a in client.list_artifacts(result.run_id, "evidence")
+    }
+
+
+def test_quality_gate_refuses_miscalibrated_or_worse_than_m_easix():
+    from pipeline.train import quality_gate
+
+    good = {"test_auroc": 0.74, "test_m_easix_auroc": 0.68, "test_calibration_slope_ci_low": 0.6,
+            "test_calibration_slope_ci_high": 1.1}
+    assert quality_gate(good) == (True, "passed")
+    ok, reason = quality_gate({**good, "test_calibration_slope_ci_low": 1.35, "test_calibration_slope_ci_high": 2.0})
+    assert not ok and "calibration slope" in reason
+    ok, reason = quality_gate({**good, "test_calibration_slope_ci_low": 0.2, "test_calibration_slope_ci_high": 0.65})
+    assert not ok and "calibration slope" in reason
+    ok, reason = quality_gate({**good, "test_auroc": 0.66})
+    assert not ok and "m-EASIX" in reason
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

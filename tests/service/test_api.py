@@ -217,3 +217,13 @@ def test_unknown_model_is_reported_by_readyz_not_crash(trained, tokens):
         assert r.status_code == 503
         assert "no-such-model" in r.json()["reason"]
         assert c.post("/v1/risk", json=example_request()).status_code == 503
+
+
+def test_model_card_by_content_negotiation(client, champion_version):
+    html = client.get("/v1/model/card", headers={"accept": "text/html"})
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    assert f"version {champion_version}" in html.text and "Intended use" in html.text
+    md = client.get("/v1/model/card", headers={"accept": "text/markdown"})
+    assert md.status_code == 200 and md.headers["content-type"].startswith("text/markdown")
+    assert md.text.startswith("> Served as icans-risk version") and "Research use only" in md.text
+    assert "<html" not in md.text

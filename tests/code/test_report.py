@@ -1,0 +1,115 @@
+"""The validation report and the model card (pipeline.report): self-contained, escaped, complete."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import expit, logit
+
+from pipeline import evidence as ev
+from pipeline import report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def evidence():
+    from pipeline.cohort import generate_cohort
+
+    dev, test = generate_cohort(600, 21), generate_cohort(400, 22)
+    rng = np.random.default_rng(0)
+    p_test = expit(logit(test["p_true"].to_numpy()) + rng.normal(0, 0.5, len(test)))
+    p_dev = expit(logit(dev["p_true"].to_numpy()) + rng.normal(0, 0.5, len(dev)))
+    learning = pd.DataFrame(
+        [{"size": s, "events_train": s // 6, "model": m, "auroc": a, "seconds": 0.1}
+         for s in (250, 500) for m, a in (("xgboost", 0.70), ("logistic", 0.72), ("m_easix", 0.67),
+                                          (ev.ORACLE, 0.82))]
+    )
+    return ev.build_evidence(
+        dev["severe_icans"].astype(int).to_numpy(), p_dev, dev,
+        test["severe_icans"].astype(int).to_numpy(), p_test, test,
+        {"low": 0.08, "high": 0.3}, 24, n_boot=200, curve_boot=50, learning_curve=learning,
+        meta={"model": "icans-risk v7 <b>bold</b>", "run_id": "0123abcd"},
+    )
+
+
+@pytest.fixture(scope="module")
+def rendered(evidence, tmp_path_factory):
+    plots = tmp_path_factory.mktemp("plots")
+    (plots / "roc.png").write_bytes(PNG_MAGIC + b"not really a png")  # another module's figure
+    out = report.render_validation_report(evidence, plots, plots.parent / "validation_report.html")
+    return plots, out, out.read_text(encoding="utf-8")
+
+
+def test_plots_are_png_files(rendered):
+    plots, _, _ = rendered
+    for name in report.PLOT_FILES.values():
+        assert (plots / name).read_bytes().startswith(PNG_MAGIC), name
+
+
+def test_report_is_one_self_contained_file(rendered):
+    _, out, page = rendered
+    assert out.name == report.REPORT_FILE
+    assert report.BANNER in page
+    assert "not a medical device" in page.lower() and "no treatment advice" in page.lower()
+    # four figures of the evidence + the extra PNG found in the plots directory
+    assert page.count('src="data:image/png;base64,') == len(report.PLOT_FILES) + 1
+    assert "<script" not in page.lower()
+    assert "<link" not in page.lower()
+    assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', page, flags=re.I)
+    assert "@import" not in page
+
+
+def test_report_holds_the_evidence(rendered, evidence):
+    _, _, page = rendered
+    d = evidence.discrimination[ev.MODEL]
+    assert f"{d['auroc']:.3f} ({d['auroc_ci_low']:.3f} to {d['auroc_ci_high']:.3f})" in page
+    for heading in ("Discrimination", "Calibration", "decision curve", "Subgroups", "Sample size", "Learning curve"):
+        assert heading in page
+    assert "SMALL" in page  # obe-cel / other have few patients at n = 400
+    assert "obecabtagene_autoleucel" in page
+
+
+def test_report_escapes_html(rendered):
+    _, _, page = rendered
+    assert "<b>bold</b>" not in page
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page
+
+
+def test_model_card_has_every_section(evidence):
+    markdown, page = report.render_model_card(
+        evidence,
+        {"name": "icans-risk", "version": "7", "run_id": "0123abcd", "trained_at": "2025-01-01T00:00:00+00:00",
+         "kind": "xgboost", "params": {"max_depth": 2}, "contract_version": "1"},
+        {"synthetic": True, "seed": 21, "sha256": "ab" * 32, "n_rows": 1000, "n_dev": 600, "n_test": 400},
+    )
+    for section in report.MODEL_CARD_SECTIONS:
+        assert f"\n## {section}\n" in markdown, section
+        assert f"<h2>{section}</h2>" in page, section
+    assert report.BANNER in markdown and report.BANNER in page
+    for text in ("0123abcd", "ab" * 32, "B-ALL", "CD19", "CD22", "baseline", "latent random effect", "SYNTHETIC"):
+        assert text in markdown, text
+    assert "<script" not in page.lower()
+
+
+def test_model_card_escapes_and_shows_real_data_provenance(evidence):
+    markdown, page = report.render_model_card(
+        evidence,
+        {"name": "<script>alert(1)</script>", "version": "1"},
+        {"synthetic": False, "file": "centre|b.csv", "sha256": "f" * 64},
+    )
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;" in page
+    assert "f" * 64 in markdown and "centre\\|b.csv" in markdown  # a pipe cannot break the table
+    assert "SYNTHETIC DATA" not in markdown
+    assert "not recorded" in markdown  # missing entries are said, not invented
+
+
+def test_write_model_card(evidence, tmp_path):
+    md_path, html_path = report.write_model_card(evidence, {"name": "icans-risk", "version": "1"}, {"synthetic": True}, tmp_path)
+    assert md_path.name == report.MODEL_CARD_MD and html_path.name == report.MODEL_CARD_HTML
+    assert md_path.read_text().startswith("# Model card")
+    assert html_path.read_text().startswith("<!DOCTYPE html>")
