@@ -35,6 +35,15 @@ def make_settings(root: Path, **overrides):
 
 
 @pytest.fixture(scope="session")
+def calibrated() -> tuple[np.ndarray, np.ndarray]:
+    """A perfectly calibrated predictor: p ~ U(0.02, 0.9), y ~ Bernoulli(p), 20,000 patients."""
+    rng = np.random.default_rng(42)
+    p = rng.uniform(0.02, 0.9, 20_000)
+    y = (rng.uniform(size=20_000) < p).astype(int)
+    return y, p
+
+
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """(settings, TrainResult) of one real training on a synthetic cohort."""
     from pipeline.train import train

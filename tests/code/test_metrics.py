@@ -22,13 +22,6 @@ from pipeline.metrics import (
 N = 20_000
 
 
-@pytest.fixture(scope="module")
-def calibrated() -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(42)
-    p = rng.uniform(0.02, 0.9, N)
-    y = (rng.uniform(size=N) < p).astype(int)
-    return y, p
-
 
 def test_perfectly_calibrated_predictor(calibrated):
     y, p = calibrated

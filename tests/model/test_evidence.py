@@ -17,13 +17,6 @@ from pipeline.metrics import bootstrap_indices, calibration_slope_intercept
 N = 20_000
 
 
-@pytest.fixture(scope="module")
-def calibrated() -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(42)
-    p = rng.uniform(0.02, 0.9, N)
-    y = (rng.uniform(size=N) < p).astype(int)
-    return y, p
-
 
 @pytest.fixture(scope="module")
 def small() -> tuple[np.ndarray, np.ndarray]:
