@@ -15,11 +15,11 @@ OUT ?=
 SEED ?=
 N ?=
 
-.PHONY: install data train evaluate score serve mlflow-ui test bench clean-venv help
+.PHONY: install data train evaluate score serve mlflow-ui mlflow-server test bench clean-venv help
 
 help:
 	@echo "make install | data | train [DATA= OUTCOME= SEED= ON_INVALID=] | evaluate [DATA=] |"
-	@echo "     score DATA= OUT= | serve [HOST= PORT= WORKERS=] | mlflow-ui | test | bench"
+	@echo "     score DATA= OUT= | serve [HOST= PORT= WORKERS=] | mlflow-ui | mlflow-server | test | bench"
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,10 +46,26 @@ score: install
 # One thread per worker: xgboost's OpenMP threads would otherwise oversubscribe 2 cores.
 # A fresh clone serves in development mode (no API keys); AUTH=on requires keys
 # (`icans-risk keys create --client NAME --scope score`).
-AUTH ?= off
+# With MLFLOW_TRACKING_URI set (the production profile: `make mlflow-server`, deploy/README.md)
+# authentication is on by default and nothing is trained on start: the champion must exist.
+AUTH ?= $(if $(MLFLOW_TRACKING_URI),on,off)
+TRAIN_IF_MISSING ?= $(if $(MLFLOW_TRACKING_URI),,--train-if-missing)
 serve: install
 	@if [ "$(AUTH)" = "off" ]; then echo "make serve: development mode, authentication OFF (AUTH=on to require API keys)"; fi
-	ICANS_AUTH=$(AUTH) OMP_NUM_THREADS=1 $(BIN)/icans-risk serve --train-if-missing --host $(HOST) --port $(PORT) --workers $(WORKERS)
+	ICANS_AUTH=$(AUTH) OMP_NUM_THREADS=1 $(BIN)/icans-risk serve $(TRAIN_IF_MISSING) --host $(HOST) --port $(PORT) --workers $(WORKERS)
+
+# The production profile on one host: MLflow's tracking server with a PostgreSQL backend store
+# and proxied artifacts in a local directory (an object store in a real deployment). Point the
+# trainers and the service at it with MLFLOW_TRACKING_URI=http://$(HOST):$(MLFLOW_PORT) and
+# ICANS_ARTIFACT_ROOT=mlflow-artifacts:/ (deploy/README.md). The database is created if missing.
+MLFLOW_BACKEND_STORE_URI ?= postgresql+psycopg://postgres@127.0.0.1:5432/icans_mlflow
+MLFLOW_ARTIFACTS_DESTINATION ?= $(CURDIR)/mlartifacts-server
+mlflow-server: install
+	$(BIN)/python deploy/ensure_database.py "$(MLFLOW_BACKEND_STORE_URI)"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server \
+		--backend-store-uri "$(MLFLOW_BACKEND_STORE_URI)" \
+		--artifacts-destination "$(MLFLOW_ARTIFACTS_DESTINATION)" --serve-artifacts \
+		--host $(HOST) --port $(MLFLOW_PORT) --workers 1
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     evaluation_experiment: str = "icans-risk-evaluation"
     outcome: str = DEFAULT_OUTCOME
     champion_alias: str = "champion"
+    # Where trainings serialise "compare with the champion, move the alias": a PostgreSQL URL every
+    # trainer reaches (with a remote tracking server the default is a file lock on one host).
+    lock_url: str | None = None
     model_uri: str | None = None  # ICANS_MODEL_URI; default models:/<name>@champion
 
     # Serving
@@ -70,6 +73,37 @@ class Settings(BaseSettings):
     cv_folds: int = Field(default=5, ge=2)
     test_fraction: float = Field(default=0.25, gt=0, lt=1)
 
+    # ---- NEW (issue 6): FHIR and CDS Hooks ---------------------------------------------------
+    # Public base URL of this service as EHRs call it (e.g. https://cds.example.org). The `aud`
+    # of a CDS client JWT must equal this + the endpoint path; the card's source links use it.
+    # Required for the CDS Hooks endpoints when auth is on.
+    cds_service_url: str | None = None
+    # Trusted CDS clients: JWT `iss` -> PEM public key, or the path of a PEM file or a JWKS
+    # (JSON) file. JSON in the environment: ICANS_CDS_ISSUERS='{"https://ehr.example": "/keys/ehr.jwks"}'
+    cds_issuers: dict[str, str] = Field(default_factory=dict)
+    # Asymmetric algorithms only (the CDS Hooks specification forbids `none` and HMAC).
+    cds_jwt_algorithms: list[str] = Field(
+        default_factory=lambda: ["RS384", "ES384", "RS256", "ES256", "RS512", "ES512", "PS256", "PS384", "PS512"]
+    )
+    cds_jwt_leeway_s: float = Field(default=30.0, ge=0, le=300)
+    # Replay cache: a `jti` is remembered until its token expires; tokens valid for longer than
+    # this (exp - now) or issued longer ago than this (now - iat) are refused.
+    cds_jti_ttl_s: float = Field(default=600.0, gt=0, le=86_400)
+    # Baseline window: the latest value within this many days before the anchor (the CAR T order,
+    # lymphodepletion start or now, whichever is earliest) is used; older values are ignored.
+    cds_baseline_window_days: float = Field(default=14.0, gt=0, le=365)
+    # Lymphodepletion orders count if dated within this many days of the CAR T order.
+    cds_lymphodepletion_window_days: float = Field(default=30.0, gt=0, le=365)
+    # Site codes added to the documented tables (serving/fhir/codes.py): key = a feature name
+    # (e.g. "il15_pg_ml") or a flag ("prior_neuro_comorbidity", "cns_involvement",
+    # "prior_allo_hct"), value = ["system|code", ...].
+    cds_extra_codes: dict[str, list[str]] = Field(default_factory=dict)
+    # FHIR servers the service may query itself for prefetch keys a client did not send
+    # (base URL prefixes). Empty = never fetch (missing required data is then answered with 412).
+    cds_fhir_server_allowlist: list[str] = Field(default_factory=list)
+    cds_fetch_timeout_s: float = Field(default=3.0, gt=0, le=30)
+    # ---- end of issue 6 fields -----------------------------------------------------------------
+
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> "Settings":
         if self.outcome not in OUTCOMES:
@@ -84,6 +118,12 @@ class Settings(BaseSettings):
                 raise ValueError("ICANS_AUTH=off is for development only")
             if self.audit_hmac_key.get_secret_value() == DEV_AUDIT_KEY:
                 raise ValueError("ICANS_AUDIT_HMAC_KEY must be set to a secret outside development")
+            lock = self.lock_url or self.tracking_uri
+            if not lock.startswith(("postgresql", "postgres", "sqlite")):
+                raise ValueError(
+                    "set ICANS_LOCK_URL to a PostgreSQL URL that every trainer reaches: with a tracking "
+                    "server the promotion lock would be a file lock on one host only"
+                )
             if "*" in self.cors_origins:
                 raise ValueError("ICANS_CORS_ORIGINS may not be '*' outside development")
         return self

@@ -21,6 +21,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from sklearn.base import clone
@@ -83,11 +84,22 @@ def setup_mlflow(settings: Settings, experiment: str) -> str:
     mlflow.set_tracking_uri(settings.tracking_uri)
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return client.create_experiment(
-            experiment, artifact_location=f"{settings.artifact_root.rstrip('/')}/{experiment}"
-        )
-    return exp.experiment_id
+    if exp is not None:
+        return exp.experiment_id
+    # A tracking server decides where artifacts go (with --serve-artifacts: mlflow-artifacts:/<id>,
+    # proxied to its --artifacts-destination) unless ICANS_ARTIFACT_ROOT is set explicitly.
+    remote = settings.tracking_uri.startswith(("http://", "https://"))
+    location = (
+        None
+        if remote and "artifact_root" not in settings.model_fields_set
+        else f"{settings.artifact_root.rstrip('/')}/{experiment}"
+    )
+    try:
+        return client.create_experiment(experiment, artifact_location=location)
+    except MlflowException as exc:  # another training created it between the lookup and here
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(experiment).experiment_id
 
 
 def model_signature() -> ModelSignature:
@@ -403,7 +415,7 @@ def train(
 
         # Under the lock, the comparison is with whatever is champion NOW (another training
         # may have promoted its model while this one trained).
-        with promotion_lock(settings.tracking_uri, settings.data_dir, model_name):
+        with promotion_lock(settings.lock_url or settings.tracking_uri, settings.data_dir, model_name):
             if gate_ok:
                 promoted, reason, champ_auroc = _promote(
                     client, settings, model_name, version, metrics["test_auroc"], X_test, y_test

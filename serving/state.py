@@ -67,6 +67,7 @@ class ModelState:
     _swap_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _reload_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _loader_gave_up: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def ready(self) -> bool:
@@ -108,7 +109,8 @@ class ModelState:
                     "serving %s v%s (run %s)", predictor.model.name, predictor.model.version, predictor.model.run_id
                 )
                 return
-            log.error("giving up loading the model after %d attempts", self.attempts)
+            log.error("giving up loading the model after %d attempts; the reload poll keeps trying", self.attempts)
+            self._loader_gave_up.set()
 
         thread = threading.Thread(target=run, name="model-loader", daemon=True)
         thread.start()
@@ -143,8 +145,8 @@ class ModelState:
     def poll_in_background(self, settings: Any, interval_s: float, loader: Loader = load_predictor) -> threading.Thread:
         def run() -> None:
             while not self._stop.wait(interval_s):
-                if self.predictor is None:
-                    continue
+                if self.predictor is None and not self._loader_gave_up.is_set():
+                    continue  # the start-up loader is still retrying
                 result = self.reload(settings, loader)
                 if result["result"] == "failed":
                     log.warning("reload poll: %s", result["reason"])

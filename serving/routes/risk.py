@@ -8,10 +8,12 @@ import logging
 import time
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
 
 from pipeline.contract import INTENDED_USE
 from pipeline.settings import Settings
 from serving.auth import Principal, require
+from serving.fhir.resources import FHIR_JSON, openapi_fhir_response, risk_assessment, wants_fhir
 from serving.routes.model import current_predictor
 from serving.schemas import BatchResult, ErrorResponse, PatientFeatures, RiskResponse, batch_request_model
 
@@ -64,7 +66,7 @@ def build_router(settings: Settings) -> APIRouter:
     @router.post(
         "/v1/risk",
         response_model=RiskResponse,
-        responses=_ERRORS,
+        responses={**_ERRORS, 200: openapi_fhir_response()},
         summary="Risk of severe ICANS for one patient, with its SHAP explanation",
     )
     def risk(body: PatientFeatures, request: Request, principal: Principal = Depends(require("score"))):  # type: ignore[valid-type]
@@ -75,6 +77,12 @@ def build_router(settings: Settings) -> APIRouter:
         _audit(request, principal, "/v1/risk", [record], [answer], started)
         answer["request_id"] = request.state.request_id
         answer["notice"] = INTENDED_USE
+        if wants_fhir(request.headers.get("accept")):  # content negotiation: the same answer as FHIR
+            subject = {"identifier": {"value": record["patient_id"]}} if record.get("patient_id") else None
+            resource = risk_assessment(
+                answer, record, outcome=predictor.bundle.outcome, request_id=request.state.request_id, subject=subject
+            )
+            return JSONResponse(resource, media_type=FHIR_JSON)
         return answer
 
     @router.post(

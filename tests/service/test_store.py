@@ -162,16 +162,16 @@ def test_migrate_is_idempotent_and_reaches_head(fresh_database_url):
     try:
         assert s.current_revision() is None
         s.migrate()
-        assert s.current_revision() == "0002_audit_log"
+        assert s.current_revision() == "0003_cds_feedback"
         s.migrate()
         other.migrate()
-        assert s.current_revision() == "0002_audit_log"
+        assert s.current_revision() == "0003_cds_feedback"
         s.append(record())
         s.migrate()
         assert s.count() == 1
         with s.engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
-        assert tables == {"api_keys", "audit_log", "alembic_version"}
+        assert tables == {"api_keys", "audit_log", "alembic_version", "cds_feedback", "cds_jti"}
     finally:
         s.close()
         other.close()
@@ -197,7 +197,7 @@ def test_concurrent_first_migrations_do_not_collide(fresh_database_url):
         for th in threads:
             th.join(timeout=60)
         assert not errors, errors[:2]
-        assert {s.current_revision() for s in stores} == {"0002_audit_log"}
+        assert {s.current_revision() for s in stores} == {"0003_cds_feedback"}
     finally:
         for s in stores:
             s.close()
@@ -220,7 +220,7 @@ def test_migrate_works_from_any_working_directory(tmp_path, monkeypatch):
     try:
         s.migrate()
         assert (tmp_path / "relative" / "dir" / "store.db").exists()
-        assert s.current_revision() == "0002_audit_log"
+        assert s.current_revision() == "0003_cds_feedback"
     finally:
         s.close()
 

@@ -1,0 +1,429 @@
+"""CDS Hooks 2.0: discovery, the `icans-risk` service on `patient-view`, and its feedback endpoint.
+
+The service builds one contract record from the prefetched FHIR resources (serving/fhir/mapping.py),
+validates it with the same `PatientFeatures` model as `POST /v1/risk`, scores it with the app's
+predictor, writes the audit record (request_id = the card's uuid, endpoint
+"/cds-services/icans-risk") and answers one card. Missing required data that cannot be fetched:
+412 with the list of what is missing and why.
+
+Wiring (serving/app.py): `app.include_router(cds_hooks.build_router(settings))`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.contract import INTENDED_USE
+from pipeline.settings import Settings
+from serving.auth import Principal
+from serving.cds_auth import require_cds_client
+from serving.routes.model import current_predictor
+from serving.schemas import ErrorResponse, PatientFeatures
+
+log = logging.getLogger("icans_risk.serving")
+
+SERVICE_ID = "icans-risk"
+DISCOVERY_PATH = "/cds-services"
+SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
+FEEDBACK_PATH = f"{SERVICE_PATH}/feedback"
+MODEL_CARD_PATH = "/v1/model/card"
+TOP_CONTRIBUTIONS = 5
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+# --------------------------------------------------------------------------------------------------
+# Request and response models (CDS Hooks 2.0)
+
+
+class FhirAuthorization(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    access_token: str = Field(min_length=1, max_length=8192)
+    token_type: str = "Bearer"
+    expires_in: int | None = None
+    scope: str | None = None
+    subject: str | None = None
+
+
+class PatientViewContext(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    userId: str | None = None
+    patientId: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9\-.]{1,64}$")
+    encounterId: str | None = None
+
+
+class CdsRequest(BaseModel):
+    """A CDS Hooks call. `prefetch` values are FHIR resources, searchset Bundles or null (no data)."""
+
+    model_config = ConfigDict(extra="allow")
+    hook: str
+    hookInstance: str = Field(min_length=1, max_length=128)
+    fhirServer: str | None = Field(default=None, max_length=2048)
+    fhirAuthorization: FhirAuthorization | None = None
+    context: PatientViewContext
+    prefetch: dict[str, Any] | None = None
+
+
+class Coding(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    system: str | None = Field(default=None, max_length=512)
+    code: str = Field(min_length=1, max_length=256)
+    display: str | None = Field(default=None, max_length=512)
+
+
+class OverrideReason(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    reason: Coding | None = None
+    userComment: str | None = Field(default=None, max_length=2000)
+
+
+class AcceptedSuggestion(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str = Field(min_length=1, max_length=128)
+
+
+class Feedback(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    card: str = Field(pattern=_UUID.pattern)
+    outcome: Literal["accepted", "overridden"]
+    acceptedSuggestions: list[AcceptedSuggestion] | None = Field(default=None, max_length=50)
+    overrideReason: OverrideReason | None = None
+    outcomeTimestamp: datetime  # ISO 8601; without an offset it is taken as UTC
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    feedback: list[Feedback] = Field(min_length=1, max_length=100)
+
+
+class CardSource(BaseModel):
+    label: str
+    url: str | None = None
+
+
+class Card(BaseModel):
+    """A CDS Hooks 2.0 card (optional fields without a value are omitted from the JSON)."""
+
+    model_config = ConfigDict(extra="allow")
+    uuid: str = Field(description="Identifies the card in feedback; equal to the request_id of its audit record")
+    summary: str = Field(max_length=139, description="Risk in words and numbers, under 140 characters")
+    indicator: Literal["info", "warning", "critical"] = Field(description="low -> info, intermediate -> warning, high -> critical")
+    detail: str | None = Field(default=None, description="GitHub-flavoured Markdown: top factors, data used, model version")
+    source: CardSource
+    overrideReasons: list[Coding] | None = None
+    extension: dict[str, Any] | None = Field(
+        default=None, description="'icans-risk.prediction': risk (0-1), risk_group, log_odds, model"
+    )
+
+
+class CdsResponse(BaseModel):
+    cards: list[Card]
+
+
+class CdsService(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    hook: str
+    id: str
+    title: str | None = None
+    description: str
+    prefetch: dict[str, str] | None = None
+
+
+class Discovery(BaseModel):
+    services: list[CdsService]
+
+
+class FeedbackStored(BaseModel):
+    stored: int
+    request_id: str | None = None
+
+
+class MissingItem(BaseModel):
+    feature: str
+    reason: str
+
+
+class PreconditionFailed(BaseModel):
+    detail: str
+    missing: list[MissingItem]
+    request_id: str | None = None
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Not a valid CDS Hooks request or invalid FHIR in the prefetch"},
+    401: {"model": ErrorResponse, "description": "Missing, invalid, expired or replayed CDS client JWT"},
+    422: {"model": ErrorResponse, "description": "The mapped record breaks the data contract (field and rule)"},
+    503: {"model": ErrorResponse},
+}
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _service_description(settings: Settings) -> dict[str, Any]:
+    from serving.fhir.mapping import prefetch_templates
+
+    return {
+        "hook": "patient-view",
+        "id": SERVICE_ID,
+        "title": "Risk of severe ICANS after CAR T-cell therapy (research use only)",
+        "description": (
+            "Estimated probability of severe immune effector cell-associated neurotoxicity syndrome "
+            "(ICANS, ASTCT grade >= 3) after CAR T-cell therapy for B-cell acute lymphoblastic "
+            "leukaemia, from baseline data before lymphodepletion, with the factors that drive it. "
+            + INTENDED_USE
+        ),
+        "prefetch": prefetch_templates(settings.cds_extra_codes),
+    }
+
+
+def _base_url(request: Request) -> str:
+    configured = request.app.state.settings.cds_service_url
+    return (configured or str(request.base_url)).rstrip("/")
+
+
+def _prefetch_data(body: CdsRequest, settings: Settings, request: Request) -> tuple[dict[str, Any], list[str]]:
+    """Received prefetch keys, completed from the FHIR server where allowed. Returns (data, notes)."""
+    from serving.fhir import fetch
+    from serving.fhir.mapping import is_unsatisfied, prefetch_templates
+
+    templates = prefetch_templates(settings.cds_extra_codes)
+    received = dict(body.prefetch or {})
+    data = {k: v for k, v in received.items() if k in templates and not is_unsatisfied(v)}
+    notes: list[str] = []
+    unsatisfied = [k for k in templates if k not in data]
+    if not unsatisfied:
+        return data, notes
+    can_fetch = (
+        body.fhirServer is not None
+        and body.fhirAuthorization is not None
+        and fetch.allowed(body.fhirServer, settings.cds_fhir_server_allowlist, development=settings.env == "development")
+    )
+    if not can_fetch:
+        return data, notes
+    for key in unsatisfied:
+        try:
+            data[key] = fetch.fetch(
+                body.fhirServer,  # type: ignore[arg-type]
+                fetch.render(templates[key], body.context.patientId),
+                body.fhirAuthorization.access_token,  # type: ignore[union-attr]
+                timeout=settings.cds_fetch_timeout_s,
+            )
+        except fetch.FetchError as exc:
+            log.warning("CDS fetch of '%s' failed (request %s): %s", key, request.state.request_id, exc)
+            notes.append(f"'{key}' could not be fetched from the FHIR server")
+    return data, notes
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse a malformed site code table at start-up (not on the first patient); warn on unusable issuer keys."""
+    from serving.cds_auth import load_keys
+    from serving.fhir.codes import FLAGS, LAB_FEATURES, parse_token
+
+    for name, tokens in settings.cds_extra_codes.items():
+        if name not in LAB_FEATURES and name not in FLAGS:
+            raise ValueError(
+                f"ICANS_CDS_EXTRA_CODES: unknown key {name!r} (a laboratory feature or one of {', '.join(FLAGS)})"
+            )
+        for token in tokens:
+            parse_token(token)
+    for iss, source in settings.cds_issuers.items():
+        try:
+            load_keys(source)
+        except Exception as exc:  # reported, not fatal: the plain API keeps serving
+            log.error("ICANS_CDS_ISSUERS[%s]: the keys cannot be loaded (%s); its tokens will be refused", iss, exc)
+    if settings.env == "production" and settings.cds_service_url and not settings.cds_service_url.startswith("https://"):
+        raise ValueError("ICANS_CDS_SERVICE_URL must be an https:// URL outside development (CDS Hooks requires TLS)")
+    if settings.auth == "on" and not settings.cds_service_url:
+        log.warning("ICANS_CDS_SERVICE_URL is not set: the CDS Hooks endpoints answer 503 until it is")
+
+
+def build_router(settings: Settings) -> APIRouter:
+    check_settings(settings)
+    router = APIRouter(tags=["cds-hooks"])
+
+    @router.get(
+        DISCOVERY_PATH,
+        response_model=None,
+        summary="CDS Hooks discovery: the icans-risk service on patient-view, with its prefetch templates",
+        responses={200: {"model": Discovery}, 401: _ERRORS[401], 503: _ERRORS[503]},
+    )
+    def discovery(request: Request, principal: Principal = Depends(require_cds_client(DISCOVERY_PATH))) -> dict:
+        return {"services": [_service_description(request.app.state.settings)]}
+
+    @router.post(
+        SERVICE_PATH,
+        response_model=None,
+        summary="Risk of severe ICANS as a CDS Hooks card, from prefetched FHIR resources",
+        responses={
+            200: {"model": CdsResponse},
+            **_ERRORS,
+            412: {"model": PreconditionFailed, "description": "Required data missing and not fetchable"},
+        },
+    )
+    def icans_risk(
+        body: CdsRequest, request: Request, principal: Principal = Depends(require_cds_client(SERVICE_PATH))
+    ) -> Any:
+        from serving.app import sanitize_errors
+        from serving.fhir.mapping import PrefetchError, map_prefetch
+        from serving.fhir.resources import card as build_card
+        from serving.fhir.resources import prune
+
+        started = time.perf_counter()
+        s = request.app.state.settings
+        if body.hook != "patient-view":
+            raise HTTPException(400, f"this service answers the patient-view hook, not {body.hook!r}")
+        predictor = current_predictor(request)
+        data, fetch_notes = _prefetch_data(body, s, request)
+        try:
+            mapped = map_prefetch(
+                body.context.patientId,
+                data,
+                window_days=s.cds_baseline_window_days,
+                ld_window_days=s.cds_lymphodepletion_window_days,
+                extra_codes=s.cds_extra_codes,
+            )
+        except PrefetchError as exc:
+            raise HTTPException(400, str(exc)) from None
+        if mapped.missing:
+            return JSONResponse(
+                status_code=412,
+                content={
+                    "detail": "required data are missing from the prefetch and could not be fetched",
+                    "missing": [m.as_dict() for m in mapped.missing],
+                    "request_id": request.state.request_id,
+                },
+            )
+        try:
+            features = PatientFeatures.model_validate(mapped.record)
+        except ValidationError as exc:
+            return JSONResponse(
+                status_code=422,
+                content={"detail": sanitize_errors(exc.errors()), "request_id": request.state.request_id},
+            )
+        record = features.model_dump()
+        record.pop("patient_id", None)
+        answer = predictor.predict([record])[0]
+        card_uuid = str(uuid.uuid4())
+        _audit_card(request, principal, card_uuid, body.context.patientId, record, answer, started)
+        b = predictor.bundle
+        card = build_card(
+            answer,
+            outcome=b.outcome,
+            card_uuid=card_uuid,
+            source_url=_base_url(request) + MODEL_CARD_PATH,
+            thresholds=(float(b.low_threshold), float(b.high_threshold)),
+            sources=mapped.sources,
+            notes=mapped.notes + fetch_notes,
+            window=(mapped.window_start, mapped.anchor),
+        )
+        return {"cards": [prune(card)]}
+
+    @router.post(
+        FEEDBACK_PATH,
+        response_model=None,
+        summary="CDS Hooks feedback: accepted / overridden outcomes of icans-risk cards",
+        responses={
+            200: {"model": FeedbackStored},
+            400: _ERRORS[400],
+            401: _ERRORS[401],
+            404: {"model": ErrorResponse, "description": "A card uuid this service never returned (to this client)"},
+            503: _ERRORS[503],
+        },
+    )
+    async def feedback(
+        request: Request, principal: Principal = Depends(require_cds_client(FEEDBACK_PATH, SERVICE_PATH))
+    ) -> dict:
+        from serving.app import sanitize_errors
+
+        raw = await request.body()
+        try:
+            body = FeedbackRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            return JSONResponse(  # type: ignore[return-value]
+                status_code=400,
+                content={"detail": sanitize_errors(exc.errors()), "request_id": request.state.request_id},
+            )
+        return await run_in_threadpool(_store_feedback, request, principal, body)
+
+    return router
+
+
+def _store_feedback(request: Request, principal: Principal, body: FeedbackRequest) -> dict:
+    from serving.store import FeedbackRecord
+
+    store = request.app.state.store
+    auth_on = request.app.state.settings.auth != "off"
+    records = []
+    for entry in body.feedback:
+        row = store.card_audit(entry.card.lower())
+        # A client sees only its own cards: another client's card is as unknown as a made-up one.
+        if row is None or (auth_on and row["client_id"] != principal.client):
+            raise HTTPException(404, f"unknown card {entry.card}")
+        when = entry.outcomeTimestamp
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        reason = entry.overrideReason
+        records.append(
+            FeedbackRecord(
+                card_uuid=entry.card.lower(),
+                outcome=entry.outcome,
+                outcome_timestamp=when,
+                override_reason=reason.reason.model_dump(exclude_none=True) if reason and reason.reason else None,
+                user_comment=reason.userComment if reason else None,
+                accepted_suggestions=[s.id for s in entry.acceptedSuggestions] if entry.acceptedSuggestions else None,
+                client_id=principal.client,
+            )
+        )
+    try:
+        n = store.record_feedback_many(records)
+    except Exception as exc:
+        log.error("feedback write failed (request %s): %s", request.state.request_id, type(exc).__name__)
+        raise HTTPException(503, "the feedback could not be stored") from None
+    return {"stored": n, "request_id": request.state.request_id}
+
+
+def _audit_card(
+    request: Request,
+    principal: Principal,
+    card_uuid: str,
+    patient_id: str,
+    record: dict[str, Any],
+    answer: dict[str, Any],
+    started: float,
+) -> None:
+    """The card's audit record (request_id = card uuid); 503 and no card if it cannot be written."""
+    from serving.store import AuditRecord
+
+    row = AuditRecord(
+        request_id=card_uuid,
+        client_id=principal.client,
+        endpoint=SERVICE_PATH,
+        model_name=answer["model"]["name"],
+        model_version=answer["model"]["version"],
+        inputs=record,
+        patient_id=patient_id,
+        risk=answer["risk"],
+        risk_group=answer["risk_group"],
+        top_contributions=[
+            {"feature": c["feature"], "log_odds": c["log_odds"]}
+            for c in answer["explanation"]["contributions"][:TOP_CONTRIBUTIONS]
+        ],
+        latency_ms=(time.perf_counter() - started) * 1000,
+    )
+    try:
+        request.app.state.store.append_many([row])
+    except Exception as exc:
+        request.app.state.metrics.audit_failures.inc()
+        log.error("audit write failed (request %s): %s", request.state.request_id, type(exc).__name__)
+        raise HTTPException(503, "the audit trail could not be written; no card was given") from None
+    request.app.state.metrics.patients.inc()
