@@ -163,6 +163,7 @@ def serve(host, port, workers, train_if_missing) -> None:
         port=port or settings.port,
         workers=workers,
         log_level="info",
+        access_log=settings.access_log,  # requests are counted in /metrics and the audit trail
         proxy_headers=False,
     )
 

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     reload_interval_s: float = Field(default=0.0, ge=0, description="poll @champion; 0 = off")
     max_body_bytes: int = Field(default=2_000_000, ge=1024)
     cors_origins: list[str] = Field(default_factory=list)  # closed unless listed
+    access_log: bool = False
 
     # Access control and audit trail
     auth: Literal["on", "off"] = "on"

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.contract import INTENDED_USE
 from pipeline.settings import Settings, get_settings
+from serving.audit import AuditWriter
 from serving.observability import Metrics, RequestContextMiddleware
 from serving.routes import admin, cds_hooks, health, model, risk
 from serving.state import ModelState, load_predictor
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
         if settings.auth == "off":
             log.warning("AUTHENTICATION IS OFF (ICANS_AUTH=off): development mode, no API keys checked")
         app.state.store = store or _open_store(settings)
+        app.state.audit = AuditWriter(app.state.store)
         state.load_in_background(settings, loader)
         if settings.reload_interval_s > 0:
             state.poll_in_background(settings, settings.reload_interval_s, loader)
@@ -49,6 +51,7 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
             yield
         finally:
             state.stop()
+            app.state.audit.close()
 
     app = FastAPI(
         title="icans-risk",

@@ -421,7 +421,7 @@ def _audit_card(
         latency_ms=(time.perf_counter() - started) * 1000,
     )
     try:
-        request.app.state.store.append_many([row])
+        request.app.state.audit.write([row])
     except Exception as exc:
         request.app.state.metrics.audit_failures.inc()
         log.error("audit write failed (request %s): %s", request.state.request_id, type(exc).__name__)
