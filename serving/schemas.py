@@ -18,7 +18,8 @@ def _field(f: Feature) -> tuple[Any, Any]:
         bounds: dict[str, float] = {"le": f.max}  # type: ignore[dict-item]
         bounds["gt" if f.min_exclusive else "ge"] = f.min  # type: ignore[assignment]
         annotation: Any = float
-        kwargs = dict(allow_inf_nan=False, **bounds)
+        # strict: a JSON boolean or string is not a number (lax mode would score true as 1.0)
+        kwargs = dict(allow_inf_nan=False, strict=True, **bounds)
     elif f.kind == "bool":
         annotation, kwargs = StrictBool, {}
     else:

@@ -6,11 +6,20 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving.auth import Principal, require
+from serving.schemas import ErrorResponse
 
 router = APIRouter(tags=["admin"])
 
 
-@router.post("/v1/admin/reload", summary="Load the current @champion, verify it and swap it in (admin scope)")
+@router.post(
+    "/v1/admin/reload",
+    summary="Load the current @champion, verify it and swap it in (admin scope)",
+    responses={
+        401: {"model": ErrorResponse, "description": "No or an invalid API key"},
+        403: {"model": ErrorResponse, "description": "The key lacks the admin scope"},
+        413: {"model": ErrorResponse, "description": "The body is larger than ICANS_MAX_BODY_BYTES"},
+    },
+)
 def reload_model(request: Request, principal: Principal = Depends(require("admin"))) -> dict:
     state = request.app.state.model
     outcome = state.reload(request.app.state.settings, request.app.state.loader)

@@ -281,7 +281,7 @@ def build_router(settings: Settings) -> APIRouter:
         started = time.perf_counter()
         s = request.app.state.settings
         if body.hook != "patient-view":
-            raise HTTPException(400, f"this service answers the patient-view hook, not {body.hook!r}")
+            raise HTTPException(400, "this service answers the patient-view hook only")
         predictor = current_predictor(request)
         data, fetch_notes = _prefetch_data(body, s, request)
         try:
@@ -332,6 +332,12 @@ def build_router(settings: Settings) -> APIRouter:
         FEEDBACK_PATH,
         response_model=None,
         summary="CDS Hooks feedback: accepted / overridden outcomes of icans-risk cards",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FeedbackRequest"}}},
+            }
+        },
         responses={
             200: {"model": FeedbackStored},
             400: _ERRORS[400],
@@ -368,7 +374,7 @@ def _store_feedback(request: Request, principal: Principal, body: FeedbackReques
         row = store.card_audit(entry.card.lower())
         # A client sees only its own cards: another client's card is as unknown as a made-up one.
         if row is None or (auth_on and row["client_id"] != principal.client):
-            raise HTTPException(404, f"unknown card {entry.card}")
+            raise HTTPException(404, "unknown card: this service never returned it to this client")
         when = entry.outcomeTimestamp
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)

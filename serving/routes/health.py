@@ -13,7 +13,11 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="A model is loaded (503 until then, with the reason)")
+@router.get(
+    "/readyz",
+    summary="A model is loaded (503 until then, with the reason)",
+    responses={503: {"description": "No model loaded yet; `reason` says why"}},
+)
 def readyz(request: Request) -> JSONResponse:
     state = request.app.state.model
     body = {

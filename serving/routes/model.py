@@ -20,7 +20,11 @@ def current_predictor(request: Request):
     return predictor
 
 
-@router.get("/v1/model", summary="The served model: version, metrics, features, thresholds")
+@router.get(
+    "/v1/model",
+    summary="The served model: version, metrics, features, thresholds",
+    responses={503: {"description": "No model loaded yet"}},
+)
 def model_info(request: Request) -> dict:
     p = current_predictor(request)
     b = p.bundle

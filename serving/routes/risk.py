@@ -21,9 +21,11 @@ from serving.schemas import BatchResult, ErrorResponse, PatientFeatures, RiskRes
 
 log = logging.getLogger("icans_risk.serving")
 _ERRORS = {
+    400: {"model": ErrorResponse, "description": "The body could not be read (e.g. not UTF-8)"},
     401: {"model": ErrorResponse},
     403: {"model": ErrorResponse},
     422: {"model": ErrorResponse},
+    413: {"model": ErrorResponse, "description": "The body is larger than ICANS_MAX_BODY_BYTES"},
     503: {"model": ErrorResponse},
 }
 TOP_CONTRIBUTIONS = 5
