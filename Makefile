@@ -74,8 +74,12 @@ mlflow-ui: install
 test: install
 	$(BIN)/python -m pytest
 
+# wrk (Debian package) drives the HTTP load; without it the runner uses its Python load generator.
 bench: install
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } \
+		|| echo "wrk could not be installed: bench falls back to its Python load generator"
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick)
+	$(if $(QUICK),,$(BIN)/python -m bench.load_reload --seconds 60 --rate 100)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""The icans-risk benchmark suite (issue 4): `python -m bench.run [--quick]`."""
