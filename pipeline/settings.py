@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     n_iter: int = Field(default=10, ge=1, description="random-search configurations per family")
     cv_folds: int = Field(default=5, ge=2)
     test_fraction: float = Field(default=0.25, gt=0, lt=1)
+    nested_cv_max_n: int = Field(default=1000, ge=0, description="nested CV when the development set is this small")
 
     # ---- NEW (issue 6): FHIR and CDS Hooks ---------------------------------------------------
     # Public base URL of this service as EHRs call it (e.g. https://cds.example.org). The `aud`

@@ -29,6 +29,7 @@ from sklearn.model_selection import (
     RandomizedSearchCV,
     StratifiedKFold,
     cross_val_predict,
+    cross_validate,
     train_test_split,
 )
 
@@ -163,6 +164,24 @@ def _tune(name: str, X: np.ndarray, y: np.ndarray, cv: StratifiedKFold, settings
     }
 
 
+def nested_cv(name: str, X: np.ndarray, y: np.ndarray, settings: Settings, n_jobs: int) -> dict[str, float]:
+    """Outer stratified folds around the same random search: an unbiased estimate of tuning + fit."""
+    cand = CANDIDATES[name]
+    grid_size = int(np.prod([len(v) for v in cand.space.values()]))
+    inner = StratifiedKFold(settings.cv_folds, shuffle=True, random_state=settings.seed + 1)
+    outer = StratifiedKFold(settings.cv_folds, shuffle=True, random_state=settings.seed + 2)
+    search = RandomizedSearchCV(
+        cand.factory(settings.seed, n_jobs), cand.space, n_iter=min(settings.n_iter, grid_size),
+        scoring="neg_log_loss", cv=inner, random_state=settings.seed, n_jobs=1,
+    )
+    scores = cross_validate(search, X, y, cv=outer, scoring={"auroc": "roc_auc", "log_loss": "neg_log_loss"})
+    return {
+        "nested_cv_auroc": float(np.mean(scores["test_auroc"])),
+        "nested_cv_auroc_std": float(np.std(scores["test_auroc"])),
+        "nested_cv_log_loss": float(-np.mean(scores["test_log_loss"])),
+    }
+
+
 def _prob(estimator: Any, X: np.ndarray) -> np.ndarray:
     return estimator.predict_proba(X)[:, 1]
 
@@ -265,6 +284,11 @@ def train(
 
         chosen = min(TREE_FAMILIES, key=lambda n: tuned[n]["cv_log_loss"])
         mlflow.set_tag("chosen_family", chosen)
+        if len(dev) <= settings.nested_cv_max_n:
+            # small data: the tuned CV score is optimistic, so estimate the whole tuning
+            # procedure honestly with nested cross-validation (tuning inside each outer fold)
+            nested = nested_cv(chosen, X_dev, y_dev, settings, n_jobs)
+            mlflow.log_metrics(nested)
         best = CANDIDATES[chosen].factory(settings.seed, n_jobs).set_params(**tuned[chosen]["params"])
 
         # Calibrate on out-of-fold margins of the development set, never on the test set.
