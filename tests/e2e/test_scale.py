@@ -34,12 +34,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.contract import example_request
+from tests.pg import PG_HOST, PG_PORT, pg_connect
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-PG_HOST = os.environ.get("ICANS_TEST_PG_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("ICANS_TEST_PG_PORT", "5432"))
 MODEL = "icans-risk"
 RELOAD_INTERVAL_S = 1.0
 SWITCH_DEADLINE_S = 30.0  # asserted bound; the measured value is reported
@@ -99,23 +98,7 @@ def _local(argv: list[str]) -> list[str]:
 
 
 def _pg_admin():
-    import psycopg
-
-    errors = []
-    for user in ("postgres", "root"):
-        try:
-            conn = psycopg.connect(
-                host=PG_HOST, port=PG_PORT, dbname="postgres", user=user, autocommit=True, connect_timeout=5
-            )
-            return conn, user
-        except psycopg.OperationalError as exc:
-            errors.append(f"{user}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}")
-    if os.environ.get("ICANS_SKIP_POSTGRES") == "1":
-        pytest.skip("PostgreSQL unreachable and ICANS_SKIP_POSTGRES=1")
-    pytest.fail(
-        f"PostgreSQL unreachable at {PG_HOST}:{PG_PORT} ({'; '.join(errors)}); "
-        "start it, or set ICANS_SKIP_POSTGRES=1 to skip this test"
-    )
+    return pg_connect("postgres")
 
 
 @pytest.fixture(scope="module")

@@ -22,32 +22,11 @@ import pytest
 import sqlalchemy as sa
 
 from serving.store import AuditRecord, Store, hash_patient_id, parse_token
+from tests.pg import PG_HOST, PG_PORT
+from tests.pg import pg_connect as _pg_connect
 
 KEY = b"test-hmac-key-0123456789abcdef"
 PATIENT = "pseudonym-PT-000042-zq"
-PG_HOST = os.environ.get("ICANS_TEST_PG_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("ICANS_TEST_PG_PORT", "5432"))
-
-
-def _pg_connect(dbname: str = "postgres"):
-    """(autocommit connection, user): as postgres, else as root. Fails (or skips, if allowed) if unreachable."""
-    import psycopg
-
-    errors = []
-    for user in ("postgres", "root"):
-        try:
-            conn = psycopg.connect(
-                host=PG_HOST, port=PG_PORT, dbname=dbname, user=user, autocommit=True, connect_timeout=5
-            )
-            return conn, user
-        except psycopg.OperationalError as exc:
-            errors.append(f"{user}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}")
-    if os.environ.get("ICANS_SKIP_POSTGRES") == "1":
-        pytest.skip("PostgreSQL unreachable and ICANS_SKIP_POSTGRES=1")
-    pytest.fail(
-        f"PostgreSQL unreachable at {PG_HOST}:{PG_PORT} ({'; '.join(errors)}); "
-        "start it, or set ICANS_SKIP_POSTGRES=1 to skip the PostgreSQL half of these tests"
-    )
 
 
 @contextmanager
