@@ -13,6 +13,8 @@ USER icans
 RUN make install
 
 EXPOSE 8000
-# Development mode trains a champion on the synthetic cohort if the store has none; point
-# MLFLOW_TRACKING_URI at a shared tracking server to serve a registered champion instead.
-CMD ["make", "serve", "HOST=0.0.0.0", "PORT=8000"]
+# Listening on every interface, so API keys are required (AUTH=on): create one with
+# `docker exec <container> .venv/bin/icans-risk keys create --client NAME --scope score`.
+# Without MLFLOW_TRACKING_URI it trains a champion on the synthetic cohort if the store has none;
+# point MLFLOW_TRACKING_URI at a shared tracking server to serve a registered champion instead.
+CMD ["make", "serve", "HOST=0.0.0.0", "PORT=8000", "AUTH=on"]

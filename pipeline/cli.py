@@ -133,13 +133,15 @@ def score(data, out, overwrite, on_invalid) -> None:
 
     settings = _settings()
     try:
-        n, model = score_file(settings, data, out, overwrite=overwrite, on_invalid=on_invalid)
+        n, model, rejected = score_file(settings, data, out, overwrite=overwrite, on_invalid=on_invalid)
     except (CohortError, ValueError) as exc:
         _data_error(exc)
     except FileExistsError as exc:
         raise click.ClickException(str(exc)) from None
     except ModelNotFound as exc:
         raise click.ClickException(f"{exc}; train one first (make train)") from None
+    if rejected:
+        click.echo(f"warning: {rejected} invalid rows were not scored (--on-invalid drop)", err=True)
     click.echo(f"scored {n} patients with {model} -> {out}")
 
 
@@ -184,6 +186,8 @@ def _ensure_champion(settings) -> None:
         click.echo("no champion yet: training one on the default synthetic cohort first ...")
         result = run_training(settings)
         click.echo(f"trained {result.model_name} v{result.version}: {result.reason}")
+        if not result.promoted:
+            raise click.ClickException(f"the new model was not made champion ({result.reason}); nothing to serve")
 
 
 def _store():

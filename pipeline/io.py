@@ -122,7 +122,9 @@ def read_table(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
+            # a stored pandas index (e.g. patient_id) becomes a column; rows count from 1 again
             df = pd.read_parquet(path)
+            df = df.reset_index(drop=df.index.name is None)
         elif suffix in (".csv", ".txt", ""):
             header = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].astype(str).str.strip()
             dupes = sorted(set(header[header.duplicated()]))

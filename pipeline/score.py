@@ -68,10 +68,12 @@ def distribution_warnings(bundle: ModelBundle, df: pd.DataFrame) -> list[str]:
 
 def score_file(
     settings: Settings, data: Path, out: Path, overwrite: bool = False, on_invalid: str = "refuse"
-) -> tuple[int, str]:
+) -> tuple[int, str, int]:
     if Path(out).exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
     cohort = read_cohort(Path(data), outcome=None, on_invalid=on_invalid, require_id=False)
+    if len(cohort.rejected):
+        log.warning("%s", cohort.report.summary())
     mlflow.set_tracking_uri(settings.tracking_uri)
     resolved = resolve(MlflowClient(), settings.resolved_model_uri)
     bundle = load_bundle(resolved, nthread=max(1, settings.predictor_threads))
@@ -84,4 +86,4 @@ def score_file(
     result = pd.concat([ids.rename(ID_COLUMN).reset_index(drop=True), scored.reset_index(drop=True)], axis=1)
     result["model_version"] = f"{resolved.name}/{resolved.version}"
     write_new(result, Path(out), overwrite=overwrite)
-    return len(result), f"{resolved.name} v{resolved.version}"
+    return len(result), f"{resolved.name} v{resolved.version}", len(cohort.rejected)

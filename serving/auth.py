@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import logging
+
 from fastapi import HTTPException, Request
+
+log = logging.getLogger("icans_risk.serving")
 
 SCOPES = ("score", "admin")
 
@@ -31,7 +35,11 @@ def require(scope: str) -> Callable[[Request], Principal]:
         kind, _, token = header.partition(" ")
         if kind.lower() != "bearer" or not token:
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-        record = request.app.state.store.verify(token.strip())
+        try:
+            record = request.app.state.store.verify(token.strip())
+        except Exception as exc:  # the key store is down: a server-side condition, not the caller's
+            log.error("API key store unavailable: %s", type(exc).__name__)
+            raise HTTPException(503, "the key store is unavailable", headers={"Retry-After": "5"}) from None
         if record is None:
             raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
         if not record.allows(scope):

@@ -77,6 +77,18 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
+        try:
+            await self._dispatch(scope, receive, send_wrapper, request_id, length)
+        except BaseException:
+            status_holder[0] = 500  # counted, then Starlette's error handler answers it
+            raise
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(endpoint, scope["method"], str(status_holder[0])).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+    async def _dispatch(self, scope: dict, receive: Any, send_wrapper: Any, request_id: str, length: Any) -> None:
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             await self._reject(send_wrapper, request_id, 413, f"request body over {self.max_body} bytes")
         elif scope["method"] in ("POST", "PUT", "PATCH"):
@@ -107,10 +119,6 @@ class RequestContextMiddleware:
                 await self.app(scope, replay, send_wrapper)
         else:
             await self.app(scope, receive, send_wrapper)
-        route = scope.get("route")
-        endpoint = getattr(route, "path", None) or "unmatched"
-        self.metrics.requests.labels(endpoint, scope["method"], str(status_holder[0])).inc()
-        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
     @staticmethod
     async def _reject(send: Any, request_id: str, status: int, detail: str) -> None:

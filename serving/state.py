@@ -8,6 +8,7 @@ fails to load or to verify is refused and the old one keeps serving.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,12 @@ from typing import Any, Callable
 from serving.predictor import Predictor
 
 log = logging.getLogger("icans_risk.serving")
+_CREDENTIALS = re.compile(r"://[^/@\s]+@")
+
+
+def describe(exc: BaseException) -> str:
+    """An error for /readyz, logs and reload answers, without credentials from URLs."""
+    return _CREDENTIALS.sub("://***@", f"{type(exc).__name__}: {exc}")
 
 
 def resolve_current(settings: Any):
@@ -98,19 +105,37 @@ class ModelState:
                 try:
                     predictor = loader(settings, None)
                 except Exception as exc:  # reported through /readyz, never to a scoring client
-                    self.status, self.error = "error", f"{type(exc).__name__}: {exc}"
+                    self.status, self.error = "error", describe(exc)
                     log.warning("model load attempt %d failed: %s", attempt + 1, self.error)
                     if attempt < settings.model_load_retries:
                         self._stop.wait(delay)
                         delay = min(delay * 2, 60)
                     continue
-                self.set_ready(predictor)
+                with self._reload_lock:
+                    if self.predictor is not None:  # an admin reload finished first: keep its model
+                        return
+                    self.set_ready(predictor)
                 log.info(
                     "serving %s v%s (run %s)", predictor.model.name, predictor.model.version, predictor.model.run_id
                 )
                 return
-            log.error("giving up loading the model after %d attempts; the reload poll keeps trying", self.attempts)
             self._loader_gave_up.set()
+            if settings.reload_interval_s > 0:
+                log.error("model not loaded after %d attempts; the reload poll keeps trying", self.attempts)
+                return
+            # no poll configured: keep trying once a minute (readyz says why meanwhile)
+            log.error("model not loaded after %d attempts; retrying every 60 s", self.attempts)
+            while not self._stop.wait(60):
+                self.attempts += 1
+                try:
+                    predictor = loader(settings, None)
+                except Exception as exc:
+                    self.error = describe(exc)
+                    continue
+                with self._reload_lock:
+                    if self.predictor is None:
+                        self.set_ready(predictor)
+                return
 
         thread = threading.Thread(target=run, name="model-loader", daemon=True)
         thread.start()
@@ -126,14 +151,14 @@ class ModelState:
             try:
                 resolved = resolver(settings)
             except Exception as exc:
-                return self._record("failed", f"registry unreachable or model missing: {type(exc).__name__}: {exc}")
+                return self._record("failed", f"registry unreachable or model missing: {describe(exc)}")
             current = self.predictor
             if current is not None and (current.model.name, current.model.version) == (resolved.name, resolved.version):
                 return self._record("unchanged", f"already serving {resolved.name} v{resolved.version}")
             try:
                 predictor = loader(settings, resolved)
             except Exception as exc:
-                return self._record("failed", f"new model refused, still serving the old one: {type(exc).__name__}: {exc}")
+                return self._record("failed", f"new model refused, still serving the old one: {describe(exc)}")
             old = current.model.version if current else None
             self.set_ready(predictor)
             return self._record(

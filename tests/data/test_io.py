@@ -598,3 +598,16 @@ def test_required_features_listed_in_contract_are_the_ones_io_requires(cohort_df
         with pytest.raises(CohortError, match=name):
             read_cohort(_csv(cohort_df.drop(columns=name), tmp_path / f"{name}.csv"), OUTCOME)
     assert FEATURES_BY_NAME[OPTIONAL[0]].required is False
+
+
+def test_parquet_with_a_stored_index_keeps_ids_and_row_numbers(tmp_path):
+    from pipeline.cohort import generate_cohort
+    from pipeline.io import CohortError, read_cohort
+
+    df = generate_cohort(30, seed=4).drop(columns=["p_true"]).iloc[10:].set_index("patient_id")
+    df.iloc[3, df.columns.get_loc("ldh_u_l")] = 55555.0
+    path = tmp_path / "indexed.parquet"
+    df.to_parquet(path)
+    with pytest.raises(CohortError) as err:
+        read_cohort(path, "severe_icans")
+    assert "rows 4" in str(err.value) and "SYN-" not in str(err.value)

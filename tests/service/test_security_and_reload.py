@@ -164,3 +164,50 @@ def test_production_refuses_unsafe_defaults():
         Settings(env="production", tracking_uri="http://mlflow:5000", auth="off")
     with pytest.raises(ValidationError, match="ICANS_AUDIT_HMAC_KEY"):
         Settings(env="production", tracking_uri="http://mlflow:5000")
+
+
+class _KeyStoreDown:
+    def verify(self, token):
+        raise ConnectionError("database is down")
+
+
+def test_key_store_down_is_503_not_500(trained, tokens):
+    settings, _ = trained
+    with TestClient(create_app(settings, store=_KeyStoreDown())) as c:
+        _ready(c)
+        r = c.post("/v1/risk", json=example_request(), headers=_bearer(tokens["score"]))
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        assert "database is down" not in r.text
+
+
+def test_unexpected_error_is_a_bare_500_and_is_counted(trained, tokens):
+    settings, _ = trained
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        _ready(c)
+        _explode_once(c, tokens)
+
+
+def _explode_once(app_client, tokens):
+    predictor = app_client.app.state.model.predictor
+
+    class Exploding:
+        model = predictor.model
+
+        def predict(self, records):
+            raise RuntimeError("secret detail MRN-123")
+
+    app_client.app.state.model.predictor = Exploding()
+    try:
+        r = app_client.post("/v1/risk", json=example_request(), headers=_bearer(tokens["score"]))
+    finally:
+        app_client.app.state.model.predictor = predictor
+    assert r.status_code == 500
+    assert "MRN-123" not in r.text and "Traceback" not in r.text and r.json()["request_id"]
+    assert 'icans_http_requests_total{endpoint="/v1/risk",method="POST",status="500"} 1.0' in app_client.get("/metrics").text
+
+
+def test_errors_shown_to_operators_carry_no_credentials():
+    from serving.state import describe
+
+    text = describe(ConnectionError("API request to http://user:S3cret@mlflow:5000/api failed"))
+    assert "S3cret" not in text and "http://***@mlflow:5000" in text
