@@ -138,19 +138,28 @@ def choose_thresholds(y: np.ndarray, risk: np.ndarray) -> tuple[float, float]:
     return round(low, 4), round(high, 4)
 
 
-def _tune(name: str, X: np.ndarray, y: np.ndarray, cv: StratifiedKFold, settings: Settings, n_jobs: int):
+def _random_search(
+    name: str, cv: StratifiedKFold, settings: Settings, n_jobs: int, scoring: Any, refit: bool
+) -> RandomizedSearchCV:
+    """The one tuning procedure: used for model choice and, wrapped in outer folds, nested CV."""
     cand = CANDIDATES[name]
     grid_size = int(np.prod([len(v) for v in cand.space.values()]))
-    search = RandomizedSearchCV(
+    return RandomizedSearchCV(
         cand.factory(settings.seed, n_jobs),
         cand.space,
         n_iter=min(settings.n_iter, grid_size),
-        scoring={"log_loss": "neg_log_loss", "auroc": "roc_auc"},
-        refit=False,
+        scoring=scoring,
+        refit=refit,
         cv=cv,
         random_state=settings.seed,
         n_jobs=1,
         error_score="raise",
+    )
+
+
+def _tune(name: str, X: np.ndarray, y: np.ndarray, cv: StratifiedKFold, settings: Settings, n_jobs: int):
+    search = _random_search(
+        name, cv, settings, n_jobs, scoring={"log_loss": "neg_log_loss", "auroc": "roc_auc"}, refit=False
     )
     search.fit(X, y)
     res = search.cv_results_
@@ -166,14 +175,9 @@ def _tune(name: str, X: np.ndarray, y: np.ndarray, cv: StratifiedKFold, settings
 
 def nested_cv(name: str, X: np.ndarray, y: np.ndarray, settings: Settings, n_jobs: int) -> dict[str, float]:
     """Outer stratified folds around the same random search: an unbiased estimate of tuning + fit."""
-    cand = CANDIDATES[name]
-    grid_size = int(np.prod([len(v) for v in cand.space.values()]))
     inner = StratifiedKFold(settings.cv_folds, shuffle=True, random_state=settings.seed + 1)
     outer = StratifiedKFold(settings.cv_folds, shuffle=True, random_state=settings.seed + 2)
-    search = RandomizedSearchCV(
-        cand.factory(settings.seed, n_jobs), cand.space, n_iter=min(settings.n_iter, grid_size),
-        scoring="neg_log_loss", cv=inner, random_state=settings.seed, n_jobs=1,
-    )
+    search = _random_search(name, inner, settings, n_jobs, scoring="neg_log_loss", refit=True)
     scores = cross_validate(search, X, y, cv=outer, scoring={"auroc": "roc_auc", "log_loss": "neg_log_loss"})
     return {
         "nested_cv_auroc": float(np.mean(scores["test_auroc"])),

@@ -97,19 +97,25 @@ class ModelState:
 
         def run() -> None:
             delay = settings.model_load_backoff_s
-            for attempt in range(settings.model_load_retries + 1):
-                if self._stop.is_set():
-                    return
-                self.attempts = attempt + 1
+            attempt = 0
+            while not self._stop.is_set():
+                attempt += 1
+                self.attempts = attempt
                 self.status = "loading"
                 try:
                     predictor = loader(settings, None)
                 except Exception as exc:  # reported through /readyz, never to a scoring client
                     self.status, self.error = "error", describe(exc)
-                    log.warning("model load attempt %d failed: %s", attempt + 1, self.error)
-                    if attempt < settings.model_load_retries:
-                        self._stop.wait(delay)
-                        delay = min(delay * 2, 60)
+                    log.warning("model load attempt %d failed: %s", attempt, self.error)
+                    if attempt == settings.model_load_retries + 1:
+                        self._loader_gave_up.set()
+                        if settings.reload_interval_s > 0:
+                            log.error("model not loaded after %d attempts; the reload poll keeps trying", attempt)
+                            return
+                        # no poll configured: keep trying once a minute (readyz says why meanwhile)
+                        log.error("model not loaded after %d attempts; retrying every 60 s", attempt)
+                    self._stop.wait(delay if attempt <= settings.model_load_retries else 60)
+                    delay = min(delay * 2, 60)
                     continue
                 with self._reload_lock:
                     if self.predictor is not None:  # an admin reload finished first: keep its model
@@ -118,23 +124,6 @@ class ModelState:
                 log.info(
                     "serving %s v%s (run %s)", predictor.model.name, predictor.model.version, predictor.model.run_id
                 )
-                return
-            self._loader_gave_up.set()
-            if settings.reload_interval_s > 0:
-                log.error("model not loaded after %d attempts; the reload poll keeps trying", self.attempts)
-                return
-            # no poll configured: keep trying once a minute (readyz says why meanwhile)
-            log.error("model not loaded after %d attempts; retrying every 60 s", self.attempts)
-            while not self._stop.wait(60):
-                self.attempts += 1
-                try:
-                    predictor = loader(settings, None)
-                except Exception as exc:
-                    self.error = describe(exc)
-                    continue
-                with self._reload_lock:
-                    if self.predictor is None:
-                        self.set_ready(predictor)
                 return
 
         thread = threading.Thread(target=run, name="model-loader", daemon=True)
