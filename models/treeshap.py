@@ -40,7 +40,11 @@ class FlatTrees:
 
 
 def from_xgboost(booster) -> FlatTrees:
-    model = json.loads(booster.save_raw(raw_format="json"))
+    return from_xgboost_json(json.loads(booster.save_raw(raw_format="json")))
+
+
+def from_xgboost_json(model: dict) -> FlatTrees:
+    """From xgboost's JSON model document (what `save_model("x.json")` writes): no xgboost needed."""
     learner = model["learner"]
     trees = learner["gradient_booster"]["model"]["trees"]
     base = learner["learner_model_param"]["base_score"]
