@@ -5,7 +5,6 @@ No DataFrame, no pandera, no pyfunc here: pydantic has already enforced the cont
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,10 +12,11 @@ import numpy as np
 
 from models.artifact import ModelBundle
 from pipeline.contract import FEATURES, FEATURES_BY_NAME
-from pipeline.features import N_MATRIX, encode_record
+from pipeline.features import MATRIX_NAMES, N_MATRIX, encode_record
 from pipeline.registry import ResolvedModel
 
 _OPTIONAL = tuple(f.name for f in FEATURES if not f.required)
+assert all(f.kind == "float" for f in FEATURES if not f.required), "warnings() reads missing values from the matrix"
 _FLOATS = tuple(f.name for f in FEATURES if f.kind == "float")
 
 
@@ -30,58 +30,67 @@ class Predictor:
         self.ranges = dict(self.bundle.training_ranges)
         self.names = self.bundle.feature_names
         self.units = tuple(FEATURES_BY_NAME[n].unit for n in self.names)
+        column = {name: j for j, name in enumerate(MATRIX_NAMES)}  # a float's column is its own name
+        self._optional_cols = [column[n] for n in _OPTIONAL]
+        ranged = [n for n in _FLOATS if n in self.ranges]
+        self._range_cols = [column[n] for n in ranged]
+        self._bounds = (
+            np.array([self.ranges[n][0] for n in ranged], dtype=np.float64),
+            np.array([self.ranges[n][1] for n in ranged], dtype=np.float64),
+        )
+        self._range_messages = [
+            f"{n} is outside the range seen in training (1st-99th percentile "
+            f"{self.ranges[n][0]:.4g}-{self.ranges[n][1]:.4g} {FEATURES_BY_NAME[n].unit}); the estimate is less certain"
+            for n in ranged
+        ]
 
     def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         X = np.empty((len(records), N_MATRIX), dtype=np.float64)
         for i, rec in enumerate(records):
             encode_record(rec, X[i])
         ex = self.bundle.explain(X)
-        groups = self.bundle.risk_group(ex.risk)
+        warnings = self.warnings(X)
+        groups = self.bundle.risk_group(ex.risk).tolist()
+        # sort and convert whole arrays at once: Python floats and ints from .tolist(), not per element
+        order = np.argsort(-np.abs(ex.contributions), axis=1, kind="stable")
+        ordered = np.take_along_axis(ex.contributions, order, axis=1).tolist()
+        order_l = order.tolist()
+        risk, log_odds, base = ex.risk.tolist(), ex.log_odds.tolist(), ex.base.tolist()
+        names, units = self.names, self.units
         out = []
         for i, rec in enumerate(records):
-            contribs = ex.contributions[i]
-            order = np.argsort(-np.abs(contribs), kind="stable")
             out.append(
                 {
-                    "risk": float(ex.risk[i]),
-                    "risk_group": str(groups[i]),
-                    "log_odds": float(ex.log_odds[i]),
+                    "risk": risk[i],
+                    "risk_group": groups[i],
+                    "log_odds": log_odds[i],
                     "explanation": {
-                        "base_log_odds": float(ex.base[i]),
+                        "base_log_odds": base[i],
                         "contributions": [
-                            {
-                                "feature": self.names[j],
-                                "value": rec.get(self.names[j]),
-                                "unit": self.units[j],
-                                "log_odds": float(contribs[j]),
-                            }
-                            for j in order
+                            {"feature": names[j], "value": rec.get(names[j]), "unit": units[j], "log_odds": v}
+                            for j, v in zip(order_l[i], ordered[i])
                         ],
                     },
                     "model": self.model_ref,
-                    "warnings": self.warnings(rec),
+                    "warnings": warnings[i],
                 }
             )
         return out
 
-    def warnings(self, rec: dict[str, Any]) -> list[str]:
-        """Missing optional inputs and values outside the development data (never the value itself)."""
-        out = []
-        missing = [n for n in _OPTIONAL if rec.get(n) is None]
-        if missing:
-            out.append(
-                "not provided, handled as missing by the model: " + ", ".join(missing)
-            )
-        for name in _FLOATS:
-            value = rec.get(name)
-            bounds = self.ranges.get(name)
-            if value is None or bounds is None or (isinstance(value, float) and math.isnan(value)):
-                continue
-            lo, hi = bounds
-            if value < lo or value > hi:
-                unit = FEATURES_BY_NAME[name].unit
-                out.append(
-                    f"{name} is outside the range seen in training (1st-99th percentile "
-                    f"{lo:.4g}-{hi:.4g} {unit}); the estimate is less certain"
-                )
+    def warnings(self, X: np.ndarray) -> list[list[str]]:
+        """Per row: missing optional inputs and values outside the development data (never the value).
+
+        From the encoded matrix, vectorised: every optional feature is a float, which the matrix
+        holds as given (NaN when missing)."""
+        missing = np.isnan(X[:, self._optional_cols])
+        lo, hi = self._bounds
+        with np.errstate(invalid="ignore"):
+            outside = (X[:, self._range_cols] < lo) | (X[:, self._range_cols] > hi)
+        out: list[list[str]] = [[] for _ in range(len(X))]
+        for i in np.flatnonzero(missing.any(axis=1) | outside.any(axis=1)).tolist():
+            row = out[i]
+            names = [n for n, m in zip(_OPTIONAL, missing[i]) if m]
+            if names:
+                row.append("not provided, handled as missing by the model: " + ", ".join(names))
+            row.extend(self._range_messages[k] for k in np.flatnonzero(outside[i]).tolist())
         return out
