@@ -112,6 +112,7 @@ def _open_store(settings: Settings):
         settings.store_url,
         settings.audit_hmac_key.get_secret_value().encode(),
         key_cache_ttl_s=settings.key_cache_ttl_s,
+        sync=settings.audit_sync,
     )
     store.migrate()
     return store

@@ -2,17 +2,21 @@
 requests share one transaction (and one fsync), so the audit costs little more under load
 than one insert.
 
-A request's records are written before its answer leaves (the caller blocks until the batch
+A request's records are written before its answer leaves (the caller waits until the batch
 that holds them is committed) and a failure reaches exactly the requests whose records failed.
+Async routes `await submit(...)`: the event loop keeps serving while the writer thread commits,
+with no threadpool hop per request; synchronous callers use `write(...)`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 _STOP = object()
+Done = Callable[[BaseException | None], None]
 
 
 class AuditWriter:
@@ -28,11 +32,30 @@ class AuditWriter:
         """Block until `rows` are committed; raise what the store raised if they were not."""
         done = threading.Event()
         outcome: list[BaseException | None] = [None]
-        self._queue.put((rows, done, outcome))
+
+        def finished(error: BaseException | None) -> None:
+            outcome[0] = error
+            done.set()
+
+        self._queue.put((rows, finished))
         if not done.wait(self.timeout_s):
             raise TimeoutError(f"audit write not committed within {self.timeout_s:.0f} s")
         if outcome[0] is not None:
             raise outcome[0]
+
+    async def submit(self, rows: Sequence[Any]) -> None:
+        """Wait (without blocking the event loop) until `rows` are committed; raise as `write` does."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+
+        def finished(error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_settle, future, error)
+
+        self._queue.put((rows, finished))
+        try:
+            await asyncio.wait_for(future, self.timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"audit write not committed within {self.timeout_s:.0f} s") from None
 
     def close(self) -> None:
         self._queue.put(_STOP)
@@ -58,9 +81,9 @@ class AuditWriter:
             if stop:
                 return
 
-    def _flush(self, batch: list) -> None:
+    def _flush(self, batch: list[tuple[Sequence[Any], Done]]) -> None:
         try:
-            self.store.append_many([row for rows, _, _ in batch for row in rows])
+            self.store.append_many([row for rows, _ in batch for row in rows])
             error: BaseException | None = None
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting requests
             if len(batch) > 1:  # one request's bad record must not fail the others
@@ -68,6 +91,17 @@ class AuditWriter:
                     self._flush([item])
                 return
             error = exc
-        for _, done, outcome in batch:
-            outcome[0] = error
-            done.set()
+        for _, finished in batch:
+            try:
+                finished(error)
+            except RuntimeError:  # the waiter's event loop has closed (shutdown): nobody to tell
+                pass
+
+
+def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+    if future.done():  # the waiter timed out or was cancelled
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

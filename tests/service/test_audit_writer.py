@@ -66,3 +66,51 @@ def test_a_bad_record_fails_only_its_own_request(store):
     assert results["good1"] == "ok" and results["good2"] == "ok"
     assert isinstance(results["bad"], ValueError)
     assert store.count() == 2  # the bad request's two records were written all-or-nothing
+
+
+def test_async_submits_share_commits_and_fail_alone(store):
+    """The async path: many requests awaiting at once all commit; a bad one fails only itself."""
+    import asyncio
+
+    writer = AuditWriter(store)
+
+    async def main():
+        good = [writer.submit([_record(i)]) for i in range(50)]
+        bad = writer.submit([_record(99), _record(100, risk=float("inf"))])
+        return await asyncio.gather(*good, bad, return_exceptions=True)
+
+    results = asyncio.run(main())
+    writer.close()
+    assert results[:50] == [None] * 50
+    assert isinstance(results[50], ValueError)
+    assert store.count() == 50
+
+
+def test_async_submit_times_out_without_blocking_the_loop():
+    """A stuck store: the waiter gets TimeoutError after timeout_s while the loop keeps running."""
+    import asyncio
+
+    release = threading.Event()
+
+    class StuckStore:
+        def append_many(self, rows):
+            release.wait(5)
+
+    writer = AuditWriter(StuckStore(), timeout_s=0.2)
+    ticks = []
+
+    async def ticker():
+        for _ in range(10):
+            ticks.append(1)
+            await asyncio.sleep(0.01)
+
+    async def main():
+        t = asyncio.create_task(ticker())
+        with pytest.raises(TimeoutError):
+            await writer.submit([_record(1)])
+        await t
+
+    asyncio.run(main())
+    release.set()
+    writer.close()
+    assert len(ticks) == 10  # the loop was never blocked by the wait

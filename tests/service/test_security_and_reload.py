@@ -87,8 +87,8 @@ class _BrokenStore:
     def __init__(self, real):
         self.real = real
 
-    def verify(self, token):
-        return self.real.verify(token)
+    def __getattr__(self, name):  # a working store (keys, ...) whose audit writes fail
+        return getattr(self.real, name)
 
     def append_many(self, rows):
         raise OSError("disk full")

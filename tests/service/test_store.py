@@ -488,3 +488,61 @@ def test_export_refuses_to_overwrite_and_leaves_nothing_behind(store, tmp_path):
     with pytest.raises(ValueError):
         store.export(None, tmp_path / "a.json", "json")  # type: ignore[arg-type]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "store") == ["audit.csv"]
+
+
+@pytest.mark.parametrize("sync", ["full", "normal"])
+def test_audit_durability_setting_reaches_the_database(store_url, sync):
+    """ICANS_AUDIT_SYNC: full waits for the disk on every commit; normal trades the last moments
+    before a power loss for latency. Each backend must actually be configured that way, and the
+    records written either way read back the same."""
+    store = Store(store_url, KEY, sync=sync)
+    store.migrate()
+    with store.engine.connect() as conn:
+        if store.backend == "sqlite":
+            level = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+            assert level == {"full": 2, "normal": 1}[sync]
+        else:
+            level = conn.exec_driver_sql("SHOW synchronous_commit").scalar()
+            assert level == {"full": "on", "normal": "off"}[sync]
+    record = AuditRecord(
+        request_id="r1", client_id="c", endpoint="/v1/risk", model_name="m", model_version="3",
+        inputs={"age_years": 30.5, "sex": "female", "il6_pg_ml": None}, patient_id=PATIENT, risk=0.25,
+        risk_group="intermediate", top_contributions=[{"feature": "age_years", "log_odds": -0.125}], latency_ms=1.5,
+    )
+    store.append_many([record])
+    (row,) = [r for chunk in store.iter_audit() for r in chunk]
+    assert row["inputs"] == {"age_years": 30.5, "sex": "female", "il6_pg_ml": None}
+    assert row["top_contributions"] == [{"feature": "age_years", "log_odds": -0.125}]
+    assert row["patient_hash"] == hash_patient_id(PATIENT, KEY) and PATIENT not in str(row)
+    assert row["time"].tzinfo is not None and abs((row["time"] - record.time).total_seconds()) < 1e-3
+    store.close()
+
+
+def test_unknown_durability_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="sync"):
+        Store(f"sqlite:///{tmp_path / 's.db'}", KEY, sync="sometimes")  # type: ignore[arg-type]
+
+
+def test_schema_head_constant_is_alembics_head(tmp_path):
+    """The start-up shortcut (no Alembic when the store is at SCHEMA_HEAD) must name the real head,
+    or a new migration would never run on an existing store."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from serving.store import MIGRATIONS_DIR, SCHEMA_HEAD
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert ScriptDirectory.from_config(cfg).get_heads() == [SCHEMA_HEAD]
+    store = Store(f"sqlite:///{tmp_path / 's.db'}", KEY)
+    assert not store._at_head()
+    store.migrate()
+    assert store._at_head() and store.current_revision() == SCHEMA_HEAD
+    with store.engine.begin() as conn:  # an older store is upgraded, not skipped
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0002_audit_log'")
+        conn.exec_driver_sql("DROP TABLE cds_jti")
+        conn.exec_driver_sql("DROP TABLE cds_feedback")
+    assert not store._at_head()
+    store.migrate()
+    assert store.current_revision() == SCHEMA_HEAD
+    assert store.feedback_for("x") == []
