@@ -8,6 +8,7 @@ no DDL lives in this module. Nothing here touches the database until a method is
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import hmac
 import json
@@ -18,7 +19,7 @@ import secrets
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -352,6 +353,9 @@ class Store:
             sync=sync,
         )
         self.sync = sync
+        self._lock_path = f"{self.url.database}.write-lock" if self.backend == "sqlite" else None
+        self._lock_fd: int | None = None
+        self._lock_guard = threading.Lock()
         self._cache: dict[str, tuple[float, tuple[KeyRecord, bytes, str] | None]] = {}
         self._cache_lock = threading.Lock()
 
@@ -369,6 +373,10 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        with self._lock_guard:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -564,8 +572,31 @@ class Store:
             )
             for row in rows
         ]
-        with self.engine.begin() as conn:
+        with self._writer_turn(), self.engine.begin() as conn:
             conn.exec_driver_sql(sql, params)
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """SQLite with several worker processes: take turns on a lock file before writing.
+
+        SQLite's own busy handler sleeps 1, 2, 5, 10 ms... between retries, so a worker that finds
+        another one committing (an fsync, ~4 ms here) waits ~8 ms; a blocking flock wakes as soon
+        as the other commit ends. The busy timeout still covers writers that skip this lock."""
+        if self._lock_path is None:
+            yield
+            return
+        with self._lock_guard:  # one thread of this process at a time holds the descriptor
+            if self._lock_fd is None:
+                try:
+                    self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+                except OSError:  # no lock file possible: SQLite's own locking (and error) decides
+                    yield
+                    return
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _audit_row(self, r: AuditRecord) -> dict[str, Any]:
         inputs = dict(r.inputs)
