@@ -8,6 +8,7 @@ record cannot be written, the caller gets 503 and no risk (an unaudited answer i
 
 import logging
 import time
+from datetime import UTC, datetime
 
 import orjson
 
@@ -45,6 +46,7 @@ async def _audit(request: Request, principal: Principal, endpoint: str, records:
     from serving.store import AuditRecord
 
     latency_ms = (time.perf_counter() - started) * 1000
+    now = datetime.now(UTC)  # one request, one time
     rows = [
         AuditRecord(
             request_id=request.state.request_id,
@@ -61,6 +63,7 @@ async def _audit(request: Request, principal: Principal, endpoint: str, records:
                 for c in a["explanation"]["contributions"][:TOP_CONTRIBUTIONS]
             ],
             latency_ms=latency_ms,
+            time=now,
         )
         for rec, a in zip(records, answers)
     ]
