@@ -2,14 +2,21 @@
 
 A bundle is a directory (`bundle.json` + the estimator file) that MLflow stores as the model's
 artifact. Serving loads it directly, so the hot path needs neither pyfunc nor pandas.
+
+An xgboost booster is saved in xgboost's JSON format (`model.json`), which xgboost loads as it
+loads its binary one and which `models.treeshap.from_xgboost_json` reads without xgboost: a loaded
+bundle explains from those trees, and the `xgboost.Booster` itself is loaded (and xgboost imported)
+only when something asks for `bundle.estimator` (`predict_proba`, training, evaluation, re-saving).
+Older bundles (`model.ubj`) still load, through xgboost.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,8 +24,13 @@ from models.explain import TreeExplainer
 from pipeline.contract import CONTRACT_VERSION, FEATURE_NAMES
 from pipeline.features import GROUP, MATRIX_NAMES
 
+if TYPE_CHECKING:
+    from models.treeshap import FlatTrees
+
 BUNDLE_FILE = "bundle.json"
+XGBOOST_FILE = "model.json"  # older bundles: model.ubj
 RISK_GROUPS = ("low", "intermediate", "high")
+_LOAD_LOCK = threading.Lock()
 
 
 @dataclass
@@ -35,7 +47,7 @@ class Explained:
 @dataclass
 class ModelBundle:
     kind: str
-    estimator: Any
+    estimator: Any  # the library's model; a property (below): loaded on first use after `load`
     calibration_intercept: float
     calibration_slope: float
     low_threshold: float
@@ -50,12 +62,25 @@ class ModelBundle:
     # documents shipped inside the bundle directory (the model card), read at load
     documents: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
     _explainer: TreeExplainer | None = field(default=None, repr=False, compare=False)
+    # set by `load` when the estimator is not loaded yet: its flattened trees and its saved bytes
+    _trees: FlatTrees | None = field(default=None, repr=False, compare=False)
+    _estimator_raw: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def explainer(self) -> TreeExplainer:
         if self._explainer is None:
-            self._explainer = TreeExplainer(self.kind, self.estimator, nthread=self.nthread)
+            if self._trees is not None:
+                explainer = TreeExplainer.from_trees(self.kind, self._trees, nthread=self.nthread)
+                if self.__dict__.get("_estimator") is not None:
+                    explainer.attach(self._estimator)
+            else:
+                explainer = TreeExplainer(self.kind, self.estimator, nthread=self.nthread)
+            self._explainer = explainer
         return self._explainer
+
+    @property
+    def estimator_loaded(self) -> bool:
+        return self.__dict__.get("_estimator") is not None
 
     def explain(self, X: np.ndarray) -> Explained:
         """Calibrated risk with its SHAP explanation, for a matrix in MATRIX_NAMES order."""
@@ -69,7 +94,8 @@ class ModelBundle:
         return Explained(log_odds, risk, base, grouped, raw)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Calibrated risk without the explanation (bulk evaluation)."""
+        """Calibrated risk without the explanation (bulk evaluation), from the library's own margin."""
+        self.estimator  # noqa: B018 - loads (and attaches to the explainer) a lazily loaded estimator
         log_odds = self.calibration_intercept + self.calibration_slope * self.explainer.margin(X)
         return 1.0 / (1.0 + np.exp(-log_odds))
 
@@ -85,8 +111,11 @@ class ModelBundle:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=False)
         if self.kind == "xgboost":
-            estimator_file = "model.ubj"
-            self.estimator.save_model(str(path / estimator_file))
+            estimator_file = XGBOOST_FILE
+            if self._estimator_raw is not None and not self.estimator_loaded:
+                (path / estimator_file).write_bytes(self._estimator_raw)  # as loaded, byte for byte
+            else:
+                self.estimator.save_model(str(path / estimator_file))
         else:
             import joblib
 
@@ -95,7 +124,7 @@ class ModelBundle:
         meta = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name not in ("estimator", "_explainer", "nthread", "documents")
+            if f.name not in ("estimator", "nthread", "documents") and not f.name.startswith("_")
         }
         meta["estimator_file"] = estimator_file
         (path / BUNDLE_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
@@ -111,11 +140,16 @@ class ModelBundle:
                 "model bundle was trained on another feature encoding than this code "
                 f"(contract v{meta.get('contract_version')}); retrain it"
             )
-        if meta["kind"] == "xgboost":
-            import xgboost as xgb
+        estimator: Any = None
+        lazy: dict[str, Any] = {}
+        if meta["kind"] == "xgboost" and estimator_file.endswith(".json"):
+            # the trees straight from xgboost's JSON document: no xgboost import until needed
+            from models.treeshap import from_xgboost_json
 
-            estimator: Any = xgb.Booster()
-            estimator.load_model(str(path / estimator_file))
+            raw = (path / estimator_file).read_bytes()
+            lazy = {"_trees": from_xgboost_json(_json_loads(raw)), "_estimator_raw": raw}
+        elif meta["kind"] == "xgboost":
+            estimator = _load_booster(path / estimator_file, nthread)
         else:
             import joblib
 
@@ -124,7 +158,48 @@ class ModelBundle:
         meta["matrix_names"] = tuple(meta["matrix_names"])
         meta["feature_names"] = tuple(meta["feature_names"])
         documents = {p.name: p.read_text(encoding="utf-8") for p in path.glob("model_card.*")}
-        return cls(estimator=estimator, nthread=nthread, documents=documents, **meta)
+        return cls(estimator=estimator, nthread=nthread, documents=documents, **meta, **lazy)
+
+
+def _get_estimator(self: ModelBundle) -> Any:
+    estimator = self.__dict__.get("_estimator")
+    if estimator is None and self._estimator_raw is not None:
+        with _LOAD_LOCK:
+            estimator = self.__dict__.get("_estimator")
+            if estimator is None:
+                estimator = _load_booster(bytearray(self._estimator_raw), self.nthread)
+                if self._explainer is not None:
+                    self._explainer.attach(estimator)
+                self.__dict__["_estimator"] = estimator
+    return estimator
+
+
+def _set_estimator(self: ModelBundle, estimator: Any) -> None:
+    self.__dict__["_estimator"] = estimator
+    if estimator is not None and self.__dict__.get("_explainer") is not None:
+        self._explainer.attach(estimator)
+
+
+# `estimator` stays a constructor argument and an attribute, but reading it loads a lazily loaded
+# booster (the dataclass __init__ assigns through the setter)
+ModelBundle.estimator = property(_get_estimator, _set_estimator)  # type: ignore[assignment]
+
+
+def _load_booster(source: Path | bytearray, nthread: int) -> Any:
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    booster.load_model(str(source) if isinstance(source, Path) else source)
+    booster.set_param({"nthread": nthread})
+    return booster
+
+
+def _json_loads(raw: bytes) -> Any:
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - orjson is a dependency; json gives the same numbers
+        return json.loads(raw)
+    return orjson.loads(raw)
 
 
 def _json_default(obj: Any) -> Any:

@@ -171,6 +171,14 @@ def serve(host, port, workers, train_if_missing) -> None:
 
 
 def _ensure_champion(settings) -> None:
+    from pipeline.registry import resolve_direct
+
+    # the usual case, a champion in a local registry: found without importing mlflow or the
+    # training stack, which would otherwise stay in this process (with --workers 1, the worker)
+    direct = resolve_direct(settings.tracking_uri, settings.resolved_model_uri)
+    if direct is not None:
+        click.echo(f"serving {direct.name} v{direct.version} ({settings.resolved_model_uri})")
+        return
     from mlflow import MlflowClient
 
     from pipeline.registry import ModelNotFound, resolve

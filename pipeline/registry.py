@@ -1,22 +1,30 @@
-"""The MLflow registry: resolve a model URI, load its bundle, and move the champion alias."""
+"""The MLflow registry: resolve a model URI, load its bundle, and move the champion alias.
+
+mlflow is imported by the functions that use it, not by this module: `ResolvedModel` is on the
+serving path, where importing mlflow and opening its stores costs over a second and ~70 MB. The
+service resolves through `resolve_direct` first: with the embedded profile (a SQLite or PostgreSQL
+tracking database and artifacts on a local path) it reads the registry's two rows itself and
+loads the bundle in place; anything else goes through MLflow as before.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import logging
+import os
 import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
-from models.artifact import ModelBundle
+    from models.artifact import ModelBundle
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +39,8 @@ class ResolvedModel:
     run_id: str | None
     source: str
     alias: str | None = None
+    # the version's artifact directory when `resolve_direct` found it on a local path
+    location: Path | None = field(default=None, compare=False, repr=False)
 
 
 class ModelNotFound(LookupError):
@@ -46,6 +56,8 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
 
 def resolve(client: MlflowClient, uri: str) -> ResolvedModel:
     """A registry URI to one concrete version (an alias moves; the answer names what was loaded)."""
+    from mlflow.exceptions import MlflowException
+
     name, alias, version = parse_model_uri(uri)
     try:
         mv = (
@@ -61,11 +73,122 @@ def resolve(client: MlflowClient, uri: str) -> ResolvedModel:
 
 
 def load_bundle(resolved: ResolvedModel, dst: Path | None = None, nthread: int = 1) -> ModelBundle:
+    from models.artifact import ModelBundle
+
+    if resolved.location is not None and dst is None:
+        # registry artifacts are immutable and the bundle is read into memory: no copy needed
+        return ModelBundle.load(resolved.location / "artifacts" / BUNDLE_ARTIFACT, nthread=nthread)
+    import mlflow.artifacts
+
     local = mlflow.artifacts.download_artifacts(
         artifact_uri=f"models:/{resolved.name}/{resolved.version}",
         dst_path=str(dst) if dst else None,
     )
     return ModelBundle.load(Path(local) / "artifacts" / BUNDLE_ARTIFACT, nthread=nthread)
+
+
+_DELETED_STAGE = "Deleted_Internal"  # mlflow's marker of a deleted version (kept as a row)
+# The tracking-database schema of the pinned mlflow (a test keeps it equal to mlflow's own head):
+# a database at another revision is left to mlflow, which refuses or upgrades it as it does.
+MLFLOW_SCHEMA_HEAD = "dc11669786a5"
+_DEFAULT_WORKSPACE = "default"
+_VERSION_COLUMNS = "mv.name, mv.version, mv.run_id, mv.source, mv.storage_location"
+
+
+def resolve_direct(tracking_uri: str, uri: str) -> ResolvedModel | None:
+    """`resolve` without mlflow, from the registry tables of a SQLite or PostgreSQL tracking database.
+
+    The same query as mlflow's SQL registry store (the alias row, then its version unless deleted,
+    in the default workspace), for a version whose artifacts are a local directory holding the
+    bundle (the answer's `location`; `load_bundle` then reads it in place). None whenever this is
+    not certainly mlflow's own answer, and the caller asks mlflow: another kind of tracking URI, a
+    separate registry URI, workspaces on, the special `latest` alias, no row (mlflow says why), a
+    schema other than the pinned mlflow's (MLFLOW_SCHEMA_HEAD), remote artifacts, a database that does not exist yet, or any error.
+    """
+    try:
+        name, alias, version = parse_model_uri(uri)
+    except ValueError:
+        return None
+    if (alias or "").lower() == "latest" or os.environ.get("MLFLOW_WORKSPACE"):
+        return None
+    if os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").strip().lower() in ("true", "1"):
+        return None
+    registry_uri = os.environ.get("MLFLOW_REGISTRY_URI")
+    if registry_uri and registry_uri != tracking_uri:
+        return None
+    url = _direct_url(tracking_uri)
+    if url is None:
+        return None
+    try:
+        import sqlalchemy as sa
+
+        connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args)
+        try:
+            with engine.connect() as conn:
+                schema = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
+                if schema != [MLFLOW_SCHEMA_HEAD]:
+                    return None
+                params = {"ws": _DEFAULT_WORKSPACE, "name": name, "deleted": _DELETED_STAGE}
+                if alias:
+                    sql = (
+                        f"SELECT {_VERSION_COLUMNS} FROM registered_model_aliases a JOIN model_versions mv"
+                        " ON mv.workspace = a.workspace AND mv.name = a.name AND mv.version = a.version"
+                        " WHERE a.workspace = :ws AND a.name = :name AND a.alias = :alias"
+                        " AND mv.current_stage != :deleted"
+                    )
+                    params["alias"] = alias
+                else:
+                    sql = (
+                        f"SELECT {_VERSION_COLUMNS} FROM model_versions mv WHERE mv.workspace = :ws"
+                        " AND mv.name = :name AND mv.version = :version AND mv.current_stage != :deleted"
+                    )
+                    params["version"] = int(version)  # type: ignore[arg-type]
+                rows = conn.execute(sa.text(sql), params).all()
+        finally:
+            engine.dispose()
+    except Exception as exc:  # mlflow answers instead, with its own errors
+        log.debug("direct registry read of %s failed, asking mlflow: %s", uri, exc)
+        return None
+    if len(rows) != 1:
+        return None
+    mv_name, mv_version, run_id, source, storage_location = rows[0]
+    location = _local_dir(storage_location or source)
+    if location is None or not (location / "artifacts" / BUNDLE_ARTIFACT / "bundle.json").is_file():
+        return None
+    return ResolvedModel(mv_name, str(mv_version), run_id, source, alias, location=location)
+
+
+def _direct_url(tracking_uri: str) -> str | None:
+    """A read-only SQLAlchemy URL for the tracking database, or None (ask mlflow)."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = tracking_uri.removeprefix("sqlite:///")
+        if not path or "?" in path or path == ":memory:" or not Path(path).is_file():
+            return None  # mlflow creates (or refuses) a missing database itself
+        from urllib.parse import quote
+
+        return f"sqlite:///file:{quote(str(Path(path).resolve()))}?mode=ro&uri=true"
+    if re.match(r"^postgres(ql)?(\+psycopg)?://", tracking_uri):
+        return re.sub(r"^postgres(ql)?(\+psycopg)?://", "postgresql+psycopg://", tracking_uri)
+    return None
+
+
+def _local_dir(location: str | None) -> Path | None:
+    if not location:
+        return None
+    if location.startswith("file:"):
+        from urllib.parse import urlparse
+        from urllib.request import url2pathname
+
+        parsed = urlparse(location)
+        if parsed.netloc not in ("", "localhost"):
+            return None
+        path = Path(url2pathname(parsed.path))
+    elif "://" in location or ":/" in location:
+        return None
+    else:
+        path = Path(location)
+    return path if path.is_absolute() else None
 
 
 def champion(client: MlflowClient, name: str, alias: str) -> ResolvedModel | None:
