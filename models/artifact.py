@@ -4,7 +4,7 @@ A bundle is a directory (`bundle.json` + the estimator file) that MLflow stores 
 artifact. Serving loads it directly, so the hot path needs neither pyfunc nor pandas.
 
 An xgboost booster is saved in xgboost's JSON format (`model.json`), which xgboost loads as it
-loads its binary one and which `models.treeshap.from_xgboost_json` reads without xgboost: a loaded
+loads its binary one and which `models.trees.from_xgboost_json` reads without xgboost: a loaded
 bundle explains from those trees, and the `xgboost.Booster` itself is loaded (and xgboost imported)
 only when something asks for `bundle.estimator` (`predict_proba`, training, evaluation, re-saving).
 Older bundles (`model.ubj`) still load, through xgboost.
@@ -25,7 +25,7 @@ from pipeline.contract import CONTRACT_VERSION, FEATURE_NAMES
 from pipeline.features import GROUP, MATRIX_NAMES
 
 if TYPE_CHECKING:
-    from models.treeshap import FlatTrees
+    from models.trees import FlatTrees
 
 BUNDLE_FILE = "bundle.json"
 XGBOOST_FILE = "model.json"  # older bundles: model.ubj
@@ -144,7 +144,7 @@ class ModelBundle:
         lazy: dict[str, Any] = {}
         if meta["kind"] == "xgboost" and estimator_file.endswith(".json"):
             # the trees straight from xgboost's JSON document: no xgboost import until needed
-            from models.treeshap import from_xgboost_json
+            from models.trees import from_xgboost_json
 
             raw = (path / estimator_file).read_bytes()
             lazy = {"_trees": from_xgboost_json(_json_loads(raw)), "_estimator_raw": raw}

@@ -1,8 +1,9 @@
 """TreeSHAP for the chosen model, in log-odds, exact.
 
-The values come from `models.treeshap` (the same path-dependent algorithm as xgboost's
-`pred_contribs` and shap's TreeExplainer, compiled; the tests check equality with both), so
-neither a DMatrix nor shap is on the serving path. The explainer needs only the flattened trees:
+The values come from `models.leaftable` (precomputed leaf tables, numpy: ~1.5M rows/s for the
+default model) or, when the trees are too deep for tables, from `models.treeshap` (compiled
+path-dependent TreeSHAP, imported only then); both equal xgboost's `pred_contribs` and shap's
+TreeExplainer (tests check it), so neither a DMatrix nor shap is on the serving path. The explainer needs only the flattened trees:
 a served bundle builds them from the booster's JSON document without importing xgboost. When the
 library's estimator is attached (training, evaluation, `ModelBundle.predict_proba`), `margin` asks
 the library itself, as an independent check that the explanation adds up to the model's own
@@ -15,7 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from models.treeshap import FlatTrees, from_hist_gradient_boosting, from_xgboost, shap_values
+from models.leaftable import LeafTables
+from models.trees import FlatTrees, from_hist_gradient_boosting, from_xgboost
+
+
+_UNBUILT = object()
 
 
 class TreeExplainer:
@@ -34,6 +39,7 @@ class TreeExplainer:
         if trees is None:
             trees = from_xgboost(estimator) if kind == "xgboost" else from_hist_gradient_boosting(estimator)
         self.trees: FlatTrees = trees
+        self._tables: LeafTables | None | object = _UNBUILT
 
     @classmethod
     def from_trees(cls, kind: str, trees: FlatTrees, nthread: int = 1) -> "TreeExplainer":
@@ -46,8 +52,21 @@ class TreeExplainer:
             estimator.set_param({"nthread": self.nthread})
         self.estimator = estimator
 
+    @property
+    def tables(self) -> LeafTables | None:
+        """The leaf tables (built on first use), or None when the trees are too deep for them."""
+        if self._tables is _UNBUILT:
+            self._tables = LeafTables.try_build(self.trees)
+        return self._tables  # type: ignore[return-value]
+
     def contributions(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        phi, _, expected = shap_values(self.trees, X)
+        tables = self.tables
+        if tables is not None:
+            phi, _, expected = tables.shap_values(X)
+        else:
+            from models.treeshap import shap_values  # numba: only for trees too deep for tables
+
+            phi, _, expected = shap_values(self.trees, X)
         return phi, np.full(len(phi), expected)
 
     def margin(self, X: np.ndarray) -> np.ndarray:

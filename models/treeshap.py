@@ -13,129 +13,12 @@ float32; scikit-learn: x <= threshold), and missing values follow each node's de
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from numba import njit, prange
 
-
-@dataclass(frozen=True)
-class FlatTrees:
-    feature: np.ndarray  # int64 per node, -1 for a leaf
-    threshold: np.ndarray  # float64
-    left: np.ndarray  # int64 child ids (global node index)
-    right: np.ndarray
-    missing_left: np.ndarray  # bool: NaN goes left
-    value: np.ndarray  # float64 leaf value (0 for inner nodes)
-    cover: np.ndarray  # float64
-    roots: np.ndarray  # int64 root node of each tree
-    base_margin: float
-    n_features: int
-    max_depth: int
-    strict_less: bool  # xgboost: x < t goes left; scikit-learn: x <= t
-    float32_inputs: bool  # xgboost compares in float32
-    expected_value: float = 0.0  # base margin + cover-weighted mean leaf of every tree
-
-
-def from_xgboost(booster) -> FlatTrees:
-    return from_xgboost_json(json.loads(booster.save_raw(raw_format="json")))
-
-
-def from_xgboost_json(model: dict) -> FlatTrees:
-    """From xgboost's JSON model document (what `save_model("x.json")` writes): no xgboost needed."""
-    learner = model["learner"]
-    trees = learner["gradient_booster"]["model"]["trees"]
-    base = learner["learner_model_param"]["base_score"]
-    base_score = float(json.loads(base)[0]) if base.startswith("[") else float(base)
-    objective = learner["objective"]["name"]
-    if objective != "binary:logistic":
-        raise ValueError(f"unsupported xgboost objective {objective}")
-    base_margin = math.log(base_score / (1 - base_score))
-    n_features = int(learner["learner_model_param"]["num_feature"])
-    parts = {k: [] for k in ("feature", "threshold", "left", "right", "missing_left", "value", "cover")}
-    roots, offset, max_depth = [], 0, 0
-    for tree in trees:
-        left = np.asarray(tree["left_children"], dtype=np.int64)
-        right = np.asarray(tree["right_children"], dtype=np.int64)
-        is_leaf = left == -1
-        cond = np.asarray(tree["split_conditions"], dtype=np.float32).astype(np.float64)
-        parts["feature"].append(np.where(is_leaf, -1, np.asarray(tree["split_indices"], dtype=np.int64)))
-        parts["threshold"].append(np.where(is_leaf, 0.0, cond))
-        parts["left"].append(np.where(is_leaf, -1, left + offset))
-        parts["right"].append(np.where(is_leaf, -1, right + offset))
-        parts["missing_left"].append(np.asarray(tree["default_left"], dtype=bool))
-        parts["value"].append(np.where(is_leaf, cond, 0.0))
-        parts["cover"].append(np.asarray(tree["sum_hessian"], dtype=np.float64))
-        roots.append(offset)
-        max_depth = max(max_depth, _depth(left, right))
-        offset += len(left)
-    return _flat(parts, roots, base_margin, n_features, max_depth, strict_less=True, float32_inputs=True)
-
-
-def from_hist_gradient_boosting(estimator) -> FlatTrees:
-    if estimator.n_trees_per_iteration_ != 1:
-        raise ValueError("only binary classifiers are supported")
-    parts = {k: [] for k in ("feature", "threshold", "left", "right", "missing_left", "value", "cover")}
-    roots, offset, max_depth = [], 0, 0
-    for (predictor,) in estimator._predictors:
-        nodes = predictor.nodes
-        if np.any(nodes["is_categorical"]):
-            raise ValueError("categorical splits are not supported")
-        leaf = nodes["is_leaf"].astype(bool)
-        left = nodes["left"].astype(np.int64)
-        right = nodes["right"].astype(np.int64)
-        parts["feature"].append(np.where(leaf, -1, nodes["feature_idx"].astype(np.int64)))
-        parts["threshold"].append(np.where(leaf, 0.0, nodes["num_threshold"].astype(np.float64)))
-        parts["left"].append(np.where(leaf, -1, left + offset))
-        parts["right"].append(np.where(leaf, -1, right + offset))
-        parts["missing_left"].append(nodes["missing_go_to_left"].astype(bool))
-        parts["value"].append(np.where(leaf, nodes["value"].astype(np.float64), 0.0))
-        parts["cover"].append(nodes["count"].astype(np.float64))
-        roots.append(offset)
-        max_depth = max(max_depth, _depth(np.where(leaf, -1, left), np.where(leaf, -1, right)))
-        offset += len(nodes)
-    base = float(np.asarray(estimator._baseline_prediction).ravel()[0])
-    return _flat(
-        parts, roots, base, int(estimator.n_features_in_), max_depth, strict_less=False, float32_inputs=False
-    )
-
-
-def _flat(parts, roots, base_margin, n_features, max_depth, strict_less, float32_inputs) -> FlatTrees:
-    cat = {k: np.ascontiguousarray(np.concatenate(v)) for k, v in parts.items()}
-    roots = np.asarray(roots, dtype=np.int64)
-    expected = float(base_margin) + float(
-        _expected(roots, cat["feature"].astype(np.int64), cat["left"].astype(np.int64),
-                  cat["right"].astype(np.int64), cat["value"].astype(np.float64), cat["cover"].astype(np.float64))
-    )
-    return FlatTrees(
-        feature=cat["feature"].astype(np.int64),
-        threshold=cat["threshold"].astype(np.float64),
-        left=cat["left"].astype(np.int64),
-        right=cat["right"].astype(np.int64),
-        missing_left=cat["missing_left"].astype(np.bool_),
-        value=cat["value"].astype(np.float64),
-        cover=cat["cover"].astype(np.float64),
-        roots=roots,
-        base_margin=float(base_margin),
-        n_features=n_features,
-        max_depth=max_depth,
-        strict_less=strict_less,
-        float32_inputs=float32_inputs,
-        expected_value=expected,
-    )
-
-
-def _depth(left: np.ndarray, right: np.ndarray) -> int:
-    depth, frontier = 0, [(0, 0)]
-    while frontier:
-        node, d = frontier.pop()
-        depth = max(depth, d)
-        if left[node] != -1:
-            frontier.append((int(left[node]), d + 1))
-            frontier.append((int(right[node]), d + 1))
-    return depth
+from models.trees import FlatTrees, from_hist_gradient_boosting, from_xgboost, from_xgboost_json  # noqa: F401
 
 
 def shap_values(trees: FlatTrees, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -166,26 +49,6 @@ def shap_values(trees: FlatTrees, X: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 # -- compiled kernels ----------------------------------------------------------------------------
-
-
-@njit(cache=True)
-def _expected(roots, feature, left, right, value, cover):
-    total = 0.0
-    for r in range(roots.shape[0]):
-        root = roots[r]
-        stack = np.empty(256, dtype=np.int64)
-        stack[0] = root
-        top = 1
-        while top > 0:
-            top -= 1
-            node = stack[top]
-            if feature[node] < 0:
-                total += value[node] * cover[node] / cover[root]
-            else:
-                stack[top] = left[node]
-                stack[top + 1] = right[node]
-                top += 2
-    return total
 
 
 @njit(cache=True)

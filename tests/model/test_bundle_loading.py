@@ -223,11 +223,13 @@ from types import SimpleNamespace
 from serving.state import load_predictor
 s = SimpleNamespace(tracking_uri=sys.argv[1], resolved_model_uri=sys.argv[2], predictor_threads=1)
 p = load_predictor(s)  # resolves, loads and verifies
-print(json.dumps({"version": p.model.version, "mlflow": "mlflow" in sys.modules, "xgboost": "xgboost" in sys.modules}))
+print(json.dumps({"version": p.model.version, "mlflow": "mlflow" in sys.modules, "xgboost": "xgboost" in sys.modules,
+                  "numba": "numba" in sys.modules, "tables": p.bundle.explainer.tables is not None}))
 """
     got = _run(code, settings.tracking_uri, settings.resolved_model_uri)
     assert got["version"] == str(result.version)
     assert not got["mlflow"]
+    assert got["tables"] and not got["numba"]  # leaf tables explain it: no JIT compiler at serve time
     if result.chosen == "xgboost":
         assert not got["xgboost"]
 

@@ -224,3 +224,26 @@ def test_too_large_tables_signal_the_fallback(data):
 def test_import_does_not_load_numba():
     code = "import sys, models.leaftable; assert 'numba' not in sys.modules, 'numba imported'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_the_explainer_falls_back_to_the_compiled_kernel_for_trees_too_deep_for_tables(monkeypatch):
+    """Deep trees: the explainer must still answer exactly, through models.treeshap."""
+    import models.leaftable as lt
+    from models.explain import TreeExplainer
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(300, 6))
+    X[rng.uniform(size=X.shape) < 0.1] = np.nan
+    y = (np.nan_to_num(X[:, 0]) + rng.normal(size=300) > 0).astype(int)
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 3, "eta": 0.3}, xgb.DMatrix(X, label=y), 10)
+    explainer = TreeExplainer("xgboost", booster)
+    with_tables, _ = explainer.contributions(X)
+    assert explainer.tables is not None
+    assert lt.LeafTables.try_build(explainer.trees, max_bytes=1) is None  # what "too deep" looks like
+    monkeypatch.setattr(lt.LeafTables, "try_build", classmethod(lambda cls, trees, **kw: None))
+    deep = TreeExplainer("xgboost", booster)
+    assert deep.tables is None
+    without, _ = deep.contributions(X)
+    np.testing.assert_allclose(without, with_tables, atol=1e-9, rtol=0)
+    reference = booster.predict(xgb.DMatrix(X), pred_contribs=True)[:, :-1]
+    np.testing.assert_allclose(without, reference, atol=1e-4, rtol=0)
