@@ -56,21 +56,56 @@ def monotone_constraints() -> tuple[int, ...]:
     return tuple(out)
 
 
+def _float_column(col: pd.Series) -> np.ndarray:
+    if col.dtype == np.float64:
+        return col.to_numpy()  # the same values as the general conversion below, without its copies
+    if isinstance(col.dtype, pd.BooleanDtype):
+        return col.to_numpy(dtype=np.float64, na_value=np.nan)
+    return pd.to_numeric(col.astype("Float64"), errors="coerce").to_numpy(
+        dtype=np.float64, na_value=np.nan
+    )
+
+
+def _level_codes(col: pd.Series, levels: list[str]) -> np.ndarray | None:
+    """Per row, the index in `levels` of its value, -1 for any other value or a missing one.
+
+    Only for text columns (str values and missing markers), where matching a level by hash is
+    `col == level`; None otherwise.
+    """
+    if col.dtype != object and not isinstance(col.dtype, pd.StringDtype):
+        return None
+    values = col.to_numpy()
+    if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
+        return None
+    return pd.Index(levels, dtype=object).get_indexer(pd.Index(values, dtype=object))
+
+
+# feature -> its matrix columns, as (index, level)
+_FEATURE_PLAN: tuple[tuple[str, tuple[tuple[int, str | None], ...]], ...] = tuple(
+    (f, tuple((j, c.level) for j, c in enumerate(MATRIX_COLUMNS) if c.feature == f))
+    for f in FEATURE_ORDER
+)
+
+
 def encode_frame(df: pd.DataFrame) -> np.ndarray:
     """Validated cohort rows -> float64 matrix in MATRIX_COLUMNS order."""
     n = len(df)
     X = np.empty((n, N_MATRIX), dtype=np.float64)
-    for j, c in enumerate(MATRIX_COLUMNS):
-        if c.feature not in df:
-            X[:, j] = np.nan
+    for feature, columns in _FEATURE_PLAN:
+        if feature not in df:
+            for j, _ in columns:
+                X[:, j] = np.nan
             continue
-        col = df[c.feature]
-        if c.level is not None:
-            X[:, j] = (col.astype(object) == c.level).to_numpy(dtype=np.float64)
-        else:
-            X[:, j] = pd.to_numeric(col.astype("Float64"), errors="coerce").to_numpy(
-                dtype=np.float64, na_value=np.nan
-            )
+        col = df[feature]
+        if columns[0][1] is None:  # float or bool: one column
+            X[:, columns[0][0]] = _float_column(col)
+            continue
+        codes = _level_codes(col, [level for _, level in columns])
+        for k, (j, level) in enumerate(columns):
+            if codes is not None:
+                X[:, j] = codes == k
+            else:
+                X[:, j] = (col.astype(object) == level).to_numpy(dtype=np.float64)
     return X
 
 

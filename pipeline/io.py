@@ -6,6 +6,7 @@ file rows. The rejected rows themselves go only to a quarantine file the user as
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import logging
 import warnings
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
+import pyarrow as arrow
+import pyarrow.compute as pc
+import pyarrow.csv as arrow_csv
+from pandas._libs.parsers import STR_NA_VALUES
 
 from pipeline.contract import (
     FEATURES,
@@ -38,6 +42,8 @@ NUMERIC_COLUMNS: tuple[str, ...] = tuple(
 )
 _TRUE = {"true", "t", "yes", "y", "1", "1.0"}
 _FALSE = {"false", "f", "no", "n", "0", "0.0"}
+_TRUE_TEXT = arrow.array(sorted(_TRUE), type=arrow.string())
+_FALSE_TEXT = arrow.array(sorted(_FALSE), type=arrow.string())
 MAX_REPORTED_ROWS = 5
 MAX_REPORT_LINES = 50
 
@@ -126,14 +132,17 @@ def read_table(path: Path) -> pd.DataFrame:
             df = pd.read_parquet(path)
             df = df.reset_index(drop=df.index.name is None)
         elif suffix in (".csv", ".txt", ""):
-            header = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].astype(str).str.strip()
+            first = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0]
+            header = first.astype(str).str.strip()
             dupes = sorted(set(header[header.duplicated()]))
             if dupes:
                 raise CohortError(f"duplicate column names: {', '.join(dupes)}")
             # blank lines are kept and then dropped, so that reported rows match the file
-            df = pd.read_csv(
-                path, dtype=str, keep_default_na=True, skipinitialspace=True, skip_blank_lines=False
-            )
+            df = _read_csv_arrow(path, first)
+            if df is None:
+                df = pd.read_csv(
+                    path, dtype=str, keep_default_na=True, skipinitialspace=True, skip_blank_lines=False
+                )
             df = df.dropna(how="all")
         else:
             raise CohortError(f"unsupported cohort file type '{suffix}': use .csv or .parquet")
@@ -147,6 +156,47 @@ def read_table(path: Path) -> pd.DataFrame:
     if df.empty:
         raise CohortError(f"cohort file has no data rows: {path}")
     df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+
+_NA_TEXT = sorted(STR_NA_VALUES)  # what keep_default_na=True means
+
+
+def _read_csv_arrow(path: Path, first: pd.Series) -> pd.DataFrame | None:
+    """The frame the pandas read in `read_table` gives, read by pyarrow's multi-threaded parser.
+
+    Every cell stays text (`str` dtype), pandas' default NA strings and empty cells are missing,
+    and a blank line stays an all-missing row. Returns None, and pandas reads the file instead,
+    whenever pyarrow might read it differently: a field starting with a space (pandas skips it),
+    a blank or unnamed header, a line break in a header name, rows with another number of fields
+    than the header, or anything pyarrow cannot parse (its errors are not ours to report).
+    """
+    if first.isna().any() or first.str.contains("[\r\n]", regex=True).any():
+        return None
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    if data[:1] in (b"\r", b"\n"):
+        return None
+    if b" " in data and (data[:1] == b" " or b", " in data or b"\n " in data or b"\r " in data):
+        return None
+    names = [f"c{i}" for i in range(len(first))]
+    try:
+        table = arrow_csv.read_csv(
+            arrow.py_buffer(data),
+            read_options=arrow_csv.ReadOptions(column_names=names, skip_rows=1),
+            parse_options=arrow_csv.ParseOptions(newlines_in_values=True, ignore_empty_lines=False),
+            convert_options=arrow_csv.ConvertOptions(
+                column_types=dict.fromkeys(names, arrow.string()),
+                null_values=_NA_TEXT,  # quoted or not, as pandas
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=True,
+            ),
+        )
+    except (arrow.ArrowException, ValueError, OSError):
+        return None
+    df = table.to_pandas()
+    df.columns = list(first)
     return df
 
 
@@ -180,47 +230,130 @@ def _check_columns(df: pd.DataFrame, outcome: str | None, require_id: bool) -> l
     return sorted(c for c in df.columns if c not in KNOWN_COLUMNS)
 
 
+def _arrow_text(col: pd.Series) -> arrow.Array | arrow.ChunkedArray | None:
+    """The column as Arrow strings if it is pandas' Arrow-backed text (every CSV read), else None."""
+    dtype = col.dtype
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+        return arrow.array(col.array)
+    return None
+
+
+def _bad_rows(index: pd.Index, bad: np.ndarray, col: str, rule: str) -> list[tuple[int, str, str]]:
+    return [(int(idx), col, rule) for idx in index[bad]]
+
+
+def _parse_number(out: pd.DataFrame, col: str) -> list[tuple[int, str, str]]:
+    raw = out[col]
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        out[col] = raw.astype(float)
+        return []
+    rule = "must be a number (use '.' as the decimal separator)"
+    arr = _arrow_text(raw)
+    if arr is not None:
+        # Arrow parses every number pandas.to_numeric parses, to the same double; if a cell is
+        # not a number the cast fails and pandas below finds which (tests compare the two)
+        try:  # usually every cell is a bare number; else strip them, as pandas below
+            text = arr
+            values = pc.cast(text, arrow.float64()).to_numpy(zero_copy_only=False)
+        except (arrow.ArrowInvalid, arrow.ArrowNotImplementedError):
+            text = pc.utf8_trim_whitespace(arr)
+            text = pc.if_else(pc.equal(text, ""), arrow.scalar(None, arrow.string()), text)
+            try:
+                values = pc.cast(text, arrow.float64()).to_numpy(zero_copy_only=False)
+            except (arrow.ArrowInvalid, arrow.ArrowNotImplementedError):
+                values = None
+        if values is not None:
+            # a text like 'NaN' parses (pandas reads it as missing): not a number either way
+            bad = pc.is_valid(text).to_numpy(zero_copy_only=False) & np.isnan(values)
+            out[col] = np.array(values, dtype=float)  # Arrow's buffer may be read-only
+            return _bad_rows(out.index, bad, col, rule)
+    text = raw.astype("string").str.strip()
+    parsed = pd.to_numeric(text, errors="coerce")
+    bad = (text.notna() & (text != "") & parsed.isna()).to_numpy()
+    out[col] = parsed.astype(float)
+    return _bad_rows(out.index, bad, col, rule)
+
+
+def _parse_bool(out: pd.DataFrame, col: str) -> list[tuple[int, str, str]]:
+    raw = out[col]
+    if pd.api.types.is_bool_dtype(raw):
+        out[col] = raw.astype(object)
+        return []
+    arr = _arrow_text(raw)
+    if arr is not None:
+        text = pc.utf8_lower(pc.utf8_trim_whitespace(arr))
+        true = pc.is_in(text, value_set=_TRUE_TEXT).to_numpy(zero_copy_only=False)
+        false = pc.is_in(text, value_set=_FALSE_TEXT).to_numpy(zero_copy_only=False)
+        present = pc.and_(pc.is_valid(text), pc.not_equal(text, "")).fill_null(False)
+        bad = present.to_numpy(zero_copy_only=False) & ~true & ~false
+    else:
+        text = raw.astype("string").str.strip().str.lower()
+        true = text.isin(_TRUE).to_numpy()
+        false = text.isin(_FALSE).to_numpy()
+        bad = (text.notna() & (text != "")).to_numpy() & ~true & ~false
+    parsed = np.full(len(raw), None, dtype=object)
+    parsed[false] = False
+    parsed[true] = True
+    out[col] = pd.Series(parsed, index=out.index, dtype=object)
+    return _bad_rows(out.index, bad, col, "must be true or false")
+
+
+def _stripped_objects(col: pd.Series, few_values: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+    """Stripped text as an object array (None where missing) and where it is empty; Arrow text only.
+
+    `few_values`: a column of a few distinct values (categories) is converted through its
+    dictionary, which makes one Python string per value rather than one per row.
+    """
+    arr = _arrow_text(col)
+    if arr is None:
+        return None
+    text = pc.utf8_trim_whitespace(arr)
+    if few_values:
+        levels = pc.unique(text).drop_null()
+        lookup = np.empty(len(levels) + 1, dtype=object)
+        lookup[: len(levels)] = levels.to_pylist()
+        lookup[len(levels)] = None  # missing
+        codes = pc.index_in(text, value_set=levels).fill_null(len(levels)).to_numpy(zero_copy_only=False)
+        values = lookup[codes]
+        empty = (lookup == "")[codes]
+        return values, empty
+    empty = pc.equal(text, "").fill_null(False).to_numpy(zero_copy_only=False)
+    return text.to_numpy(zero_copy_only=False), empty
+
+
 def _parse(df: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int, str, str]]]:
-    """Turn text cells into typed values; unparseable cells become failures (never values)."""
+    """Turn text cells into typed values; unparseable cells become failures (never values).
+
+    Text read from a file (pandas' Arrow-backed `str` columns) is parsed with Arrow compute;
+    anything else (frames built in code, Parquet) with pandas, to the same values and failures.
+    """
     out = df.copy()
     failures: list[tuple[int, str, str]] = []
     for col in NUMERIC_COLUMNS:
-        if col not in out:
-            continue
-        raw = out[col]
-        if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
-            out[col] = raw.astype(float)
-            continue
-        text = raw.astype("string").str.strip()
-        parsed = pd.to_numeric(text, errors="coerce")
-        bad = text.notna() & (text != "") & parsed.isna()
-        for idx in out.index[bad.to_numpy()]:
-            failures.append((int(idx), col, "must be a number (use '.' as the decimal separator)"))
-        out[col] = parsed.astype(float)
+        if col in out:
+            failures.extend(_parse_number(out, col))
     for col in BOOL_COLUMNS:
-        if col not in out:
-            continue
-        raw = out[col]
-        if pd.api.types.is_bool_dtype(raw):
-            out[col] = raw.astype(object)
-            continue
-        text = raw.astype("string").str.strip().str.lower()
-        parsed = pd.Series(
-            np.where(text.isin(_TRUE), True, np.where(text.isin(_FALSE), False, None)),
-            index=out.index,
-            dtype=object,
-        )
-        bad = text.notna() & (text != "") & parsed.isna()
-        for idx in out.index[bad.to_numpy()]:
-            failures.append((int(idx), col, "must be true or false"))
-        out[col] = parsed
+        if col in out:
+            failures.extend(_parse_bool(out, col))
     for f in FEATURES:
         if f.kind == "category" and f.name in out:
+            fast = _stripped_objects(out[f.name], few_values=True)
+            if fast is not None:
+                values, empty = fast
+                values[empty] = pd.NA  # as below: an empty cell is NA, a missing one None
+                out[f.name] = pd.Series(values, index=out.index, dtype=object)
+                continue
             text = out[f.name].astype("string").str.strip()
             out[f.name] = text.where(text != "", pd.NA).astype(object).where(text.notna(), None)
     if ID_COLUMN in out:
-        ids = out[ID_COLUMN].astype("string").str.strip()
-        out[ID_COLUMN] = ids.astype(object).where(ids.notna() & (ids != ""), None)
+        fast = _stripped_objects(out[ID_COLUMN])
+        if fast is not None:
+            values, empty = fast
+            values[empty] = None
+            out[ID_COLUMN] = pd.Series(values, index=out.index, dtype=object)
+        else:
+            ids = out[ID_COLUMN].astype("string").str.strip()
+            out[ID_COLUMN] = ids.astype(object).where(ids.notna() & (ids != ""), None)
     return out, failures
 
 
@@ -257,8 +390,28 @@ def validate(
         )
         df = df.drop(columns=ignored)
     parsed, parse_failures = _parse(df)
-    schema = cohort_schema(outcome, require_id=require_id)
     rows: list[tuple[int, str, str]] = list(parse_failures)
+    rows.extend(_schema_failures(parsed, outcome, require_id))  # pandera reports every failure
+    failures = pd.DataFrame(rows, columns=["idx", "column", "rule"])
+    # one message per cell: an unparseable number is not also reported as "missing"
+    failures = failures.drop_duplicates(subset=["idx", "column"], keep="first")
+    failures = failures.assign(row=failures["idx"] + 1).drop(columns="idx")
+    report = ValidationReport(
+        failures=failures.sort_values(["row", "column"]).reset_index(drop=True),
+        n_rows=len(df),
+        ignored_columns=ignored,
+    )
+    return _typed(parsed), report
+
+
+def _schema_failures(
+    parsed: pd.DataFrame, outcome: str | None, require_id: bool
+) -> list[tuple[int, str, str]]:
+    """Every failure of the pandera schema as (index, column, rule), in pandera's order."""
+    import pandera.pandas as pa
+
+    schema = cohort_schema(outcome, require_id=require_id)
+    rows: list[tuple[int, str, str]] = []
     try:
         schema.validate(parsed, lazy=True)
     except pa.errors.SchemaErrors as exc:
@@ -281,23 +434,31 @@ def validate(
             else:
                 rule = _rule_text(column, check)
             rows.append((idx, column, rule))
-    failures = pd.DataFrame(rows, columns=["idx", "column", "rule"])
-    # one message per cell: an unparseable number is not also reported as "missing"
-    failures = failures.drop_duplicates(subset=["idx", "column"], keep="first")
-    failures = failures.assign(row=failures["idx"] + 1).drop(columns="idx")
-    report = ValidationReport(
-        failures=failures.sort_values(["row", "column"]).reset_index(drop=True),
-        n_rows=len(df),
-        ignored_columns=ignored,
-    )
-    return _typed(parsed), report
+    return rows
+
+
+def _as_boolean(col: pd.Series) -> pd.Series:
+    """col.astype("boolean"), built directly for the parsed form (objects True / False / None)."""
+    values = col.to_numpy()
+    if col.dtype == object and pd.api.types.infer_dtype(values, skipna=True) == "boolean":
+        if pd.api.types.infer_dtype(values, skipna=False) == "boolean":  # none missing
+            return pd.Series(
+                pd.arrays.BooleanArray(values.astype(bool), np.zeros(len(values), dtype=bool)),
+                index=col.index,
+                name=col.name,
+            )
+        missing = pd.isna(values)
+        data = np.zeros(len(values), dtype=bool)
+        data[~missing] = values[~missing].astype(bool)
+        return pd.Series(pd.arrays.BooleanArray(data, missing), index=col.index, name=col.name)
+    return col.astype("boolean")
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    out = df.copy()
+    out = df.copy(deep=False)  # columns are replaced, never written into
     for col in BOOL_COLUMNS:
         if col in out:
-            out[col] = out[col].astype("boolean")
+            out[col] = _as_boolean(out[col])
     for f in FEATURES:
         if f.kind == "float" and f.name not in out:
             out[f.name] = np.nan  # an optional column absent from the file

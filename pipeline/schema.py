@@ -1,13 +1,21 @@
-"""The pandera schema for cohort files, derived from the contract."""
+"""The pandera schema for cohort files, derived from the contract (pandera imported when used)."""
 
 from __future__ import annotations
 
-import pandera.pandas as pa
+from typing import TYPE_CHECKING
 
 from pipeline.contract import FEATURES, GRADE_COLUMN, ID_COLUMN, OUTCOMES, Feature
 
+if TYPE_CHECKING:
+    import pandera.pandas as pa
+
+GRADES = (0, 1, 2, 3, 4)
+P_TRUE_RANGE = (0, 1)
+
 
 def _feature_column(f: Feature) -> pa.Column:
+    import pandera.pandas as pa
+
     checks: list[pa.Check] = []
     if f.kind == "float":
         if f.min_exclusive:
@@ -33,6 +41,8 @@ def _feature_column(f: Feature) -> pa.Column:
 
 
 def _bool_column(required: bool) -> pa.Column:
+    import pandera.pandas as pa
+
     return pa.Column(None, checks=pa.Check.isin([True, False]), nullable=not required, required=required)
 
 
@@ -49,6 +59,8 @@ def _grade_agrees(df) -> object:
 
 def cohort_schema(outcome: str | None, require_id: bool = True) -> pa.DataFrameSchema:
     """Schema for a cohort file; `outcome` is the one label that must be present (None: scoring)."""
+    import pandera.pandas as pa
+
     columns: dict[str, pa.Column] = {
         ID_COLUMN: pa.Column(
             str,
@@ -62,10 +74,10 @@ def cohort_schema(outcome: str | None, require_id: bool = True) -> pa.DataFrameS
     for name in OUTCOMES:
         columns[name] = _bool_column(required=(name == outcome))
     columns[GRADE_COLUMN] = pa.Column(
-        float, checks=pa.Check.isin([0, 1, 2, 3, 4]), nullable=True, required=False
+        float, checks=pa.Check.isin(list(GRADES)), nullable=True, required=False
     )
     columns["p_true"] = pa.Column(
-        float, checks=pa.Check.in_range(0, 1), nullable=True, required=False
+        float, checks=pa.Check.in_range(*P_TRUE_RANGE), nullable=True, required=False
     )
     return pa.DataFrameSchema(
         columns,

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow import MlflowClient
 
-from models.artifact import ModelBundle
 from pipeline.contract import FEATURE_NAMES, FEATURES_BY_NAME, ID_COLUMN
 from pipeline.data import write_new
 from pipeline.features import encode_frame
 from pipeline.io import read_cohort
-from pipeline.registry import load_bundle, resolve
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from models.artifact import ModelBundle
+    from pipeline.registry import ResolvedModel
 
 CHUNK = 10_000
 log = logging.getLogger(__name__)
@@ -24,24 +25,29 @@ log = logging.getLogger(__name__)
 
 def score_frame(bundle: ModelBundle, df: pd.DataFrame) -> pd.DataFrame:
     """risk, risk_group, log_odds and one shap_<feature> column per feature, in chunks."""
-    parts = []
-    for start in range(0, len(df), CHUNK):
-        chunk = df.iloc[start : start + CHUNK]
-        ex = bundle.explain(encode_frame(chunk))
-        out = pd.DataFrame(
-            {
-                "risk": ex.risk,
-                "risk_group": bundle.risk_group(ex.risk),
-                "log_odds": ex.log_odds,
-                "shap_base": ex.base,
-            },
-            index=chunk.index,
-        )
-        shap_cols = pd.DataFrame(
-            ex.contributions, columns=[f"shap_{f}" for f in FEATURE_NAMES], index=chunk.index
-        )
-        parts.append(pd.concat([out, shap_cols], axis=1))
-    return pd.concat(parts) if parts else pd.DataFrame()
+    n = len(df)
+    if n == 0:
+        return pd.DataFrame()
+    X = encode_frame(df)  # row by row the same as encoding each chunk
+    risk = np.empty(n)
+    log_odds = np.empty(n)
+    base = np.empty(n)
+    contributions = np.empty((n, len(FEATURE_NAMES)))
+    for start in range(0, n, CHUNK):
+        stop = min(start + CHUNK, n)
+        ex = bundle.explain(X[start:stop])
+        risk[start:stop] = ex.risk
+        log_odds[start:stop] = ex.log_odds
+        base[start:stop] = ex.base
+        contributions[start:stop] = ex.contributions
+    columns = {
+        "risk": risk,
+        "risk_group": bundle.risk_group(risk),
+        "log_odds": log_odds,
+        "shap_base": base,
+    }
+    columns.update({f"shap_{f}": contributions[:, j] for j, f in enumerate(FEATURE_NAMES)})
+    return pd.DataFrame(columns, index=df.index)
 
 
 def distribution_warnings(bundle: ModelBundle, df: pd.DataFrame) -> list[str]:
@@ -66,6 +72,21 @@ def distribution_warnings(bundle: ModelBundle, df: pd.DataFrame) -> list[str]:
     return out
 
 
+def _load_model(settings: Settings) -> tuple[ResolvedModel, ModelBundle]:
+    """The configured model version and its bundle: read from a local registry database directly
+    when possible (mlflow is not imported), otherwise through mlflow, as the service does."""
+    from pipeline.registry import load_bundle, resolve, resolve_direct
+
+    resolved = resolve_direct(settings.tracking_uri, settings.resolved_model_uri)
+    if resolved is None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        mlflow.set_tracking_uri(settings.tracking_uri)
+        resolved = resolve(MlflowClient(), settings.resolved_model_uri)
+    return resolved, load_bundle(resolved, nthread=max(1, settings.predictor_threads))
+
+
 def score_file(
     settings: Settings, data: Path, out: Path, overwrite: bool = False, on_invalid: str = "refuse"
 ) -> tuple[int, str, int]:
@@ -74,9 +95,7 @@ def score_file(
     cohort = read_cohort(Path(data), outcome=None, on_invalid=on_invalid, require_id=False)
     if len(cohort.rejected):
         log.warning("%s", cohort.report.summary())
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    resolved = resolve(MlflowClient(), settings.resolved_model_uri)
-    bundle = load_bundle(resolved, nthread=max(1, settings.predictor_threads))
+    resolved, bundle = _load_model(settings)
     for warning in distribution_warnings(bundle, cohort.data):
         log.warning("%s", warning)
     scored = score_frame(bundle, cohort.data)
