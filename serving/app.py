@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import asynccontextmanager
 from typing import Any
@@ -34,7 +35,7 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
     settings = settings or get_settings()
     metrics = Metrics()
     state = ModelState(
-        on_swap=lambda p: metrics.set_model(p.model.name, p.model.version, p.model.run_id),
+        on_swap=lambda p: (metrics.set_model(p.model.name, p.model.version, p.model.run_id), _freeze_heap()),
         on_reload=lambda result: metrics.reloads.labels(result).inc(),
     )
 
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
         state.load_in_background(settings, loader)
         if settings.reload_interval_s > 0:
             state.poll_in_background(settings, settings.reload_interval_s, loader)
+        _freeze_heap()
         try:
             yield
         finally:
@@ -103,6 +105,15 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
     app.include_router(admin.router)
     app.include_router(cds_hooks.build_router(settings))
     return app
+
+
+def _freeze_heap() -> None:
+    """Move what start-up (and a model load) allocated out of the garbage collector's view.
+
+    Those objects live as long as the process (or the model); without this every full
+    collection walks all of them, a pause of tens of ms that lands in the p99 latency."""
+    gc.collect()
+    gc.freeze()
 
 
 def _open_store(settings: Settings):
