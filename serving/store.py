@@ -212,15 +212,21 @@ def _strict_json(obj: Any) -> str:
 
 
 def _require_finite(obj: Any) -> None:
-    if isinstance(obj, float):
-        if not math.isfinite(obj):
-            raise ValueError("Out of range float values are not JSON compliant")
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            _require_finite(v)
+    """Refuse NaN and +-Infinity anywhere in a JSON document (one loop per container: hot path)."""
+    if isinstance(obj, dict):
+        values: Iterable[Any] = obj.values()
     elif isinstance(obj, (list, tuple)):
-        for v in obj:
+        values = obj
+    else:
+        values = (obj,)
+    for v in values:
+        if v.__class__ is float:
+            if v - v != 0.0:  # NaN and +-inf give NaN here, every finite float 0.0
+                raise ValueError("Out of range float values are not JSON compliant")
+        elif isinstance(v, (dict, list, tuple)):
             _require_finite(v)
+        elif isinstance(v, float) and not math.isfinite(v):  # float subclasses (numpy.float64)
+            raise ValueError("Out of range float values are not JSON compliant")
 
 
 def as_utc(value: datetime) -> datetime:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
@@ -400,6 +401,11 @@ def test_append_many_is_atomic(store):
         store.append_many([record(20), record(21, inputs={"crp": float("inf")})])  # not valid JSON
     with pytest.raises(ValueError):
         store.append_many([record(30), record(31, risk=float("nan"))])
+    nested = [{"feature": "crp", "log_odds": 0.1}, {"feature": "age", "log_odds": float("-inf")}]
+    with pytest.raises(ValueError):  # deep inside a document too (orjson alone would write null)
+        store.append_many([record(40), record(41, top_contributions=nested)])
+    with pytest.raises(ValueError):
+        store.append_many([record(50, inputs={"crp": np.float64("nan")})])
     assert store.count() == 5
     store.append_many([])
     assert store.count() == 5
