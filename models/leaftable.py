@@ -78,6 +78,12 @@ class LeafTables:
     reduce: csr_matrix  # (F', C) 0/1: sums a chunk's columns per feature
     chunk_rows: int
 
+    def __repr__(self) -> str:  # the arrays are long: say what the tables are, not what they hold
+        return (
+            f"LeafTables(n_features={self.n_features}, n_groups={self.n_groups}, max_bits={self.max_bits}, "
+            f"nbytes={self.nbytes}, chunk_rows={self.chunk_rows})"
+        )
+
     # -- construction ----------------------------------------------------------------------------
 
     @classmethod

@@ -54,8 +54,7 @@ async def _audit(request: Request, principal: Principal, endpoint: str, records:
             endpoint=endpoint,
             model_name=a["model"]["name"],
             model_version=a["model"]["version"],
-            inputs={k: v for k, v in rec.items() if k != "patient_id"},
-            patient_id=rec.get("patient_id"),
+            inputs=rec,  # the store hashes the patient id and keeps it out of the inputs
             risk=a["risk"],
             risk_group=a["risk_group"],
             top_contributions=[
