@@ -40,7 +40,10 @@ _Paths = dict[int, list[tuple[int, bool]]]  # per leaf: (node, went left) from t
 # path node (bit of the group, bit value that follows the path, index among the unique features)
 _Leaf = tuple[int, int, list[int], list[float], list[tuple[int, int, int]]]
 
-MAX_TABLE_BYTES = 256 * 2**20
+# Building takes ~7x the final table's bytes at its peak (index arrays and temporaries): 32 MB of
+# tables (300 trees of depth 6 take 13 MB) keep a load or reload under ~250 MB; larger models
+# use the compiled kernel instead.
+MAX_TABLE_BYTES = 32 * 2**20
 MAX_GROUP_BITS = 16  # split nodes per group (a pattern is a uint16)
 # rows per chunk = CHUNK_LOOKUPS // look-ups per row, clipped to [128, 512]: measured (noisy)
 # optimum 256-512 rows for 100 depth-2 trees, 64-128 for 300 trees of depth 4 and 6

@@ -168,8 +168,8 @@ def _direct_url(tracking_uri: str) -> str | None:
         from urllib.parse import quote
 
         return f"sqlite:///file:{quote(str(Path(path).resolve()))}?mode=ro&uri=true"
-    if re.match(r"^postgres(ql)?(\+psycopg)?://", tracking_uri):
-        return re.sub(r"^postgres(ql)?(\+psycopg)?://", "postgresql+psycopg://", tracking_uri)
+    if tracking_uri.startswith("postgresql+psycopg://"):  # other spellings: mlflow decides (or refuses)
+        return tracking_uri
     return None
 
 
@@ -184,7 +184,7 @@ def _local_dir(location: str | None) -> Path | None:
         if parsed.netloc not in ("", "localhost"):
             return None
         path = Path(url2pathname(parsed.path))
-    elif "://" in location or ":/" in location:
+    elif "://" in location or ":/" in location or "%" in location:  # mlflow would percent-decode: ask it
         return None
     else:
         path = Path(location)

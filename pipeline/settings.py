@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     # power loss; each answer waits for an fsync, ~3-9 ms on a virtual disk). "normal": committed
     # to the database but the OS flushes it (survives a crash of this service; the last moments
     # can be lost on power loss): SQLite WAL synchronous=NORMAL, PostgreSQL synchronous_commit=off.
+    # It covers all of the service's writes; the key-management CLI always uses "full".
     audit_sync: Literal["full", "normal"] = "full"
 
     # Training

@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
     settings = settings or get_settings()
     metrics = Metrics()
     state = ModelState(
-        on_swap=lambda p: (metrics.set_model(p.model.name, p.model.version, p.model.run_id), _freeze_heap()),
+        on_swap=lambda p: metrics.set_model(p.model.name, p.model.version, p.model.run_id),
         on_reload=lambda result: metrics.reloads.labels(result).inc(),
     )
 
@@ -108,22 +108,23 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
 
 
 def _freeze_heap() -> None:
-    """Move what start-up (and a model load) allocated out of the garbage collector's view.
+    """Move what start-up allocated (imports, schemas, routes) out of the garbage collector's view.
 
-    Those objects live as long as the process (or the model); without this every full
-    collection walks all of them, a pause of tens of ms that lands in the p99 latency."""
+    Those objects live as long as the process; without this every full collection walks all of
+    them, a pause that lands in the p99 latency. (A model is a few arrays: nothing to freeze.)"""
     gc.collect()
     gc.freeze()
 
 
-def _open_store(settings: Settings):
+def _open_store(settings: Settings, sync: str | None = None):
+    """The store as the service uses it; `sync` overrides ICANS_AUDIT_SYNC (the admin CLI: "full")."""
     from serving.store import Store
 
     store = Store(
         settings.store_url,
         settings.audit_hmac_key.get_secret_value().encode(),
         key_cache_ttl_s=settings.key_cache_ttl_s,
-        sync=settings.audit_sync,
+        sync=sync or settings.audit_sync,
     )
     store.migrate()
     return store

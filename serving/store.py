@@ -208,7 +208,12 @@ def _sqlite_time(value: datetime) -> str:
 def _strict_json(obj: Any) -> str:
     """`_dumps` with orjson: the same sorted, compact JSON; NaN and Infinity refused (orjson would write null)."""
     _require_finite(obj)
-    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS, default=_json_default).decode()
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS, default=_json_default).decode()
+    except orjson.JSONEncodeError as exc:  # the hook refused a NaN: say so as _dumps does
+        if isinstance(exc.__cause__, ValueError):
+            raise exc.__cause__ from None
+        raise
 
 
 def _require_finite(obj: Any) -> None:
@@ -235,11 +240,14 @@ def as_utc(value: datetime) -> datetime:
 
 
 def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    if hasattr(obj, "tolist"):  # numpy arrays
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    if hasattr(obj, "item") and getattr(obj, "ndim", 0) == 0:  # numpy scalars (float32 too)
+        value = obj.item()
+    elif hasattr(obj, "tolist"):  # numpy arrays
+        value = obj.tolist()
+    else:
+        raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    _require_finite(value)  # orjson would write a NaN returned from here as null
+    return value
 
 
 def _dumps(obj: Any) -> str:
@@ -331,7 +339,8 @@ def _make_engine(
 
 
 class Store:
-    """API keys and audit records over one thread-safe engine (the app calls it from a threadpool)."""
+    """API keys and audit records over one thread-safe engine (the app's key checks call it on the
+    event loop only for cache hits; database work runs in the threadpool or the audit writer thread)."""
 
     def __init__(
         self,
@@ -590,11 +599,25 @@ class Store:
                 except OSError:  # no lock file possible: SQLite's own locking (and error) decides
                     yield
                     return
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self._take_turn(self._lock_fd)
             try:
                 yield
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _take_turn(self, fd: int) -> None:
+        """The lock file, waiting at most the busy timeout (a stuck writer must not stall us forever)."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        pause = 0.0002
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("another writer held the audit store for longer than the busy timeout") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.002)
 
     def _audit_params(self, r: AuditRecord, sqlite: bool, times: dict[datetime, Any]) -> tuple[Any, ...]:
         """One record as the insert's parameters, in _AUDIT_INSERT_COLUMNS order (validated)."""
@@ -613,7 +636,7 @@ class Store:
             raise ValueError("risk and latency_ms must be finite numbers")
         return (
             (times[r.time] if r.time in times else times.setdefault(r.time, _sqlite_time(r.time)))
-            if sqlite else r.time,
+            if sqlite else as_utc(r.time),  # a naive time is UTC, not the database session's zone
             r.request_id,
             r.client_id,
             r.endpoint,

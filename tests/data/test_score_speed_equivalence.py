@@ -1,9 +1,8 @@
 """The fast paths of `icans-risk score` give exactly what the straightforward code gave.
 
 Reading (pyarrow's CSV reader, then pandas for anything it might read differently), parsing
-(Arrow compute on the text), validation (vectorised checks, then pandera for the report), encoding
-and assembling the scored frame each have a reference here: the code they replaced, kept verbatim,
-or the slow path forced. Every comparison is exact, on data made to be awkward: missing markers,
+(Arrow compute on the text), encoding and assembling the scored frame each have a reference here:
+the code they replaced, kept verbatim, or the slow path forced (pandera still validates). Every comparison is exact, on data made to be awkward: missing markers,
 padding, out-of-range and unparseable values, unknown levels, quoting, blank lines.
 """
 

@@ -406,6 +406,10 @@ def test_append_many_is_atomic(store):
         store.append_many([record(40), record(41, top_contributions=nested)])
     with pytest.raises(ValueError):
         store.append_many([record(50, inputs={"crp": np.float64("nan")})])
+    with pytest.raises(ValueError):  # not a Python float: goes through the JSON default hook
+        store.append_many([record(60, inputs={"crp": np.float32("nan")})])
+    with pytest.raises(ValueError):
+        store.append_many([record(70, top_contributions=np.array([0.1, np.inf]))])
     assert store.count() == 5
     store.append_many([])
     assert store.count() == 5
@@ -552,3 +556,44 @@ def test_schema_head_constant_is_alembics_head(tmp_path):
     store.migrate()
     assert store.current_revision() == SCHEMA_HEAD
     assert store.feedback_for("x") == []
+
+
+def test_a_naive_time_is_stored_as_utc_whatever_the_database_zone(store_url):
+    """PostgreSQL reads a naive timestamp in its session's zone; the store means UTC."""
+    url = store_url
+    if url.startswith("postgresql"):
+        sep = "&" if "?" in url else "?"
+        url = f"{url}{sep}options=-c%20timezone%3DAmerica/New_York" if "options=" not in url else url.replace(
+            "options=", "options=-c%20timezone%3DAmerica/New_York%20"
+        )
+    store = Store(url, KEY)
+    store.migrate()
+    naive = datetime(2024, 1, 1, 12, 0)
+    store.append_many([record(1, time=naive)])
+    (row,) = [r for chunk in store.iter_audit() for r in chunk]
+    assert row["time"] == datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
+    store.close()
+
+
+def test_a_writer_stuck_on_the_lock_file_gives_up_after_the_busy_timeout(tmp_path):
+    """Several SQLite workers take turns on a lock file; one that never lets go must not hang
+    the others' audit writes forever (they fail, and the request gets 503)."""
+    import fcntl
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    store = Store(url, KEY, sqlite_busy_timeout_ms=300)
+    store.migrate()
+    store.append_many([record(1)])
+    other = os.open(f"{tmp_path / 's.db'}.write-lock", os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            store.append_many([record(2)])
+        assert 0.25 < time.monotonic() - started < 5
+    finally:
+        fcntl.flock(other, fcntl.LOCK_UN)
+        os.close(other)
+    store.append_many([record(3)])  # the turn is free again
+    assert store.count() == 2
+    store.close()
