@@ -35,7 +35,8 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
     settings = settings or get_settings()
     metrics = Metrics()
     state = ModelState(
-        on_swap=lambda p: metrics.set_model(p.model.name, p.model.version, p.model.run_id),
+        # the first load imports the model's modules after start-up: freeze them too
+        on_swap=lambda p: (metrics.set_model(p.model.name, p.model.version, p.model.run_id), _freeze_heap()),
         on_reload=lambda result: metrics.reloads.labels(result).inc(),
     )
 
@@ -108,10 +109,10 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
 
 
 def _freeze_heap() -> None:
-    """Move what start-up allocated (imports, schemas, routes) out of the garbage collector's view.
+    """Move what start-up and a model load allocated out of the garbage collector's view.
 
-    Those objects live as long as the process; without this every full collection walks all of
-    them, a pause that lands in the p99 latency. (A model is a few arrays: nothing to freeze.)"""
+    Those objects live as long as the process (or the model); without this every full collection
+    walks all of them, a pause that lands in the p99 latency."""
     gc.collect()
     gc.freeze()
 
