@@ -159,6 +159,19 @@ def resolve_direct(tracking_uri: str, uri: str) -> ResolvedModel | None:
     return ResolvedModel(mv_name, str(mv_version), run_id, source, alias, location=location)
 
 
+def resolve_configured(tracking_uri: str, uri: str) -> ResolvedModel:
+    """`uri` as one concrete version: read from a local registry database directly when possible
+    (mlflow is not imported), otherwise through mlflow (the service and `icans-risk score`)."""
+    direct = resolve_direct(tracking_uri, uri)
+    if direct is not None:
+        return direct
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return resolve(MlflowClient(), uri)
+
+
 def _direct_url(tracking_uri: str) -> str | None:
     """A read-only SQLAlchemy URL for the tracking database, or None (ask mlflow)."""
     if tracking_uri.startswith("sqlite:///"):

@@ -73,17 +73,10 @@ def distribution_warnings(bundle: ModelBundle, df: pd.DataFrame) -> list[str]:
 
 
 def _load_model(settings: Settings) -> tuple[ResolvedModel, ModelBundle]:
-    """The configured model version and its bundle: read from a local registry database directly
-    when possible (mlflow is not imported), otherwise through mlflow, as the service does."""
-    from pipeline.registry import load_bundle, resolve, resolve_direct
+    """The configured model version and its bundle, resolved as the service resolves it."""
+    from pipeline.registry import load_bundle, resolve_configured
 
-    resolved = resolve_direct(settings.tracking_uri, settings.resolved_model_uri)
-    if resolved is None:
-        import mlflow
-        from mlflow import MlflowClient
-
-        mlflow.set_tracking_uri(settings.tracking_uri)
-        resolved = resolve(MlflowClient(), settings.resolved_model_uri)
+    resolved = resolve_configured(settings.tracking_uri, settings.resolved_model_uri)
     return resolved, load_bundle(resolved, nthread=max(1, settings.predictor_threads))
 
 

@@ -26,18 +26,10 @@ def describe(exc: BaseException) -> str:
 
 
 def resolve_current(settings: Any):
-    """The configured model URI as one concrete version: read from a local registry database
-    directly when possible (no mlflow import in the worker), otherwise through mlflow."""
-    from pipeline.registry import resolve, resolve_direct
+    """The configured model URI as one concrete version (no mlflow import for a local registry)."""
+    from pipeline.registry import resolve_configured
 
-    direct = resolve_direct(settings.tracking_uri, settings.resolved_model_uri)
-    if direct is not None:
-        return direct
-    import mlflow
-    from mlflow import MlflowClient
-
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    return resolve(MlflowClient(), settings.resolved_model_uri)
+    return resolve_configured(settings.tracking_uri, settings.resolved_model_uri)
 
 
 def load_predictor(settings: Any, resolved: Any = None) -> Predictor:
