@@ -11,7 +11,6 @@ import csv
 import fcntl
 import hashlib
 import hmac
-import json
 import math
 import os
 import re
@@ -205,12 +204,13 @@ def _sqlite_time(value: datetime) -> str:
     return as_utc(value).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
-def _strict_json(obj: Any) -> str:
-    """`_dumps` with orjson: the same sorted, compact JSON; NaN and Infinity refused (orjson would write null)."""
+def _dumps(obj: Any) -> str:
+    """Strict JSON, sorted and compact (every JSON column and export): NaN and Infinity are refused
+    rather than stored as invalid JSON (orjson alone would write them as null)."""
     _require_finite(obj)
     try:
         return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS, default=_json_default).decode()
-    except orjson.JSONEncodeError as exc:  # the hook refused a NaN: say so as _dumps does
+    except orjson.JSONEncodeError as exc:  # the hook refused a NaN: a ValueError, as above
         if isinstance(exc.__cause__, ValueError):
             raise exc.__cause__ from None
         raise
@@ -248,11 +248,6 @@ def _json_default(obj: Any) -> Any:
         raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
     _require_finite(value)  # orjson would write a NaN returned from here as null
     return value
-
-
-def _dumps(obj: Any) -> str:
-    """Strict JSON: NaN and Infinity are refused rather than stored as invalid JSON."""
-    return json.dumps(obj, allow_nan=False, default=_json_default, separators=(",", ":"), sort_keys=True)
 
 
 def hash_patient_id(patient_id: str, key: bytes) -> str:
@@ -367,7 +362,6 @@ class Store:
             self.url, busy_timeout_ms=sqlite_busy_timeout_ms, pool_size=pool_size, max_overflow=max_overflow,
             sync=sync,
         )
-        self.sync = sync
         self._lock_path = f"{self.url.database}.write-lock" if self.backend == "sqlite" else None
         self._lock_fd: int | None = None
         self._lock_guard = threading.Lock()
@@ -602,17 +596,14 @@ class Store:
                 except OSError:  # no lock file possible: SQLite's own locking (and error) decides
                     yield
                     return
-            self._take_turn(self._lock_fd)
+            # blocking: the kernel wakes the waiter as soon as the holder lets go (polling with
+            # LOCK_NB starved a worker behind a busy one: p99 330 ms at 2 workers). A writer stuck
+            # while holding it cannot hang answers: AuditWriter's timeout gives 503.
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-
-    def _take_turn(self, fd: int) -> None:
-        """Wait for the lock file, blocking: the kernel wakes the waiter as soon as the holder
-        lets go. (Polling with LOCK_NB starved a worker behind a busy one: p99 330 ms at 2 workers.)
-        A writer stuck while holding it cannot hang answers: AuditWriter's timeout gives 503."""
-        fcntl.flock(fd, fcntl.LOCK_EX)
 
     def _audit_params(self, r: AuditRecord, sqlite: bool, times: dict[datetime, Any]) -> tuple[Any, ...]:
         """One record as the insert's parameters, in _AUDIT_INSERT_COLUMNS order (validated)."""
@@ -638,10 +629,10 @@ class Store:
             r.model_name,
             str(r.model_version),
             None if patient_id is None else self.hash_patient_id(patient_id),
-            _strict_json(inputs),
+            _dumps(inputs),
             float(r.risk),
             r.risk_group,
-            _strict_json(r.top_contributions),
+            _dumps(r.top_contributions),
             float(r.latency_ms),
         )
 
