@@ -144,10 +144,12 @@ class ModelBundle:
         lazy: dict[str, Any] = {}
         if meta["kind"] == "xgboost" and estimator_file.endswith(".json"):
             # the trees straight from xgboost's JSON document: no xgboost import until needed
+            import orjson
+
             from models.trees import from_xgboost_json
 
             raw = (path / estimator_file).read_bytes()
-            lazy = {"_trees": from_xgboost_json(_json_loads(raw)), "_estimator_raw": raw}
+            lazy = {"_trees": from_xgboost_json(orjson.loads(raw)), "_estimator_raw": raw}
         elif meta["kind"] == "xgboost":
             estimator = _load_booster(path / estimator_file, nthread)
         else:
@@ -192,14 +194,6 @@ def _load_booster(source: Path | bytearray, nthread: int) -> Any:
     booster.load_model(str(source) if isinstance(source, Path) else source)
     booster.set_param({"nthread": nthread})
     return booster
-
-
-def _json_loads(raw: bytes) -> Any:
-    try:
-        import orjson
-    except ImportError:  # pragma: no cover - orjson is a dependency; json gives the same numbers
-        return json.loads(raw)
-    return orjson.loads(raw)
 
 
 def _json_default(obj: Any) -> Any:

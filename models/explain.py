@@ -3,8 +3,9 @@
 The values come from `models.leaftable` (precomputed leaf tables, numpy: ~1.5M rows/s for the
 default model) or, when the trees are too deep for tables, from `models.treeshap` (compiled
 path-dependent TreeSHAP, imported only then); both equal xgboost's `pred_contribs` and shap's
-TreeExplainer (tests check it), so neither a DMatrix nor shap is on the serving path. The explainer needs only the flattened trees:
-a served bundle builds them from the booster's JSON document without importing xgboost. When the
+TreeExplainer (tests check it), so neither a DMatrix nor shap is on the serving path. The
+explainer needs only the flattened trees: a served bundle builds them from the booster's JSON
+document without importing xgboost. When the
 library's estimator is attached (training, evaluation, `ModelBundle.predict_proba`), `margin` asks
 the library itself, as an independent check that the explanation adds up to the model's own
 output; without it, `margin` walks the same trees (sum of the reached leaves + base margin).
@@ -17,8 +18,7 @@ from typing import Any
 import numpy as np
 
 from models.leaftable import LeafTables
-from models.trees import FlatTrees, from_hist_gradient_boosting, from_xgboost
-
+from models.trees import FlatTrees, comparable, from_hist_gradient_boosting, from_xgboost
 
 _UNBUILT = object()
 
@@ -90,11 +90,7 @@ def tree_margin(trees: FlatTrees, X: np.ndarray, chunk: int = 4096) -> np.ndarra
     the pinned xgboost and scikit-learn; the tests require 1e-6 and 1e-9).
     All rows descend all trees one level per numpy pass (max_depth passes per chunk of rows).
     """
-    X = np.asarray(X, dtype=np.float64)
-    if trees.float32_inputs:
-        X = X.astype(np.float32).astype(np.float64)
-    if X.ndim != 2 or X.shape[1] != trees.n_features:
-        raise ValueError(f"expected a matrix with {trees.n_features} columns")
+    X = comparable(trees, X)
     dtype = np.float32 if trees.float32_inputs else np.float64
     out = np.empty(len(X), dtype=np.float64)
     for start in range(0, len(X), chunk):

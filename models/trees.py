@@ -34,6 +34,16 @@ class FlatTrees:
     expected_value: float = 0.0  # base margin + cover-weighted mean leaf of every tree
 
 
+def comparable(trees: FlatTrees, X: np.ndarray) -> np.ndarray:
+    """X as these trees compare it: float64, rounded through float32 for xgboost; shape checked."""
+    X = np.asarray(X, dtype=np.float64)
+    if trees.float32_inputs:
+        X = X.astype(np.float32).astype(np.float64)
+    if X.ndim != 2 or X.shape[1] != trees.n_features:
+        raise ValueError(f"expected a matrix with {trees.n_features} columns")
+    return X
+
+
 def from_xgboost(booster) -> FlatTrees:
     return from_xgboost_json(json.loads(booster.save_raw(raw_format="json")))
 

@@ -18,17 +18,12 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from models.trees import FlatTrees, from_hist_gradient_boosting, from_xgboost, from_xgboost_json  # noqa: F401
+from models.trees import FlatTrees, comparable, from_hist_gradient_boosting, from_xgboost, from_xgboost_json  # noqa: F401
 
 
 def shap_values(trees: FlatTrees, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """(phi (n, n_features), margin (n,), expected value): margin == expected + phi.sum(1)."""
-    X = np.asarray(X, dtype=np.float64)
-    if trees.float32_inputs:
-        X = X.astype(np.float32).astype(np.float64)
-    if X.ndim != 2 or X.shape[1] != trees.n_features:
-        raise ValueError(f"expected a matrix with {trees.n_features} columns")
-    X = np.ascontiguousarray(X)
+    X = np.ascontiguousarray(comparable(trees, X))
     args = (
         X,
         trees.feature,
