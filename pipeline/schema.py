@@ -9,9 +9,6 @@ from pipeline.contract import FEATURES, GRADE_COLUMN, ID_COLUMN, OUTCOMES, Featu
 if TYPE_CHECKING:
     import pandera.pandas as pa
 
-GRADES = (0, 1, 2, 3, 4)
-P_TRUE_RANGE = (0, 1)
-
 
 def _feature_column(f: Feature) -> pa.Column:
     import pandera.pandas as pa
@@ -74,10 +71,10 @@ def cohort_schema(outcome: str | None, require_id: bool = True) -> pa.DataFrameS
     for name in OUTCOMES:
         columns[name] = _bool_column(required=(name == outcome))
     columns[GRADE_COLUMN] = pa.Column(
-        float, checks=pa.Check.isin(list(GRADES)), nullable=True, required=False
+        float, checks=pa.Check.isin([0, 1, 2, 3, 4]), nullable=True, required=False
     )
     columns["p_true"] = pa.Column(
-        float, checks=pa.Check.in_range(*P_TRUE_RANGE), nullable=True, required=False
+        float, checks=pa.Check.in_range(0, 1), nullable=True, required=False
     )
     return pa.DataFrameSchema(
         columns,

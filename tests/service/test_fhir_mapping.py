@@ -61,6 +61,17 @@ def _iso(t: datetime) -> str:
     return t.isoformat(timespec="seconds")
 
 
+def _concept(system: str, code: str, display: str | None, text: str | None) -> dict[str, Any]:
+    """A CodeableConcept with one coding (display and text only when given)."""
+    coding = {"system": system, "code": code}
+    if display:
+        coding["display"] = display
+    concept: dict[str, Any] = {"coding": [coding]}
+    if text:
+        concept["text"] = text
+    return concept
+
+
 class Chart:
     """A synthetic patient's FHIR record, built from fhir.resources R4B models.
 
@@ -145,12 +156,7 @@ class Chart:
         verification: str = "confirmed",
         clinical: str = "active",
     ) -> Condition:
-        coding = {"system": system, "code": code}
-        if display:
-            coding["display"] = display
-        concept: dict[str, Any] = {"coding": [coding]}
-        if text:
-            concept["text"] = text
+        concept = _concept(system, code, display, text)
         c = Condition(
             id=self._id("cond"),
             clinicalStatus={"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": clinical}]},
@@ -164,12 +170,7 @@ class Chart:
 
     def procedure(self, system: str, code: str, display: str | None = None, *, text: str | None = None,
                   days_ago: float = 400, status: str = "completed") -> Procedure:
-        coding = {"system": system, "code": code}
-        if display:
-            coding["display"] = display
-        concept: dict[str, Any] = {"coding": [coding]}
-        if text:
-            concept["text"] = text
+        concept = _concept(system, code, display, text)
         p = Procedure(id=self._id("proc"), status=status, code=concept, subject={"reference": f"Patient/{self.pid}"},
                       performedDateTime=self.ago(days_ago))
         self.procedures.append(p)
