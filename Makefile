@@ -15,11 +15,11 @@ OUT ?=
 SEED ?=
 N ?=
 
-.PHONY: install data train evaluate score serve mlflow-ui mlflow-server test bench clean-venv help
+.PHONY: install data train evaluate score serve mlflow-ui mlflow-server test test-cohorts bench clean-venv help
 
 help:
-	@echo "make install | data | train [DATA= OUTCOME= SEED= ON_INVALID=] | evaluate [DATA=] |"
-	@echo "     score DATA= OUT= | serve [HOST= PORT= WORKERS=] | mlflow-ui | mlflow-server | test | bench"
+	@echo "make install | data | train [DATA= OUTCOME= SEED= ON_INVALID= ALLOW_UNGATED=1] | evaluate [DATA=] |"
+	@echo "     score DATA= OUT= | serve [HOST= PORT= WORKERS=] | mlflow-ui | mlflow-server | test | test-cohorts | bench"
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,8 @@ data: install
 
 train: install
 	$(BIN)/icans-risk train --outcome $(OUTCOME) --on-invalid $(ON_INVALID) \
-		$(if $(DATA),--data $(DATA)) $(if $(SEED),--seed $(SEED)) $(if $(N),--n $(N))
+		$(if $(DATA),--data $(DATA)) $(if $(SEED),--seed $(SEED)) $(if $(N),--n $(N)) \
+		$(if $(filter 1 true yes,$(ALLOW_UNGATED)),--allow-ungated)
 
 evaluate: install
 	$(BIN)/icans-risk evaluate --outcome $(OUTCOME) --on-invalid $(ON_INVALID) $(if $(DATA),--data $(DATA))
@@ -73,6 +74,10 @@ mlflow-ui: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The property-based cohort suite at length: 40 drawn cohorts of up to 5,000 patients (~30-60 min).
+test-cohorts: install
+	HYPOTHESIS_PROFILE=cohorts $(BIN)/python -m pytest tests/model/test_real_cohorts.py
 
 # wrk (Debian package) drives the HTTP load; without it the runner uses its Python load generator.
 bench: install

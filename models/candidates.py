@@ -11,12 +11,13 @@ from typing import Any, Callable
 
 import numpy as np
 from sklearn.base import BaseEstimator
-from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from xgboost import XGBClassifier
+
+from models.hgb import HistGradientBoosting
 
 from pipeline.contract import FEATURES_BY_NAME
 from pipeline.features import MATRIX_COLUMNS, monotone_constraints
@@ -50,8 +51,8 @@ def make_xgboost(seed: int, n_jobs: int = 1) -> XGBClassifier:
     )
 
 
-def make_hist_gradient_boosting(seed: int, n_jobs: int = 1) -> HistGradientBoostingClassifier:
-    return HistGradientBoostingClassifier(
+def make_hist_gradient_boosting(seed: int, n_jobs: int = 1) -> HistGradientBoosting:
+    return HistGradientBoosting(
         monotonic_cst=list(monotone_constraints()),
         early_stopping=False,
         random_state=seed,
@@ -111,3 +112,41 @@ CANDIDATES: dict[str, Candidate] = {
     ),
 }
 TREE_FAMILIES = tuple(n for n, c in CANDIDATES.items() if c.tree)
+
+# Below this many events (in the data the search runs on) the trees are held to the small-data
+# space: stumps or depth-2 trees with small learning rates (a near-additive model, which is what
+# 20-100 events can support). A deep or long boosting run fits noise, and cross-validated
+# log-loss on a few dozen events cannot tell it so.
+SMALL_DATA_EVENTS = 100
+SMALL_DATA_SPACES: dict[str, dict[str, list[Any]]] = {
+    # min_child_weight is a hessian sum, p(1-p) per patient: at 15% prevalence 10 means ~80 patients
+    # per leaf, so 150 patients could not split at all (a constant model, AUROC 0.5); same for gamma.
+    "xgboost": {
+        "n_estimators": [100, 200, 300],
+        "learning_rate": [0.02, 0.05],
+        "max_depth": [1, 2],
+        "min_child_weight": [1.0, 2.0, 5.0],
+        "reg_lambda": [1.0, 5.0, 20.0],
+        "gamma": [0.0],
+    },
+    "hist_gradient_boosting": {
+        "max_iter": [100, 200, 300],
+        "learning_rate": [0.02, 0.05],
+        "max_depth": [2],
+        "max_leaf_nodes": [3, 4],
+        "min_samples_leaf": [5, 10, 20],
+        "l2_regularization": [1.0, 10.0],
+    },
+}
+
+
+def search_space(name: str, n_events: int) -> dict[str, list[Any]]:
+    """The random-search space of a family for data with `n_events` events: it shrinks with them."""
+    if n_events < SMALL_DATA_EVENTS and name in SMALL_DATA_SPACES:
+        return SMALL_DATA_SPACES[name]
+    return CANDIDATES[name].space
+
+
+def make_untuned_hist_gradient_boosting(seed: int, n_jobs: int = 1) -> HistGradientBoosting:
+    """The comparator a data scientist would try first: scikit-learn's defaults, no constraints."""
+    return HistGradientBoosting(random_state=seed)

@@ -12,6 +12,8 @@ import click
 from pipeline.contract import DEFAULT_OUTCOME, OUTCOMES
 
 EXIT_INVALID_DATA = 2
+EXIT_TRAINING_FAILED = 1
+EXIT_NOT_PROMOTED = 3  # registered, but the quality gate kept it from @champion
 
 
 def _settings(**overrides: object):
@@ -73,26 +75,39 @@ def generate(n: int, seed: int, out: Path | None, overwrite: bool) -> None:
 @click.option("--n", "n_patients", type=click.IntRange(min=100), default=None, help="Synthetic cohort size.")
 @click.option("--n-iter", type=click.IntRange(min=1), default=None, help="Search configurations per family.")
 @click.option("--on-invalid", type=click.Choice(["refuse", "drop"]), default="refuse", show_default=True)
-def train(data, outcome, seed, n_patients, n_iter, on_invalid) -> None:
-    """Train, evaluate and register; move @champion only if at least as good as the current one."""
+@click.option("--allow-ungated", is_flag=True, default=None,
+              help="Register a model that fails the quality gate as champion anyway, tagged ungated.")
+@click.pass_context
+def train(ctx, data, outcome, seed, n_patients, n_iter, on_invalid, allow_ungated) -> None:
+    """Train, validate and register; move @champion unless clearly worse than the current one."""
     from pipeline.io import CohortError
     from pipeline.train import train as run_training
+    from pipeline.validation import TrainingRefused
 
-    settings = _settings(seed=seed, n_iter=n_iter, outcome=outcome)
+    settings = _settings(seed=seed, n_iter=n_iter, outcome=outcome, allow_ungated=allow_ungated)
     try:
         result = run_training(settings, data=data, outcome=outcome, on_invalid=on_invalid, n_patients=n_patients)
-    except (CohortError, ValueError) as exc:
+    except (CohortError, TrainingRefused) as exc:
         _data_error(exc)
-    m = result.metrics
-    click.echo(f"run {result.run_id}: {result.model_name} v{result.version} ({result.chosen})")
+    except Exception as exc:  # one line, never a traceback (unless -v); the run keeps the reason
+        if ctx.find_root().params.get("verbose"):
+            raise
+        click.echo(f"error: training failed ({type(exc).__name__}: {exc}); the MLflow run is tagged "
+                   "failure_reason; rerun with -v for the traceback", err=True)
+        sys.exit(EXIT_TRAINING_FAILED)
+    v = result.validated
+    kind = "cross-validated" if result.design == "repeated_cv" else "held-out"
+    click.echo(f"run {result.run_id}: {result.model_name} v{result.version} ({result.chosen}), "
+               f"validation: {result.design}")
     click.echo(
-        f"held-out AUROC {m['test_auroc']:.3f}, calibration slope {m['test_calibration_slope']:.2f}, "
-        f"Brier {m['test_brier']:.4f}; EASIX {m.get('test_easix_auroc', float('nan')):.3f}, "
-        f"m-EASIX {m.get('test_m_easix_auroc', float('nan')):.3f}"
-        + (f", oracle {m['test_oracle_auroc']:.3f}" if "test_oracle_auroc" in m else "")
+        f"{kind} AUROC {v['auroc']:.3f} (95% CI {v['auroc_ci_low']:.3f}-{v['auroc_ci_high']:.3f}), "
+        f"calibration slope {v['calibration_slope']:.2f}, Brier {v['brier']:.4f}; "
+        f"m-EASIX {v.get('m_easix_auroc', float('nan')):.3f}"
     )
     verdict = "promoted to @champion" if result.promoted else "NOT promoted"
     click.echo(f"{verdict}: {result.reason}")
+    if not result.promoted and result.reason.startswith("quality gate"):
+        sys.exit(EXIT_NOT_PROMOTED)
 
 
 @main.command()

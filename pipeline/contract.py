@@ -163,6 +163,7 @@ FEATURES: tuple[Feature, ...] = (
         min=0.05,
         max=20,
         loinc="2160-0",
+        direction=1,  # a factor of EASIX (LDH x creatinine / platelets; Korell 2022)
         example=0.7,
     ),
     Feature(
@@ -186,6 +187,9 @@ FEATURES: tuple[Feature, ...] = (
         min=0,
         max=100000,
         loinc="26881-3",
+        # baseline cytokines: only the direction is published (every link found is positive:
+        # post-infusion peaks, Santomasso 2018; Gofshteyn 2018), no baseline effect size
+        direction=1,
         example=6.0,
     ),
     Feature(
@@ -197,6 +201,7 @@ FEATURES: tuple[Feature, ...] = (
         min=0,
         max=100000,
         loinc="27415-9",
+        direction=1,  # as IL-6
         example=None,
     ),
     Feature(
@@ -207,6 +212,7 @@ FEATURES: tuple[Feature, ...] = (
         required=False,
         min=0,
         max=100000,
+        direction=1,  # as IL-6
         example=None,
     ),
 )

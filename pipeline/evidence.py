@@ -445,12 +445,17 @@ def calibration_intervals(
 
 
 def _wilson(events: np.ndarray, n: np.ndarray, alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval, exact at the edges: 0 events give a lower bound of exactly 0 and
+    n events an upper bound of exactly 1 (in floating point `centre - half` is about 1e-17 off
+    there), and the bounds always enclose the observed proportion."""
     z = norm.ppf(1 - alpha / 2)
     with np.errstate(invalid="ignore", divide="ignore"):
         phat = events / n
         centre = (phat + z * z / (2 * n)) / (1 + z * z / n)
         half = z * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+        low = np.where(events <= 0, 0.0, np.clip(centre - half, 0.0, phat))
+        high = np.where(events >= n, 1.0, np.clip(centre + half, phat, 1.0))
+    return low, high
 
 
 def calibration_curve_data(
@@ -870,41 +875,31 @@ def risk_group_table(y_test: np.ndarray, p_test: np.ndarray, thresholds: Mapping
 
 # --------------------------------------------------------------------------- learning curve
 
-LEARNING_CURVE_SIZES = (250, 500, 1000, 2000, 5000)
-# Fixed, strongly regularised boosting for the learning curve (no tuning per size, so the curve
-# shows the data-size effect only): shallow trees, small learning rate, L2 penalty, row and column
-# subsampling (from the factory). NOT min_child_weight 10: at 250 patients (~40 events) the leaf
-# hessian sums stay below 10 and xgboost grew no tree at all in 1 of 5 draws (a constant model,
-# AUROC 0.5); with 5 every draw learned (mean AUROC 0.69 at 250, 0.72 at 500; 5 draws each).
-LEARNING_CURVE_XGB_PARAMS: dict[str, Any] = {
-    "n_estimators": 200,
-    "learning_rate": 0.05,
-    "max_depth": 2,
-    "min_child_weight": 5,
-    "reg_lambda": 5.0,
-    "gamma": 0.0,
-}
+LEARNING_CURVE_SIZES = (100, 150, 250, 500, 1000, 2000)
+# The procedure each size is fitted with: the training's own (search of every family, family
+# choice, Platt calibration), at the per-fold budget of repeated cross-validation.
+LEARNING_CURVE_N_ITER = 4
+LEARNING_CURVE_CV_FOLDS = 3
 
 FitAndScore = Callable[[pd.DataFrame, pd.DataFrame], Mapping[str, float]]
 
 
 def default_fit_and_score(train_df: pd.DataFrame, test_df: pd.DataFrame, outcome: str = DEFAULT_OUTCOME, seed: int = 0) -> dict[str, float]:
-    """Held-out AUROC of: xgboost (models.candidates factory, with its monotone constraints, and
-    LEARNING_CURVE_XGB_PARAMS), the logistic comparator (factory default C = 0.1), and the raw
-    EASIX and m-EASIX scores (not trained: their AUROC does not depend on the training size)."""
+    """Held-out AUROC of: the tuned, calibrated model (the training procedure,
+    `pipeline.validation.Procedure`), an untuned scikit-learn HistGradientBoosting, the tuned
+    logistic comparator, and the raw EASIX and m-EASIX scores (not trained: their AUROC does not
+    depend on the training size)."""
     from models.baselines import SCORES
-    from models.candidates import make_logistic, make_xgboost
     from pipeline.features import encode_frame
+    from pipeline.validation import LOGISTIC, MODEL, UNTUNED_HGB, Procedure
 
     X_train, X_test = encode_frame(train_df), encode_frame(test_df)
     y_train = train_df[outcome].astype(int).to_numpy()
     y_test = test_df[outcome].astype(int).to_numpy()
-    xgb = make_xgboost(seed, n_jobs=1).set_params(**LEARNING_CURVE_XGB_PARAMS).fit(X_train, y_train)
-    logistic = make_logistic(seed).fit(X_train, y_train)
-    out = {
-        "xgboost": auroc(y_test, xgb.predict_proba(X_test)[:, 1]),
-        "logistic": auroc(y_test, logistic.predict_proba(X_test)[:, 1]),
-    }
+    models = Procedure(LEARNING_CURVE_N_ITER, LEARNING_CURVE_CV_FOLDS)(X_train, y_train, seed)
+    out = {"tuned model": auroc(y_test, models[MODEL](X_test)),
+           "untuned HGB": auroc(y_test, models[UNTUNED_HGB](X_test)),
+           "logistic": auroc(y_test, models[LOGISTIC](X_test))}
     for name, score in SCORES.items():
         out[name] = auroc(y_test, score(test_df))
     return out
@@ -1009,6 +1004,10 @@ class Evidence:
     y_test: np.ndarray | None = field(default=None, repr=False)
     predictions: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     seconds: float = float("nan")
+    # the validation design (split or optimism-corrected bootstrap) and the estimates the gate used
+    validation: dict[str, Any] | None = None
+    # each feature's direction in the model against its published direction (`feature_directions`)
+    directions: pd.DataFrame | None = None
 
     def net_benefit_at(self, model: str, threshold: float) -> float:
         """Net benefit of `model` ('treat all' included) at one threshold, from the kept
@@ -1123,6 +1122,7 @@ class Evidence:
             "subgroups": self.subgroups, "sample_size": self.sample_size,
             "thresholds": self.thresholds, "risk_groups": self.risk_groups,
             "learning_curve": self.learning_curve, "development": self.development,
+            "validation": self.validation, "directions": self.directions,
             "calibration_curves": {k: {"binned": v["binned"], "smoothed": v["smoothed"]} for k, v in self.calibration_curves.items()},
         })
 

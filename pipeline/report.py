@@ -453,14 +453,21 @@ def _learning_curve_blocks(ev: Evidence, image: Path | None) -> list[Block]:
     events = summary.groupby("size")["events_train"].first()
     repeats = int(summary["repeats"].max())
     cols = [c for c in wide.columns if c != ORACLE] + ([ORACLE] if ORACLE in wide.columns else [])
-    rows = [[int(size), _num(events[size], 0)] + [_num(wide.loc[size, c]) for c in cols] for size in wide.index]
+    trained = [c for c in cols if c not in (ORACLE, EASIX, M_EASIX)]
+    rows = []
+    for size in wide.index:
+        best = max(trained, key=lambda c: wide.loc[size, c]) if trained else None
+        runner = max((wide.loc[size, c] for c in trained if c != best), default=np.nan)
+        verdict = f"{_name(best)} by {_num(wide.loc[size, best] - runner)}" if best is not None else "-"
+        rows.append([int(size), _num(events[size], 0)] + [_num(wide.loc[size, c]) for c in cols] + [verdict])
     fitted = "once" if repeats == 1 else f"on {repeats} independent training cohorts (mean shown)"
     blocks: list[Block] = [
         ("p", "Held-out AUROC on one fixed synthetic test set against the number of synthetic training "
-              f"patients, each size fitted {fitted} with fixed, strongly regularised settings. The oracle is "
+              f"patients, each size fitted {fitted} with the training's own procedure (search, family choice, "
+              "calibration), beside an untuned HistGradientBoosting and the logistic comparator. The oracle is "
               "the AUROC of the true probability; it includes a latent random effect that no feature "
               "carries, so the ceiling reachable from the features is lower."),
-        ("table", ["training patients", "training events"] + [_name(c) for c in cols], rows),
+        ("table", ["training patients", "training events"] + [_name(c) for c in cols] + ["best fitted model"], rows),
     ]
     if image is not None:
         blocks.append(("img", "learning curve", str(image)))
@@ -489,6 +496,74 @@ def _headline(ev: Evidence) -> list[str]:
     return items
 
 
+def _resampled(ev: Evidence) -> bool:
+    return bool(ev.validation) and ev.validation.get("design") == "repeated_cv"
+
+
+def _evaluation_text(ev: Evidence, d: Mapping[str, Any], synthetic: bool) -> Block:
+    tail = " Synthetic." if synthetic else ""
+    if _resampled(ev):
+        return ("p", f"No patients were held out (n = {d['n']}, events = {d['events']}, prevalence "
+                     f"{_pct(d['prevalence'])}): the model is fitted on all of them and every figure comes from "
+                     "repeated cross-validation of the whole procedure (tuning, family choice and calibration "
+                     "inside every fold); the tables show the out-of-fold risks of the first repeat." + tail)
+    return ("p", f"Held-out patients never used for fitting, tuning, calibration or threshold choice: n = {d['n']}, "
+                 f"events = {d['events']} (prevalence {_pct(d['prevalence'])})." + tail)
+
+
+def _validation_blocks(ev: Evidence) -> list[Block]:
+    """The design (split or repeated cross-validation), why, and the estimates the gate used."""
+    v = ev.validation
+    if not v:
+        return [("p", "External validation: every figure below is on the validation cohort.")]
+    est = v.get("estimates", {})
+    rows = [[_name(k), _ci(est, k, 4 if k == "brier" else 3)]
+            for k in ("auroc", "calibration_slope", "calibration_intercept", "brier") if k in est]
+    if "auroc_minus_m_easix" in est:
+        rows.append(["AUROC minus m-EASIX", _ci(est, "auroc_minus_m_easix")])
+    blocks: list[Block] = [
+        ("p", f"Design: {v['design']}. {v['reason']}. The figures below the summary are on {v['evaluated_on']}."),
+        ("table", ["estimate used by the quality gate and the champion comparison", "value (95% CI)"], rows),
+    ]
+    rs = v.get("resampling")
+    if rs:
+        names = list(rs["cross_validated"])
+        head = ["model", "apparent AUROC", "cross-validated AUROC", "optimism", "SD over repeats",
+                "cross-validated slope"]
+        table = [[_name(n), _num(rs["apparent"].get(n, {}).get("auroc")), _num(rs["cross_validated"][n]["auroc"]),
+                  _num(rs["optimism"][n]["auroc"]), _num(rs["spread_over_repeats"][n]["auroc"]),
+                  _num(rs["cross_validated"][n]["calibration_slope"], 2)] for n in names]
+        blocks += [
+            ("p", f"{rs['repeats']} x {rs['folds']}-fold cross-validation of the whole procedure ({rs['seconds']:.0f} s): "
+                  "in every fold the families are searched again, the family is chosen again and the "
+                  "calibration is fitted again; the final model is fitted on all patients. Apparent: the "
+                  "final fit scored on its own patients (optimistic); optimism = apparent - cross-validated."),
+            ("table", head, table),
+        ]
+    return blocks
+
+
+def _direction_blocks(ev: Evidence) -> list[Block]:
+    d = ev.directions
+    if d is None or not len(d):
+        return [("p", "Not computed for this run.")]
+    rows = [[r.feature, _num(r.low, 3), _num(r.high, 3), _num(r.risk_low, 3), _num(r.risk_high, 3),
+             _num(r.effect, 4), r.model_direction, r.published_direction,
+             "CONTRADICTION" if r.contradiction else (r.note or "")] for r in d.itertuples()]
+    n_bad = int(d["contradiction"].sum())
+    blocks: list[Block] = [
+        ("p", "Each feature's conditional effect: the mean predicted risk with the feature set to a low and "
+              "to a high value (10th/90th percentile; false/true; first/second level) and everything else as "
+              "recorded, against the direction the literature gives it (the contract's monotone "
+              "constraint)."),
+        ("table", ["feature", "low", "high", "risk at low", "risk at high", "effect", "in the model",
+                   "published", "flag"], rows),
+    ]
+    if n_bad:
+        blocks.append(("note", f"WARNING: {n_bad} feature(s) act against their published direction."))
+    return blocks
+
+
 # --------------------------------------------------------------------------- validation report
 
 
@@ -515,6 +590,7 @@ def render_validation_report(
     meta_rows.insert(0, ["outcome", _outcome_text(ev.outcome)])
     sections: list[Section] = [
         ("Intended use", [("p", INTENDED_USE), ("table", ["item", "value"], meta_rows)]),
+        ("Validation design", _validation_blocks(ev)),
         ("Summary", [("ul", _headline(ev))] + [("note", n) for n in ev.notes]),
         ("Discrimination", [_discrimination_table(ev), _comparison_table(ev),
                             ("p", "Percentile bootstrap intervals; differences use the same resamples for both "
@@ -538,6 +614,7 @@ def render_validation_report(
                        _subgroup_table(ev), ("img", "subgroup forest plot", str(figures["subgroups"]))]),
         ("Sample size and events per parameter (development data)", _sample_size_blocks(ev)),
         ("Learning curve (synthetic data)", _learning_curve_blocks(ev, figures.get("learning_curve"))),
+        ("Directions of effect", _direction_blocks(ev)),
     ]
     if ev.development is not None:
         dv = ev.development
@@ -630,6 +707,10 @@ def render_model_card(
         subgroup_lines.append(f"{r['group_label']} {r['level_label']}: n = {r['n']}, events = {r['events']}, "
                               f"AUROC {_ci(r, 'auroc')}, CITL {_num(r['calibration_in_the_large'], 4)}{flag}")
 
+    gate = model_info.get("gate") or {}
+    if gate and not gate.get("passed", True):
+        details[2].append(["quality gate", f"FAILED: {gate.get('reason')}"
+                           + ("; registered as champion with ALLOW_UNGATED=1 (ungated)" if gate.get("ungated") else "")])
     caveats = [
         "Baseline (pre-lymphodepletion) features only: the model ignores everything after infusion, including "
         "CRS, the strongest driver of ICANS; it cannot replace monitoring.",
@@ -687,11 +768,7 @@ def render_model_card(
                 "Risk groups: sensitivity, specificity, PPV and NPV at thresholds chosen on development data only.",
             ]),
         ]),
-        ("Evaluation data", [
-            ("p", f"Held-out patients never used for fitting, tuning, calibration or threshold choice: n = {d['n']}, "
-                  f"events = {d['events']} (prevalence {_pct(d['prevalence'])})."
-                  + (" Synthetic." if synthetic else "")),
-        ]),
+        ("Evaluation data", [_evaluation_text(ev, d, synthetic)] + _validation_blocks(ev)),
         ("Training data", [("table", ["item", "value"], provenance_rows)] + _sample_size_blocks(ev)),
         ("Quantitative analyses", [
             ("ul", _headline(ev)),
@@ -699,9 +776,9 @@ def render_model_card(
             _calibration_table(ev),
             _net_benefit_table(ev),
             _thresholds_table(ev),
-            ("p", "Subgroups (held-out set):"),
+            ("p", "Subgroups (held-out set):" if not _resampled(ev) else "Subgroups (out-of-fold risks):"),
             ("ul", subgroup_lines),
-        ] + ([("p", "Learning curve (synthetic):")] + _learning_curve_blocks(ev, None)[1:2]
+        ] + _direction_blocks(ev)[1:] + ([("p", "Learning curve (synthetic):")] + _learning_curve_blocks(ev, None)[1:2]
              if ev.learning_curve is not None and len(ev.learning_curve) else [])),
         ("Ethical considerations", [
             ("ul", [

@@ -79,7 +79,19 @@ class Settings(BaseSettings):
     n_iter: int = Field(default=10, ge=1, description="random-search configurations per family")
     cv_folds: int = Field(default=5, ge=2)
     test_fraction: float = Field(default=0.25, gt=0, lt=1)
-    nested_cv_max_n: int = Field(default=1000, ge=0, description="nested CV when the development set is this small")
+    # Validation design (README "How a model is validated"). "auto": a held-out split only when it
+    # would hold at least split_min_test_events events; otherwise fit on all patients and correct
+    # the whole procedure by repeated cross-validation (pipeline/validation.py says why not Harrell's bootstrap).
+    validation: Literal["auto", "split", "repeated_cv"] = "auto"
+    split_min_test_events: int = Field(default=100, ge=1)
+    min_events: int = Field(default=20, ge=5, description="fewest events (and non-events) to train on")
+    cv_repeats: int = Field(default=5, ge=1, description="repeats of the cross-validation of the whole procedure")
+    resample_n_iter: int = Field(default=4, ge=1, description="search configurations per family in each fold")
+    resample_cv_folds: int = Field(default=3, ge=2, description="tuning/calibration folds inside each fold")
+    # A first model that fails the quality gate is registered as champion anyway, tagged ungated.
+    allow_ungated: bool = Field(
+        default=False, validation_alias=AliasChoices("ALLOW_UNGATED", "ICANS_ALLOW_UNGATED")
+    )
 
     # ---- NEW (issue 6): FHIR and CDS Hooks ---------------------------------------------------
     # Public base URL of this service as EHRs call it (e.g. https://cds.example.org). The `aud`

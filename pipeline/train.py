@@ -1,4 +1,4 @@
-"""Training: split, cross-validate candidates, choose, calibrate, evaluate, log, register, promote.
+"""Training: validate (held-out split or repeated cross-validation), tune, choose, calibrate, log, register, promote.
 
 Everything is tracked in MLflow: one parent run per training, one child run per candidate family.
 The champion alias moves last, and only when the new model is at least as good as the current
@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlflow
 import numpy as np
@@ -25,18 +25,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from sklearn.base import clone
-from sklearn.model_selection import (
-    RandomizedSearchCV,
-    StratifiedKFold,
-    cross_val_predict,
-    cross_validate,
-    train_test_split,
-)
+from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
 
 from models.artifact import ModelBundle
 from models.baselines import SCORES, ScoreToProbability
-from models.calibration import PlattOnMargin
-from models.candidates import CANDIDATES, TREE_FAMILIES
+from models.candidates import CANDIDATES, SMALL_DATA_EVENTS, make_untuned_hist_gradient_boosting
 from pipeline import plots
 from pipeline.contract import (
     CONTRACT_VERSION,
@@ -45,13 +38,37 @@ from pipeline.contract import (
     OUTCOMES,
     example_request,
 )
-from pipeline.evidence import build_evidence, learning_curve
+from pipeline.directions import feature_directions
+from pipeline.evidence import (
+    build_evidence,
+    calibration_intervals,
+    discrimination_with_ci,
+    learning_curve,
+    paired_difference,
+)
 from pipeline.features import N_MATRIX, encode_frame, training_ranges
 from pipeline.io import Cohort, read_cohort
 from pipeline.metrics import binary_metrics, ranking_metrics
 from pipeline.report import render_validation_report, save_plots, write_model_card
 from pipeline.registry import BUNDLE_ARTIFACT, champion, load_bundle, promotion_lock
 from pipeline.settings import Settings
+from pipeline.validation import (
+    LOGISTIC,
+    METRICS,
+    MODEL,
+    RESAMPLING,
+    SPLIT,
+    UNTUNED_HGB,
+    Design,
+    Fitted,
+    Procedure,
+    Resampled,
+    check_trainable,
+    choose_design,
+    fit_procedure,
+    repeated_cv,
+    tune,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +86,8 @@ class TrainResult:
     reason: str
     chosen: str
     metrics: dict[str, float] = field(default_factory=dict)
+    design: str = SPLIT
+    validated: dict[str, float] = field(default_factory=dict)
 
 
 def git_commit() -> str:
@@ -118,11 +137,6 @@ def input_example() -> pd.DataFrame:
     return pd.DataFrame([record]).astype({f.name: float for f in FEATURES if f.kind == "float"})
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
-
-
 def choose_thresholds(y: np.ndarray, risk: np.ndarray) -> tuple[float, float]:
     """Risk-group cut-offs from development (out-of-fold) risks only.
 
@@ -138,56 +152,196 @@ def choose_thresholds(y: np.ndarray, risk: np.ndarray) -> tuple[float, float]:
     return round(low, 4), round(high, 4)
 
 
-def _random_search(
-    name: str, cv: StratifiedKFold, settings: Settings, n_jobs: int, scoring: Any, refit: bool
-) -> RandomizedSearchCV:
-    """The one tuning procedure: used for model choice and, wrapped in outer folds, nested CV."""
-    cand = CANDIDATES[name]
-    grid_size = int(np.prod([len(v) for v in cand.space.values()]))
-    return RandomizedSearchCV(
-        cand.factory(settings.seed, n_jobs),
-        cand.space,
-        n_iter=min(settings.n_iter, grid_size),
-        scoring=scoring,
-        refit=refit,
-        cv=cv,
-        random_state=settings.seed,
-        n_jobs=1,
-        error_score="raise",
-    )
-
-
-def _tune(name: str, X: np.ndarray, y: np.ndarray, cv: StratifiedKFold, settings: Settings, n_jobs: int):
-    search = _random_search(
-        name, cv, settings, n_jobs, scoring={"log_loss": "neg_log_loss", "auroc": "roc_auc"}, refit=False
-    )
-    search.fit(X, y)
-    res = search.cv_results_
-    best = int(np.argmax(res["mean_test_log_loss"]))
-    return {
-        "params": res["params"][best],
-        "cv_log_loss": float(-res["mean_test_log_loss"][best]),
-        "cv_log_loss_std": float(res["std_test_log_loss"][best]),
-        "cv_auroc": float(res["mean_test_auroc"][best]),
-        "n_configs": len(res["params"]),
-    }
-
-
-def nested_cv(name: str, X: np.ndarray, y: np.ndarray, settings: Settings, n_jobs: int) -> dict[str, float]:
-    """Outer stratified folds around the same random search: an unbiased estimate of tuning + fit."""
-    inner = StratifiedKFold(settings.cv_folds, shuffle=True, random_state=settings.seed + 1)
-    outer = StratifiedKFold(settings.cv_folds, shuffle=True, random_state=settings.seed + 2)
-    search = _random_search(name, inner, settings, n_jobs, scoring="neg_log_loss", refit=True)
-    scores = cross_validate(search, X, y, cv=outer, scoring={"auroc": "roc_auc", "log_loss": "neg_log_loss"})
-    return {
-        "nested_cv_auroc": float(np.mean(scores["test_auroc"])),
-        "nested_cv_auroc_std": float(np.std(scores["test_auroc"])),
-        "nested_cv_log_loss": float(-np.mean(scores["test_log_loss"])),
-    }
-
-
 def _prob(estimator: Any, X: np.ndarray) -> np.ndarray:
     return estimator.predict_proba(X)[:, 1]
+
+
+@dataclass
+class Evaluation:
+    """What the chosen validation design says about the model, in one shape for both designs.
+
+    validated: the estimates the gate and the champion comparison use (held-out in the split
+      design, cross-validated in the repeated-CV design), with their 95% intervals;
+    metrics: every figure logged to MLflow; y/X/frame/risk: the patients the plots and the
+      evidence show (the held-out set, or all patients with out-of-fold risks);
+    compare: scores a champion bundle against the new model on the same estimate.
+    """
+
+    design: Design
+    validated: dict[str, float]
+    metrics: dict[str, float]
+    evidence: Any
+    y: np.ndarray
+    X: np.ndarray
+    frame: pd.DataFrame
+    risk: np.ndarray
+    plot_scores: dict[str, np.ndarray]
+    plot_probs: dict[str, np.ndarray]
+    label: str
+    compare: Callable[[Any], dict[str, float]]
+    resampled: Resampled | None = None
+
+
+VALIDATED_KEYS = (
+    "auroc", "auroc_ci_low", "auroc_ci_high", "calibration_slope", "calibration_slope_ci_low",
+    "calibration_slope_ci_high", "calibration_intercept", "calibration_intercept_ci_low",
+    "calibration_intercept_ci_high", "brier", "brier_ci_low", "brier_ci_high", "m_easix_auroc",
+    "auroc_minus_m_easix", "auroc_minus_m_easix_ci_low", "auroc_minus_m_easix_ci_high",
+)
+
+
+def _comparator_probs(
+    dev: pd.DataFrame, y_dev: np.ndarray, frame: pd.DataFrame, X_dev: np.ndarray, X_eval: np.ndarray,
+    logistic_params: dict[str, Any], settings: Settings, n_jobs: int, oof_cv: StratifiedKFold | None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+    """Comparators' probabilities on the evaluation patients (out-of-fold when they are the
+    development patients) and the fitted comparators (for their apparent predictions)."""
+    models = {
+        "logistic": CANDIDATES["logistic"].factory(settings.seed, n_jobs).set_params(**logistic_params),
+        UNTUNED_HGB: make_untuned_hist_gradient_boosting(settings.seed),
+    }
+    fitted = {name: clone(m).fit(X_dev, y_dev) for name, m in models.items()}
+    if oof_cv is None:
+        probs = {name: _prob(m, X_eval) for name, m in fitted.items()}
+    else:
+        probs = {name: cross_val_predict(clone(m), X_dev, y_dev, cv=oof_cv, method="predict_proba")[:, 1]
+                 for name, m in models.items()}
+    prob_models = {score: ScoreToProbability(score=score).fit(dev, y_dev) for score in SCORES}
+    for score, model in prob_models.items():
+        probs[score] = model.predict_proba(frame)[:, 1]
+    return probs, fitted, prob_models
+
+
+def _evaluate_split(
+    fitted: Fitted, bundle: ModelBundle, dev: pd.DataFrame, test: pd.DataFrame, design: Design,
+    settings: Settings, n_jobs: int, outcome: str, synthetic: bool, run_id: str, model_name: str,
+) -> Evaluation:
+    X_dev, X_test = encode_frame(dev), encode_frame(test)
+    y_dev, y_test = dev[outcome].astype(int).to_numpy(), test[outcome].astype(int).to_numpy()
+    risk_test = bundle.explain(X_test).risk
+    probs, _, prob_models = _comparator_probs(dev, y_dev, test, X_dev, X_test, fitted.tuned["logistic"]["params"],
+                                              settings, n_jobs, None)
+    metrics = {f"test_{k}": v for k, v in binary_metrics(y_test, risk_test).items()}
+    for name in ("logistic", UNTUNED_HGB):
+        metrics.update({f"test_{name}_{k}": v for k, v in binary_metrics(y_test, probs[name]).items()})
+    plot_scores = {f"{fitted.chosen} (chosen)": risk_test, "logistic": probs["logistic"]}
+    for score in SCORES:
+        metrics.update({f"test_{score}_{k}": v for k, v in ranking_metrics(y_test, SCORES[score](test)).items()
+                        if k in ("auroc", "auprc")})
+        metrics.update({f"test_{score}_{k}": v for k, v in binary_metrics(y_test, probs[score]).items()
+                        if k in ("brier", "log_loss", "calibration_slope", "calibration_intercept")})
+        plot_scores[score] = SCORES[score](test)
+    if _has_oracle(test, outcome):
+        metrics["test_oracle_auroc"] = ranking_metrics(y_test, test["p_true"].to_numpy(float))["auroc"]
+        plot_scores["oracle (p_true)"] = test["p_true"].to_numpy(float)
+    evidence = build_evidence(
+        y_dev, fitted.oof_risk, dev, y_test, risk_test, test,
+        {"low": bundle.low_threshold, "high": bundle.high_threshold}, N_MATRIX, outcome,
+        prob_models["m_easix"], other_predictions={"logistic": probs["logistic"], UNTUNED_HGB: probs[UNTUNED_HGB]},
+        seed=settings.seed,
+        learning_curve=learning_curve(seed=settings.seed, outcome=outcome) if synthetic else None,
+        meta={"run_id": run_id, "model": model_name, "kind": fitted.chosen},
+    )
+    metrics.update(evidence.flat_metrics())
+    validated = {k: metrics.get(f"test_{k}", np.nan) for k in VALIDATED_KEYS}
+
+    def compare(champ: ModelBundle) -> dict[str, float]:
+        d = paired_difference(y_test, risk_test, champ.predict_proba(X_test), seed=settings.seed)
+        return {"champion_auroc": d["auroc_other"], "difference": d["difference"],
+                "ci_low": d["ci_low"], "ci_high": d["ci_high"]}
+
+    return Evaluation(design, validated, metrics, evidence, y_test, X_test, test, risk_test, plot_scores,
+                      {f"{fitted.chosen} (chosen)": risk_test, "logistic": probs["logistic"],
+                       **{s: probs[s] for s in SCORES}},
+                      "held-out set", compare)
+
+
+def _evaluate_resampled(
+    fitted: Fitted, bundle: ModelBundle, df: pd.DataFrame, design: Design, settings: Settings, n_jobs: int,
+    outcome: str, synthetic: bool, run_id: str, model_name: str, data_sha256: str,
+) -> Evaluation:
+    """All patients fitted; every figure from repeated cross-validation of the whole procedure."""
+    X, y = encode_frame(df), df[outcome].astype(int).to_numpy()
+    _, comparators, prob_models = _comparator_probs(
+        df, y, df, X, X, fitted.tuned["logistic"]["params"], settings, n_jobs, None
+    )
+    apparent = {MODEL: bundle.predict_proba(X), **{n: _prob(m, X) for n, m in comparators.items()}}
+    resampled = repeated_cv(X, y, Procedure(settings.resample_n_iter, settings.resample_cv_folds), apparent,
+                            settings.cv_repeats, settings.cv_folds, settings.seed, n_jobs)
+    cv_risk = resampled.predictions[MODEL][0]  # the first repeat: every patient predicted out of fold
+    others = {LOGISTIC: resampled.predictions[LOGISTIC][0], UNTUNED_HGB: resampled.predictions[UNTUNED_HGB][0]}
+    evidence = build_evidence(
+        y, cv_risk, df, y, cv_risk, df, {"low": bundle.low_threshold, "high": bundle.high_threshold}, N_MATRIX,
+        outcome, prob_models["m_easix"], other_predictions=others, seed=settings.seed,
+        learning_curve=learning_curve(seed=settings.seed, outcome=outcome) if synthetic else None,
+        meta={"run_id": run_id, "model": model_name, "kind": fitted.chosen},
+    )
+    metrics = evidence.flat_metrics(prefix="cv")
+    first_ci = {**discrimination_with_ci(y, cv_risk, seed=settings.seed, with_auprc=False),
+                **calibration_intervals(y, cv_risk, seed=settings.seed)}
+    estimate, first = resampled.estimate(MODEL), {k: v[0] for k, v in resampled.per_repeat[MODEL].items()}
+    validated: dict[str, float] = {}
+    for k in METRICS:
+        shift = estimate[k] - first[k]
+        validated[k] = estimate[k]
+        validated[f"{k}_ci_low"] = first_ci.get(f"{k}_ci_low", np.nan) + shift
+        validated[f"{k}_ci_high"] = first_ci.get(f"{k}_ci_high", np.nan) + shift
+        metrics[f"apparent_{k}"] = resampled.apparent[MODEL][k]
+        metrics[f"optimism_{k}"] = resampled.optimism(MODEL)[k]
+        metrics[f"cv_{k}_sd_over_repeats"] = resampled.spread(MODEL)[k]
+        for name in (LOGISTIC, UNTUNED_HGB):
+            metrics[f"validated_{name}_{k}"] = resampled.estimate(name)[k]
+    m_easix = SCORES["m_easix"](df)
+    if np.all(np.isfinite(m_easix)):
+        d = paired_difference(y, cv_risk, m_easix, seed=settings.seed)
+        shift = estimate["auroc"] - first["auroc"]
+        validated.update(m_easix_auroc=d["auroc_other"], auroc_minus_m_easix=d["difference"] + shift,
+                         auroc_minus_m_easix_ci_low=d["ci_low"] + shift, auroc_minus_m_easix_ci_high=d["ci_high"] + shift)
+    metrics["cv_repeats"] = resampled.repeats
+    metrics["resampling_seconds"] = resampled.seconds
+    plot_scores = {f"{fitted.chosen} (chosen)": cv_risk, "logistic": others[LOGISTIC],
+                   **{score: SCORES[score](df) for score in SCORES}}
+    if _has_oracle(df, outcome):
+        plot_scores["oracle (p_true)"] = df["p_true"].to_numpy(float)
+        metrics["oracle_auroc"] = ranking_metrics(y, df["p_true"].to_numpy(float))["auroc"]
+
+    def compare(champ: ModelBundle) -> dict[str, float]:
+        # the new procedure's cross-validated risks against the champion on the same patients; a
+        # champion fitted on this very file is judged by its own cross-validated figure (its
+        # apparent AUROC here less its recorded optimism)
+        d = paired_difference(y, cv_risk, champ.predict_proba(X), seed=settings.seed)
+        champ_opt = 0.0
+        if champ.metadata.get("data_sha256") == data_sha256:
+            champ_opt = float(champ.metadata.get("validation", {}).get("optimism", {}).get("auroc", 0.0))
+        shift = estimate["auroc"] - first["auroc"] + champ_opt
+        return {"champion_auroc": d["auroc_other"] - champ_opt, "difference": d["difference"] + shift,
+                "ci_low": d["ci_low"] + shift, "ci_high": d["ci_high"] + shift}
+
+    probs = {f"{fitted.chosen} (chosen)": cv_risk, "logistic": others[LOGISTIC],
+             **{s: prob_models[s].predict_proba(df)[:, 1] for s in SCORES}}
+    return Evaluation(design, validated, metrics, evidence, y, X, df, cv_risk, plot_scores, probs,
+                      "all patients, out-of-fold risks of repeated cross-validation", compare, resampled)
+
+
+def _has_oracle(frame: pd.DataFrame, outcome: str) -> bool:
+    return outcome == "severe_icans" and "p_true" in frame and bool(frame["p_true"].notna().all())
+
+
+def _empty_features(df: pd.DataFrame) -> list[str]:
+    """Contract features with no value in any row (absent or empty columns)."""
+    return [f.name for f in FEATURES if f.name not in df or df[f.name].isna().all()]
+
+
+def _log_datasets(frame: pd.DataFrame, outcome: str, source: str, context: str, name: str) -> None:
+    """The cohort as an MLflow dataset input: its schema, size and digest, never its rows."""
+    from mlflow.data import from_pandas
+
+    columns = [c for c in (*FEATURE_NAMES, outcome) if c in frame]
+    try:
+        dataset = from_pandas(frame[columns], source=source, targets=outcome, name=name)
+        mlflow.log_input(dataset, context=context)
+    except Exception as exc:  # the Datasets panel is a convenience; never fail a training on it
+        log.warning("dataset input not logged: %s", exc)
 
 
 def train(
@@ -213,273 +367,337 @@ def train(
             settings.seed,
         )
     cohort = read_cohort(Path(data), outcome, on_invalid=on_invalid)  # raises before any logging
+    df = cohort.data.reset_index(drop=True)
+    y_all = df[outcome].astype(int).to_numpy()
+    check_trainable(y_all, outcome, max(settings.min_events, 2 * settings.cv_folds))  # before any logging
+    design = choose_design(int(y_all.sum()), len(df), settings)
+    if design.kind == SPLIT:
+        dev, test = train_test_split(df, test_size=settings.test_fraction, stratify=y_all, random_state=settings.seed)
+        dev, test = dev.reset_index(drop=True), test.reset_index(drop=True)
+    else:
+        dev, test = df, None
     model_name = OUTCOMES[outcome].registered_model
     experiment_id = setup_mlflow(settings, settings.experiment)
     client = MlflowClient()
-
-    df = cohort.data
-    y_all = df[outcome].astype(int).to_numpy()
-    if y_all.sum() < settings.cv_folds * 2 or (1 - y_all).sum() < settings.cv_folds * 2:
-        raise ValueError(
-            f"too few events or non-events in '{outcome}' for {settings.cv_folds}-fold cross-validation"
-        )
-    dev, test = train_test_split(
-        df, test_size=settings.test_fraction, stratify=y_all, random_state=settings.seed
-    )
-    dev, test = dev.reset_index(drop=True), test.reset_index(drop=True)
-    X_dev, X_test = encode_frame(dev), encode_frame(test)
-    y_dev, y_test = dev[outcome].astype(int).to_numpy(), test[outcome].astype(int).to_numpy()
-    cv = StratifiedKFold(settings.cv_folds, shuffle=True, random_state=settings.seed)
-    n_jobs = max(1, os.cpu_count() or 1)
-
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{outcome}") as parent:
-        run_id = parent.info.run_id
-        mlflow.set_tags(
-            {
-                "mlflow.source.git.commit": git_commit(),
-                "outcome": outcome,
-                "data_source": "synthetic" if synthetic else Path(data).name,
-                "contract_version": CONTRACT_VERSION,
-            }
-        )
-        mlflow.log_params(
-            {
-                "outcome": outcome,
-                "seed": settings.seed,
-                "data_sha256": cohort.sha256,
-                "data_file": Path(data).name,
-                "synthetic": synthetic,
-                "on_invalid": on_invalid,
-                "cv_folds": settings.cv_folds,
-                "n_iter": settings.n_iter,
-                "test_fraction": settings.test_fraction,
-            }
-        )
-        mlflow.log_metrics(
-            {
-                "n_rows_file": cohort.report.n_rows,
-                "n_rows_rejected": len(cohort.rejected),
-                "n_rows_used": len(df),
-                "n_dev": len(dev),
-                "n_test": len(test),
-                "events_dev": int(y_dev.sum()),
-                "events_test": int(y_test.sum()),
-            }
-        )
-        if len(cohort.rejected):
-            _log_quarantine(cohort)
+        try:
+            return _train_in_run(settings, parent.info.run_id, experiment_id, client, cohort, Path(data), synthetic,
+                                 outcome, on_invalid, design, dev, test, model_name, started)
+        except Exception as exc:
+            # a run that stops is never left without its reason
+            mlflow.set_tag("failure_reason", f"{type(exc).__name__}: {exc}"[:500])
+            raise
 
-        tuned: dict[str, dict[str, Any]] = {}
-        for name in CANDIDATES:
-            with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=True):
-                t0 = time.perf_counter()
-                tuned[name] = _tune(name, X_dev, y_dev, cv, settings, n_jobs)
-                mlflow.log_params({f"best_{k}": v for k, v in tuned[name]["params"].items()})
-                mlflow.log_metrics(
-                    {
-                        "cv_log_loss": tuned[name]["cv_log_loss"],
-                        "cv_log_loss_std": tuned[name]["cv_log_loss_std"],
-                        "cv_auroc": tuned[name]["cv_auroc"],
-                        "tuning_seconds": time.perf_counter() - t0,
-                    }
-                )
-                mlflow.set_tag("family", name)
-            log.info("%s: cv log-loss %.4f", name, tuned[name]["cv_log_loss"])
 
-        chosen = min(TREE_FAMILIES, key=lambda n: tuned[n]["cv_log_loss"])
-        mlflow.set_tag("chosen_family", chosen)
-        if len(dev) <= settings.nested_cv_max_n:
-            # small data: the tuned CV score is optimistic, so estimate the whole tuning
-            # procedure honestly with nested cross-validation (tuning inside each outer fold)
-            nested = nested_cv(chosen, X_dev, y_dev, settings, n_jobs)
-            mlflow.log_metrics(nested)
-        best = CANDIDATES[chosen].factory(settings.seed, n_jobs).set_params(**tuned[chosen]["params"])
-
-        # Calibrate on out-of-fold margins of the development set, never on the test set.
-        oof = cross_val_predict(clone(best), X_dev, y_dev, cv=cv, method="predict_proba")[:, 1]
-        platt = PlattOnMargin().fit(_logit(oof), y_dev)
-        oof_risk = 1 / (1 + np.exp(-platt.transform(_logit(oof))))
-        low, high = choose_thresholds(y_dev, oof_risk)
-
-        fitted = clone(best).fit(X_dev, y_dev)
-        estimator = fitted.get_booster() if chosen == "xgboost" else fitted
-        bundle = ModelBundle(
-            kind=chosen,
-            estimator=estimator,
-            calibration_intercept=platt.intercept_,
-            calibration_slope=platt.slope_,
-            low_threshold=low,
-            high_threshold=high,
-            outcome=outcome,
-            training_ranges=training_ranges(dev),
-            metadata={
-                "run_id": run_id,
-                "trained_at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
-                "params": {k: _plain(v) for k, v in tuned[chosen]["params"].items()},
-                "data_sha256": cohort.sha256,
-                "n_dev": len(dev),
-            },
-        )
-        explained = bundle.explain(X_test)
-        risk_test = explained.risk
-        metrics = {f"test_{k}": v for k, v in binary_metrics(y_test, risk_test).items()}
-
-        logistic = CANDIDATES["logistic"].factory(settings.seed, n_jobs).set_params(
-            **tuned["logistic"]["params"]
-        )
-        logistic.fit(X_dev, y_dev)
-        p_logistic = _prob(logistic, X_test)
-        metrics.update({f"test_logistic_{k}": v for k, v in binary_metrics(y_test, p_logistic).items()})
-        prob_models: dict[str, ScoreToProbability] = {}
-        probs = {f"{chosen} (chosen)": risk_test, "logistic": p_logistic}
-        scores = {f"{chosen} (chosen)": risk_test, "logistic": p_logistic}
-        for score in SCORES:
-            metrics.update(
-                {f"test_{score}_{k}": v for k, v in ranking_metrics(y_test, SCORES[score](test)).items()
-                 if k in ("auroc", "auprc")}
-            )
-            as_prob = prob_models[score] = ScoreToProbability(score=score).fit(dev, y_dev)
-            p_score = as_prob.predict_proba(test)[:, 1]
-            metrics.update(
-                {f"test_{score}_{k}": v for k, v in binary_metrics(y_test, p_score).items()
-                 if k in ("brier", "log_loss", "calibration_slope", "calibration_intercept")}
-            )
-            probs[score] = p_score
-            scores[score] = SCORES[score](test)
-        if outcome == "severe_icans" and "p_true" in test and test["p_true"].notna().all():
-            metrics["test_oracle_auroc"] = ranking_metrics(y_test, test["p_true"].to_numpy(float))["auroc"]
-            scores["oracle (p_true)"] = test["p_true"].to_numpy(float)
-        bundle.metadata["test_metrics"] = {
-            k: round(float(v), 4) for k, v in metrics.items() if np.isfinite(v)
+def _train_in_run(
+    settings: Settings, run_id: str, experiment_id: str, client: MlflowClient, cohort: Cohort, data: Path,
+    synthetic: bool, outcome: str, on_invalid: str, design: Design, dev: pd.DataFrame, test: pd.DataFrame | None,
+    model_name: str, started: float,
+) -> TrainResult:
+    df = cohort.data
+    X_dev = encode_frame(dev)
+    y_dev = dev[outcome].astype(int).to_numpy()
+    n_jobs = max(1, os.cpu_count() or 1)
+    empty = _empty_features(df)
+    mlflow.set_tags(
+        {
+            "mlflow.source.git.commit": git_commit(),
+            "outcome": outcome,
+            "data_source": "synthetic" if synthetic else data.name,
+            "contract_version": CONTRACT_VERSION,
+            "validation_design": design.kind,
+            "validation_reason": design.reason,
+            "empty_columns": ", ".join(empty) if empty else "none",
         }
-        metrics["calibration_platt_slope"] = platt.slope_
-        metrics["calibration_platt_intercept"] = platt.intercept_
-        metrics["threshold_low"] = low
-        metrics["threshold_high"] = high
-        metrics["explanation_max_additivity_error"] = float(
-            np.max(np.abs(explained.raw_margin - bundle.explainer.margin(X_test)))
+    )
+    mlflow.log_params(
+        {
+            "outcome": outcome,
+            "seed": settings.seed,
+            "data_sha256": cohort.sha256,
+            "data_file": data.name,
+            "synthetic": synthetic,
+            "on_invalid": on_invalid,
+            "cv_folds": settings.cv_folds,
+            "n_iter": settings.n_iter,
+            "validation_design": design.kind,
+            "test_fraction": settings.test_fraction if design.kind == SPLIT else 0.0,
+            "cv_repeats": settings.cv_repeats if design.kind == RESAMPLING else 0,
+            "search_space": "small-data" if y_dev.sum() < SMALL_DATA_EVENTS else "standard",
+        }
+    )
+    mlflow.log_metrics(
+        {
+            "n_rows_file": cohort.report.n_rows,
+            "n_rows_rejected": len(cohort.rejected),
+            "n_rows_used": len(df),
+            "n_dev": len(dev),
+            "n_test": 0 if test is None else len(test),
+            "events_dev": int(y_dev.sum()),
+            "events_test": 0 if test is None else int(test[outcome].sum()),
+            "n_empty_columns": len(empty),
+        }
+    )
+    source = "synthetic cohort" if synthetic else data.name
+    _log_datasets(dev, outcome, source, "training", f"{data.stem}-{'development' if test is not None else 'all'}")
+    if test is not None:
+        _log_datasets(test, outcome, source, "test", f"{data.stem}-held-out")
+    if empty:
+        print(f"NOTE: no value in any row for {', '.join(empty)}: every model is fitted without them "
+              "(the trees never split on them, the logistic model imputes them); they change no answer.")
+    if len(cohort.rejected):
+        _log_quarantine(cohort)
+
+    tuned: dict[str, dict[str, Any]] = {}
+    for name in CANDIDATES:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=True):
+            t0 = time.perf_counter()
+            tuned[name] = tune(name, X_dev, y_dev, settings.n_iter, settings.cv_folds, settings.seed, n_jobs)
+            mlflow.log_params({f"best_{k}": v for k, v in tuned[name]["params"].items()})
+            mlflow.log_metrics(
+                {
+                    "cv_log_loss": tuned[name]["cv_log_loss"],
+                    "cv_log_loss_std": tuned[name]["cv_log_loss_std"],
+                    "cv_auroc": tuned[name]["cv_auroc"],
+                    "tuning_seconds": time.perf_counter() - t0,
+                }
+            )
+            mlflow.set_tag("family", name)
+        log.info("%s: cv log-loss %.4f", name, tuned[name]["cv_log_loss"])
+
+    fitted = fit_procedure(X_dev, y_dev, tuned, settings.cv_folds, settings.seed, n_jobs)
+    chosen = fitted.chosen
+    mlflow.set_tag("chosen_family", chosen)
+    low, high = choose_thresholds(y_dev, fitted.oof_risk)
+    estimator = fitted.estimator.get_booster() if chosen == "xgboost" else fitted.estimator
+    bundle = ModelBundle(
+        kind=chosen,
+        estimator=estimator,
+        calibration_intercept=fitted.platt.intercept_,
+        calibration_slope=fitted.platt.slope_,
+        low_threshold=low,
+        high_threshold=high,
+        outcome=outcome,
+        training_ranges=training_ranges(dev),
+        metadata={
+            "run_id": run_id,
+            "trained_at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
+            "params": {k: _plain(v) for k, v in fitted.params.items()},
+            "data_sha256": cohort.sha256,
+            "n_dev": len(dev),
+            "empty_features": empty,
+        },
+    )
+    if design.kind == SPLIT:
+        ev = _evaluate_split(fitted, bundle, dev, test, design, settings, n_jobs, outcome, synthetic, run_id, model_name)
+    else:
+        ev = _evaluate_resampled(fitted, bundle, dev, design, settings, n_jobs, outcome, synthetic, run_id,
+                                 model_name, cohort.sha256)
+    metrics = ev.metrics
+    metrics.update({f"validated_{k}": v for k, v in ev.validated.items()})
+    explained = bundle.explain(ev.X)
+    metrics["calibration_platt_slope"] = fitted.platt.slope_
+    metrics["calibration_platt_intercept"] = fitted.platt.intercept_
+    metrics["threshold_low"] = low
+    metrics["threshold_high"] = high
+    metrics["explanation_max_additivity_error"] = float(
+        np.max(np.abs(explained.raw_margin - bundle.explainer.margin(ev.X)))
+    )
+    for name in CANDIDATES:
+        metrics[f"cv_log_loss_{name}"] = tuned[name]["cv_log_loss"]
+    gate_ok, gate_reason = quality_gate(ev.validated)
+    ungated = not gate_ok and settings.allow_ungated
+    bundle.metadata["test_metrics"] = {k: round(float(v), 4) for k, v in metrics.items() if np.isfinite(v)}
+    bundle.metadata["gate"] = {"passed": gate_ok, "reason": gate_reason, "ungated": ungated}
+    bundle.metadata["validation"] = {
+        "design": design.kind,
+        "description": design.reason,
+        "estimates": {k: round(float(v), 4) for k, v in ev.validated.items() if np.isfinite(v)},
+        "optimism": ({k: round(v, 4) for k, v in ev.resampled.optimism(MODEL).items()} if ev.resampled else {}),
+    }
+    ev.evidence.validation = _validation_section(ev, fitted)
+    if empty:
+        ev.evidence.notes.append(f"no value in any row for {', '.join(empty)}: every model was fitted without "
+                                 "them, and they change no answer of this model")
+    ev.evidence.directions = feature_directions(ev.X, bundle.predict_proba)
+    contradictions = ev.evidence.directions.loc[ev.evidence.directions["contradiction"], "feature"].tolist()
+    metrics["direction_contradictions"] = len(contradictions)
+    if contradictions:
+        mlflow.set_tag("direction_contradictions", ", ".join(contradictions))
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
+    mlflow.set_tags({"quality_gate": "passed" if gate_ok else ("failed, ungated" if ungated else "failed"),
+                     "quality_gate_reason": gate_reason})
+
+    notes = _comparison_notes(ev, tuned, chosen)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        plots.roc_plot(ev.y, ev.plot_scores, tmp_path / "roc.png", f"ROC, {ev.label} ({outcome})")
+        plots.calibration_plot(ev.y, ev.plot_probs, tmp_path / "calibration.png", f"Calibration, {ev.label} ({outcome})")
+        plots.shap_summary_plot(
+            explained.contributions, explained.base, ev.frame, list(FEATURE_NAMES), tmp_path / "shap_summary.png"
         )
-        for name in CANDIDATES:
-            metrics[f"cv_log_loss_{name}"] = tuned[name]["cv_log_loss"]
-        evidence = build_evidence(
-            y_dev, oof_risk, dev, y_test, risk_test, test, {"low": low, "high": high}, N_MATRIX, outcome,
-            prob_models["m_easix"], other_predictions={"logistic": p_logistic}, seed=settings.seed,
-            learning_curve=learning_curve(seed=settings.seed, outcome=outcome) if synthetic else None,
-            meta={"run_id": run_id, "model": model_name, "kind": chosen},
+        save_plots(ev.evidence, tmp_path)
+        mlflow.log_artifacts(str(tmp_path), artifact_path="plots")
+        report_dir = tmp_path / "evidence"
+        report_dir.mkdir()
+        report_path = render_validation_report(ev.evidence, tmp_path, tmp_path / "report" / "validation_report.html")
+        (report_dir / "evidence.json").write_text(json.dumps(ev.evidence.to_dict(), default=str))
+
+        bundle_dir = bundle.save(tmp_path / BUNDLE_ARTIFACT)
+        card_info = {
+            "name": model_name,
+            "version": "the registered version that carries this card (see GET /v1/model)",
+            "run_id": run_id,
+            "trained_at": bundle.metadata["trained_at"],
+            "kind": chosen,
+            "params": bundle.metadata["params"],
+            "thresholds": {"low": low, "high": high},
+            "contract_version": CONTRACT_VERSION,
+            "git_commit": git_commit(),
+            "n_params": N_MATRIX,
+            "gate": bundle.metadata["gate"],
+        }
+        provenance = {
+            "synthetic": synthetic,
+            "sha256": cohort.sha256,
+            "file": data.name,
+            "n_rows": len(df),
+            "n_dev": len(dev),
+            "n_test": len(test) if test is not None else "none (repeated cross-validation on all patients)",
+            "seed": settings.seed,
+            "n_rows_rejected": len(cohort.rejected),
+            "empty_columns": ", ".join(empty) if empty else "none",
+        }
+        write_model_card(ev.evidence, card_info, provenance, bundle_dir)  # ships with the model
+        write_model_card(ev.evidence, card_info, provenance, report_dir)
+        mlflow.log_artifacts(str(report_dir), artifact_path="evidence")
+        mlflow.log_artifact(str(report_path))
+        from models.pyfunc import model_code_path
+
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=model_code_path(),
+            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+            signature=model_signature(),
+            input_example=input_example(),
+            registered_model_name=model_name,
+            pip_requirements=_pip_requirements(),
         )
-        metrics.update(evidence.flat_metrics())
-        gate_ok, gate_reason = quality_gate(metrics)
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
+    version = str(info.registered_model_version)
+    client.set_model_version_tag(model_name, version, "outcome", outcome)
+    client.set_model_version_tag(model_name, version, "validation_design", design.kind)
+    client.set_model_version_tag(model_name, version, "validated_auroc", f"{ev.validated['auroc']:.4f}")
+    client.set_model_version_tag(model_name, version, "quality_gate", "passed" if gate_ok else "failed")
+    if ungated:
+        client.set_model_version_tag(model_name, version, "ungated", "true")
 
-        logistic_loss, chosen_loss = tuned["logistic"]["cv_log_loss"], tuned[chosen]["cv_log_loss"]
-        if logistic_loss < chosen_loss:
-            note = (
-                "NOTE: the logistic comparator beats both gradient-boosted models on "
-                f"cross-validated log-loss ({logistic_loss:.4f} vs {chosen_loss:.4f})."
-            )
-            mlflow.set_tag("comparator_beats_chosen", "logistic")
-            print(note)
-        for score in SCORES:
-            if metrics.get(f"test_{score}_auroc", 0) > metrics["test_auroc"]:
-                note = f"NOTE: the clinical score {score} beats the model on held-out AUROC."
-                mlflow.set_tag(f"{score}_beats_model", "true")
-                print(note)
-
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp_path = Path(tmp)
-            plots.roc_plot(y_test, scores, tmp_path / "roc.png", f"ROC, held-out set ({outcome})")
-            plots.calibration_plot(y_test, probs, tmp_path / "calibration.png", f"Calibration, held-out set ({outcome})")
-            plots.shap_summary_plot(
-                explained.contributions, explained.base, test, list(FEATURE_NAMES), tmp_path / "shap_summary.png"
-            )
-            save_plots(evidence, tmp_path)
-            mlflow.log_artifacts(str(tmp_path), artifact_path="plots")
-            report_dir = tmp_path / "evidence"
-            report_dir.mkdir()
-            report_path = render_validation_report(evidence, tmp_path, tmp_path / "report" / "validation_report.html")
-            (report_dir / "evidence.json").write_text(json.dumps(evidence.to_dict(), default=str))
-
-            bundle_dir = bundle.save(tmp_path / BUNDLE_ARTIFACT)
-            card_info = {
-                "name": model_name,
-                "version": "the registered version that carries this card (see GET /v1/model)",
-                "run_id": run_id,
-                "trained_at": bundle.metadata["trained_at"],
-                "kind": chosen,
-                "params": bundle.metadata["params"],
-                "thresholds": {"low": low, "high": high},
-                "contract_version": CONTRACT_VERSION,
-                "git_commit": git_commit(),
-                "n_params": N_MATRIX,
-            }
-            provenance = {
-                "synthetic": synthetic,
-                "sha256": cohort.sha256,
-                "file": Path(data).name,
-                "n_rows": len(df),
-                "n_dev": len(dev),
-                "n_test": len(test),
-                "seed": settings.seed,
-                "n_rows_rejected": len(cohort.rejected),
-            }
-            write_model_card(evidence, card_info, provenance, bundle_dir)  # ships with the model
-            write_model_card(evidence, card_info, provenance, report_dir)
-            mlflow.log_artifacts(str(report_dir), artifact_path="evidence")
-            mlflow.log_artifact(str(report_path))
-            from models.pyfunc import model_code_path
-
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=model_code_path(),
-                artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
-                signature=model_signature(),
-                input_example=input_example(),
-                registered_model_name=model_name,
-                pip_requirements=_pip_requirements(),
-            )
-        version = str(info.registered_model_version)
-        client.set_model_version_tag(model_name, version, "outcome", outcome)
-        client.set_model_version_tag(model_name, version, "test_auroc", f"{metrics['test_auroc']:.4f}")
-
-        # Under the lock, the comparison is with whatever is champion NOW (another training
-        # may have promoted its model while this one trained).
-        with promotion_lock(settings.lock_url or settings.tracking_uri, settings.data_dir, model_name):
-            if gate_ok:
-                promoted, reason, champ_auroc = _promote(
-                    client, settings, model_name, version, metrics["test_auroc"], X_test, y_test
-                )
-            else:
-                promoted, reason, champ_auroc = False, f"quality gate: {gate_reason}", None
-                client.set_model_version_tag(model_name, version, "promotion", "not promoted")
+    # Under the lock, the comparison is with whatever is champion NOW (another training
+    # may have promoted its model while this one trained).
+    with promotion_lock(settings.lock_url or settings.tracking_uri, settings.data_dir, model_name):
+        if gate_ok or ungated:
+            promoted, reason, champ_auroc = _promote(client, settings, model_name, version, ev.compare,
+                                                     ev.validated["auroc"])
+            if ungated:
+                reason = f"UNGATED (quality gate: {gate_reason}; ALLOW_UNGATED=1): {reason}"
                 client.set_model_version_tag(model_name, version, "promotion_reason", reason)
-        if champ_auroc is not None:
-            mlflow.log_metric("champion_test_auroc_on_new_test", champ_auroc)
-        mlflow.set_tags({"promoted": str(promoted).lower(), "promotion_reason": reason})
-        mlflow.log_metric("train_seconds", time.perf_counter() - started)
-    return TrainResult(run_id, model_name, version, promoted, reason, chosen, metrics)
+        else:
+            promoted, reason, champ_auroc = False, f"quality gate: {gate_reason}", None
+            if champion(client, model_name, settings.champion_alias) is None:
+                reason += (". No champion exists: to score with this model anyway, retrain with ALLOW_UNGATED=1 "
+                           "(make train ... ALLOW_UNGATED=1); it is then served tagged as ungated")
+            client.set_model_version_tag(model_name, version, "promotion", "not promoted")
+            client.set_model_version_tag(model_name, version, "promotion_reason", reason)
+    if champ_auroc is not None:
+        mlflow.log_metric("champion_validated_auroc", champ_auroc)
+    mlflow.set_tags({"promoted": str(promoted).lower(), "promotion_reason": reason})
+    seconds = time.perf_counter() - started
+    mlflow.log_metric("train_seconds", seconds)
+    mlflow.set_tag("mlflow.note.content", _run_description(ev, chosen, gate_ok, ungated, gate_reason, promoted,
+                                                          reason, empty, notes, seconds))
+    for note in notes:
+        print(note)
+    return TrainResult(run_id, model_name, version, promoted, reason, chosen, metrics, design.kind, ev.validated)
+
+
+def _validation_section(ev: Evaluation, fitted: Fitted) -> dict[str, Any]:
+    """The evidence report's statement of the design and of the figures the gate used."""
+    out: dict[str, Any] = {"design": ev.design.kind, "reason": ev.design.reason, "estimates": ev.validated,
+                           "evaluated_on": ev.label}
+    if ev.resampled is not None:
+        out["resampling"] = ev.resampled.to_dict()
+    return out
+
+
+def _comparison_notes(ev: Evaluation, tuned: dict[str, dict[str, Any]], chosen: str) -> list[str]:
+    """Say so when a simpler model does as well or better, on the same estimates."""
+    notes = []
+    v = ev.validated
+    for name, label in ((LOGISTIC, "the logistic comparator"), (UNTUNED_HGB, "an untuned HistGradientBoosting")):
+        other = ev.metrics.get(f"validated_{name}_auroc", ev.metrics.get(f"test_{name}_auroc", np.nan))
+        if np.isfinite(other) and other > v["auroc"]:
+            notes.append(f"NOTE: {label} reaches AUROC {other:.3f}, above the chosen model's {v['auroc']:.3f} "
+                         f"({ev.design.kind} estimate).")
+            mlflow.set_tag(f"{name}_beats_model", f"{other - v['auroc']:.4f}")
+    if np.isfinite(v.get("m_easix_auroc", np.nan)) and v["m_easix_auroc"] > v["auroc"]:
+        notes.append(f"NOTE: the clinical score m-EASIX reaches AUROC {v['m_easix_auroc']:.3f}, above the model's "
+                     f"{v['auroc']:.3f}.")
+        mlflow.set_tag("m_easix_beats_model", "true")
+    return notes
+
+
+def _fmt_ci(v: dict[str, float], key: str, digits: int = 3) -> str:
+    lo, hi = v.get(f"{key}_ci_low", np.nan), v.get(f"{key}_ci_high", np.nan)
+    ci = f" (95% CI {lo:.{digits}f}-{hi:.{digits}f})" if np.isfinite(lo) and np.isfinite(hi) else ""
+    return f"{v.get(key, np.nan):.{digits}f}{ci}"
+
+
+def _run_description(ev: Evaluation, chosen: str, gate_ok: bool, ungated: bool, gate_reason: str, promoted: bool,
+                     reason: str, empty: list[str], notes: list[str], seconds: float) -> str:
+    """The parent run's description in the MLflow UI (Markdown): what happened, without opening a metric."""
+    v = ev.validated
+    kind = "cross-validated (whole procedure, repeated)" if ev.design.kind == RESAMPLING else "held-out"
+    lines = [
+        f"**{chosen}**, {kind} AUROC {_fmt_ci(v, 'auroc')}, calibration slope {_fmt_ci(v, 'calibration_slope', 2)}, "
+        f"intercept {_fmt_ci(v, 'calibration_intercept', 2)}, Brier {_fmt_ci(v, 'brier', 4)}; "
+        f"m-EASIX AUROC {v.get('m_easix_auroc', np.nan):.3f}.",
+        "",
+        f"Validation: **{ev.design.kind}**: {ev.design.reason}.",
+        "",
+        f"Quality gate: {'passed' if gate_ok else ('FAILED, registered ungated' if ungated else 'FAILED')}"
+        f"{'' if gate_ok else f' ({gate_reason})'}. Promotion: {'champion' if promoted else 'not promoted'}: {reason}.",
+    ]
+    if empty:
+        lines += ["", f"Columns with no value in any row (ignored by every model): {', '.join(empty)}."]
+    lines += [""] + notes if notes else []
+    lines += ["", f"Training took {seconds:.0f} s. Research use only; not a medical device."]
+    return "\n".join(lines)
 
 
 CALIBRATION_SLOPE_BAND = (0.7, 1.3)
 
 
-def quality_gate(metrics: dict[str, float]) -> tuple[bool, str]:
-    """A model that no champion comparison can excuse: clearly miscalibrated, or worse than m-EASIX.
+def quality_gate(validated: dict[str, float]) -> tuple[bool, str]:
+    """A model that no champion comparison can excuse: clearly miscalibrated, or clearly worse than m-EASIX.
 
-    Calibration: the 95% bootstrap interval of the held-out calibration slope must overlap
-    CALIBRATION_SLOPE_BAND (a clearly over- or under-fitted model is refused, a small test set's
-    uncertainty is not held against it). Discrimination: held-out AUROC >= m-EASIX's.
+    Both on the design's honest estimates (held-out, or repeated cross-validation) with their uncertainty:
+    refused when the 95% interval of the calibration slope lies wholly outside CALIBRATION_SLOPE_BAND,
+    or when the 95% interval of AUROC(model) - AUROC(m-EASIX) lies wholly below 0. A small cohort's
+    uncertainty is not held against a model; a clearly bad model is refused at any size.
     """
     low_band, high_band = CALIBRATION_SLOPE_BAND
-    lo = metrics.get("test_calibration_slope_ci_low", metrics.get("test_calibration_slope", np.nan))
-    hi = metrics.get("test_calibration_slope_ci_high", metrics.get("test_calibration_slope", np.nan))
+    lo = validated.get("calibration_slope_ci_low", validated.get("calibration_slope", np.nan))
+    hi = validated.get("calibration_slope_ci_high", validated.get("calibration_slope", np.nan))
     if not (np.isfinite(lo) and np.isfinite(hi)) or hi < low_band or lo > high_band:
-        return False, (
-            f"calibration slope 95% CI {lo:.2f}-{hi:.2f} lies outside the band {low_band}-{high_band}"
-        )
-    if metrics["test_auroc"] < metrics.get("test_m_easix_auroc", -np.inf):
-        return False, (
-            f"held-out AUROC {metrics['test_auroc']:.4f} is below m-EASIX's {metrics['test_m_easix_auroc']:.4f}"
-        )
+        return False, f"calibration slope 95% CI {lo:.2f}-{hi:.2f} lies outside the band {low_band}-{high_band}"
+    diff_hi = validated.get("auroc_minus_m_easix_ci_high", np.nan)
+    m_easix = validated.get("m_easix_auroc", np.nan)
+    if np.isfinite(diff_hi):
+        if diff_hi < 0:
+            return False, (f"AUROC {validated['auroc']:.3f} is below m-EASIX's {m_easix:.3f}: the 95% CI of the "
+                           f"difference ({validated.get('auroc_minus_m_easix_ci_low', np.nan):+.3f} to {diff_hi:+.3f}) "
+                           "lies below 0")
+    elif np.isfinite(m_easix) and validated["auroc"] < m_easix:
+        return False, f"AUROC {validated['auroc']:.4f} is below m-EASIX's {m_easix:.4f}"
     return True, "passed"
 
 
@@ -488,29 +706,32 @@ def _promote(
     settings: Settings,
     name: str,
     version: str,
+    compare: Callable[[Any], dict[str, float]],
     new_auroc: float,
-    X_test: np.ndarray,
-    y_test: np.ndarray,
 ) -> tuple[bool, str, float | None]:
-    """Move the alias only if the new version is at least as good on the new held-out set."""
+    """Move the alias unless the new version is clearly worse than the champion on the same estimate.
+
+    "Clearly": the 95% paired-bootstrap interval of AUROC(new) - AUROC(champion) lies wholly below 0.
+    Within the noise the newer model, fitted on the newer data, is promoted and the reason says so.
+    """
     current = champion(client, name, settings.champion_alias)
     champ_auroc = None
     if current is None:
         promoted, reason = True, "no champion yet"
     else:
         try:
-            champ = load_bundle(current)
-            champ_auroc = ranking_metrics(y_test, champ.predict_proba(X_test))["auroc"]
+            d = compare(load_bundle(current))
         except Exception as exc:  # an unloadable champion is replaced, and the reason is kept
             log.warning("current champion v%s could not be scored: %s", current.version, exc)
             promoted, reason = True, f"current champion v{current.version} could not be scored"
         else:
-            promoted = bool(new_auroc >= champ_auroc)
-            verdict = ">=" if promoted else "<"
-            reason = (
-                f"held-out AUROC {new_auroc:.4f} {verdict} champion v{current.version}'s "
-                f"{champ_auroc:.4f} on the same held-out set"
-            )
+            champ_auroc = d["champion_auroc"]
+            hi = d["ci_high"] if np.isfinite(d["ci_high"]) else d["difference"]
+            promoted = bool(hi >= 0)
+            ci = (f" (95% CI {d['ci_low']:+.3f} to {d['ci_high']:+.3f})" if np.isfinite(d["ci_low"]) else "")
+            verdict = ("not clearly worse: promoted" if promoted else "clearly worse: the champion stays")
+            reason = (f"AUROC {new_auroc:.4f} vs champion v{current.version}'s {champ_auroc:.4f}, difference "
+                      f"{d['difference']:+.3f}{ci} on the same patients: {verdict}")
     if promoted:
         client.set_registered_model_alias(name, settings.champion_alias, version)
     client.set_model_version_tag(name, version, "promotion", "champion" if promoted else "not promoted")

@@ -29,6 +29,9 @@ def make_settings(root: Path, **overrides):
         audit_hmac_key="test-audit-hmac-key-0123456789",
         key_cache_ttl_s=0.0,
         auth="on",
+        validation="split",  # the split design's tests; the repeated-CV design has its own (tests/model)
+        cv_repeats=2,
+        resample_n_iter=2,
     )
     values.update(overrides)
     return Settings(**values)

@@ -8,6 +8,8 @@ import pytest
 from scipy.special import expit, logit
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from pipeline.cohort import generate_cohort
+
 from pipeline.metrics import (
     auroc,
     binary_metrics,
@@ -174,3 +176,32 @@ def test_bootstrap_auroc_brackets_estimate(small_set):
     y, p = small_set
     low, high = bootstrap_ci(y, p, auroc, n_boot=1000, seed=0)
     assert low < auroc(y, p) < high
+
+
+def test_wilson_interval_is_exact_at_zero_and_all_events():
+    """A calibration decile with no event gave a lower bound of 6.9e-18 > 0 = observed and
+    crashed the plot (`make train SEED=1`)."""
+    from pipeline.evidence import _wilson
+
+    events = np.array([0.0, 50.0, 3.0, 1.0])
+    n = np.array([50.0, 50.0, 50.0, 7.0])
+    low, high = _wilson(events, n)
+    phat = events / n
+    assert low[0] == 0.0 and high[1] == 1.0
+    assert np.all(low <= phat) and np.all(phat <= high) and np.all((0 <= low) & (high <= 1))
+    assert 0 < low[2] < phat[2] < high[2] < 1
+
+
+def test_calibration_plot_with_an_empty_decile(tmp_path):
+    from pipeline.evidence import build_evidence
+    from pipeline.report import plot_calibration
+
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.001, 0.6, 400)
+    y = (rng.uniform(size=400) < p).astype(int)
+    y[np.argsort(p)[:40]] = 0  # the lowest decile has no event
+    df = generate_cohort(400, 3)
+    ev = build_evidence(None, None, None, y, p, df, {"low": 0.1, "high": 0.3}, 10, n_boot=50, curve_boot=20)
+    binned = ev.calibration_curves["model"]["binned"]
+    assert binned["events"].iloc[0] == 0 and binned["observed_ci_low"].iloc[0] == 0.0
+    assert plot_calibration(ev, tmp_path / "c.png").exists()

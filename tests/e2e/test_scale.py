@@ -314,7 +314,7 @@ def test_concurrent_trainings_lose_no_run_and_leave_one_champion(cluster, traini
     assert {r.info.status for r in parents} == {"FINISHED"}
     assert {r.data.params["seed"] for r in parents} == {str(s) for s in TRAIN_SEEDS}
     for r in parents:  # every write of each training arrived, up to its last ones
-        assert "test_auroc" in r.data.metrics and "train_seconds" in r.data.metrics, r.info.run_id
+        assert "validated_auroc" in r.data.metrics and "train_seconds" in r.data.metrics, r.info.run_id
         assert r.data.tags.get("promoted") in ("true", "false"), r.data.tags
     assert len(children) == 6 and {r.info.status for r in children} == {"FINISHED"}
     assert Counter(r.data.tags["mlflow.parentRunId"] for r in children) == {r.info.run_id: 3 for r in parents}

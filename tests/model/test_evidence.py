@@ -350,7 +350,7 @@ def test_thresholds_table_known_case():
 def test_learning_curve_with_the_default_models_and_a_custom_callable():
     table = ev.learning_curve(sizes=(150, 300), seed=1, test_size=400)
     assert set(table["size"]) == {150, 300}
-    assert {"xgboost", "logistic", "m_easix", "easix", ev.ORACLE} <= set(table["model"])
+    assert {"tuned model", "untuned HGB", "logistic", "m_easix", "easix", ev.ORACLE} <= set(table["model"])
     oracle = table[table.model == ev.ORACLE]["auroc"]
     assert oracle.nunique() == 1 and 0.6 < oracle.iloc[0] < 1
     assert table["auroc"].between(0.3, 1).all()

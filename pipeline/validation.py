@@ -1,0 +1,291 @@
+"""How a model's performance is estimated: a held-out split when the data can afford one,
+otherwise repeated cross-validation of the whole procedure, with the final model fitted on all.
+
+A held-out set needs about 100 events to estimate AUROC and calibration usefully (Collins et al.
+2016; Riley et al. 2021); a centre's 150-500 patients give 8-25 held-out events, and a split then
+wastes a quarter of the data on a noisy verdict. Below `split_min_test_events` expected held-out
+events the final model is fitted on every patient, and its performance is estimated by
+`cv_repeats` x `cv_folds`-fold cross-validation of the WHOLE procedure: in every fold the tree
+families and the logistic model are searched again (`resample_n_iter` configurations each,
+scored by `resample_cv_folds`-fold CV), the family is chosen again, Platt calibration is fitted
+again on out-of-fold margins, and only then are the fold's held-out patients predicted. Every
+patient is predicted by a model that never saw them and was tuned without them.
+
+Why not Harrell's optimism bootstrap: for boosted trees it under-corrects. A bootstrap sample
+repeats patients, so trees fit those duplicates, and the "test" of each repetition is the
+original sample, 63% of which the repetition's model was fitted on. Measured on the generator
+(150 patients, fresh 20,000-patient sample as truth): xgboost apparent AUROC 0.855, Harrell
+0.767, repeated CV / out-of-bag about 0.70, truth 0.683; an untuned HistGradientBoosting:
+Harrell 0.90, truth 0.665. Cross-validation is the documented equivalent the literature allows
+(repeated nested CV; Steyerberg, Clinical Prediction Models, 2nd ed., ch. 17) and costs
+`cv_repeats * cv_folds` runs of the procedure instead of 200. It estimates a model fitted on
+(folds-1)/folds of the patients, so it errs slightly on the pessimistic side.
+
+The interval of each figure: the percentile-bootstrap interval (patients resampled) of the
+figure on the first repeat's out-of-fold risks, moved to the mean over repeats.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.model_selection import RandomizedSearchCV, StratifiedKFold, cross_val_predict
+
+from models.calibration import PlattOnMargin
+from models.candidates import (
+    CANDIDATES,
+    TREE_FAMILIES,
+    make_logistic,
+    make_untuned_hist_gradient_boosting,
+    search_space,
+)
+from pipeline.metrics import auroc, brier, calibration_slope_intercept
+
+SPLIT = "split"
+RESAMPLING = "repeated_cv"
+METRICS = ("auroc", "calibration_slope", "calibration_intercept", "brier")
+MODEL = "model"
+UNTUNED_HGB = "hgb_untuned"
+LOGISTIC = "logistic"
+
+
+class TrainingRefused(ValueError):
+    """The cohort cannot support a model; the message is one line that names the reason."""
+
+
+@dataclass(frozen=True)
+class Design:
+    kind: str  # SPLIT or RESAMPLING
+    reason: str
+    events: int
+    expected_test_events: float
+
+
+def choose_design(events: int, n: int, settings: Any) -> Design:
+    """Split only when the held-out part would carry `split_min_test_events` events."""
+    expected = events * settings.test_fraction
+    need = settings.split_min_test_events
+    if settings.validation == SPLIT or (settings.validation == "auto" and expected >= need):
+        why = (f"{events} events: a {settings.test_fraction:.0%} held-out split keeps about "
+               f"{expected:.0f} events (at least {need} are needed for a split)")
+        if settings.validation == SPLIT:
+            why = f"split sample chosen by configuration (ICANS_VALIDATION=split); {why}"
+        return Design(SPLIT, why, events, expected)
+    why = (f"{events} events in {n} patients: a {settings.test_fraction:.0%} split would keep about "
+           f"{expected:.0f} held-out events (fewer than {need}), so the model is fitted on all patients "
+           f"and validated by {settings.cv_repeats} x {settings.cv_folds}-fold cross-validation of the whole "
+           "procedure (tuning, family choice and calibration inside every fold)")
+    if settings.validation == RESAMPLING:
+        why = f"repeated cross-validation chosen by configuration (ICANS_VALIDATION=repeated_cv); {events} events in {n} patients"
+    return Design(RESAMPLING, why, events, expected)
+
+
+def check_trainable(y: np.ndarray, outcome: str, min_events: int) -> None:
+    events, non_events = int(y.sum()), int(len(y) - y.sum())
+    if events < min_events:
+        raise TrainingRefused(
+            f"{events} events of '{outcome}': at least {min_events} are needed to train; see README "
+            "(\"What a cohort needs\")"
+        )
+    if non_events < min_events:
+        raise TrainingRefused(
+            f"{non_events} patients without '{outcome}': at least {min_events} are needed to train; see README "
+            "(\"What a cohort needs\")"
+        )
+
+
+# --------------------------------------------------------------------------- the procedure
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def random_search(
+    name: str, n_events: int, cv: StratifiedKFold, n_iter: int, seed: int, n_jobs: int, scoring: Any, refit: bool
+) -> RandomizedSearchCV:
+    """The one tuning procedure of a family, its space shrunk to the number of events."""
+    space = search_space(name, n_events)
+    grid_size = int(np.prod([len(v) for v in space.values()]))
+    return RandomizedSearchCV(
+        CANDIDATES[name].factory(seed, n_jobs),
+        space,
+        n_iter=min(n_iter, grid_size),
+        scoring=scoring,
+        refit=refit,
+        cv=cv,
+        random_state=seed,
+        n_jobs=1,
+        error_score="raise",
+    )
+
+
+def tune(name: str, X: np.ndarray, y: np.ndarray, n_iter: int, cv_folds: int, seed: int, n_jobs: int) -> dict[str, Any]:
+    """Random search scored by cross-validated log-loss (AUROC recorded beside it)."""
+    cv = StratifiedKFold(cv_folds, shuffle=True, random_state=seed)
+    search = random_search(name, int(y.sum()), cv, n_iter, seed, n_jobs,
+                           scoring={"log_loss": "neg_log_loss", "auroc": "roc_auc"}, refit=False)
+    search.fit(X, y)
+    res = search.cv_results_
+    best = int(np.argmax(res["mean_test_log_loss"]))
+    return {
+        "params": res["params"][best],
+        "cv_log_loss": float(-res["mean_test_log_loss"][best]),
+        "cv_log_loss_std": float(res["std_test_log_loss"][best]),
+        "cv_auroc": float(res["mean_test_auroc"][best]),
+        "n_configs": len(res["params"]),
+    }
+
+
+@dataclass
+class Fitted:
+    """One run of the procedure: the chosen family, fitted on all of X, and its Platt calibration."""
+
+    chosen: str
+    params: dict[str, Any]
+    estimator: Any
+    platt: PlattOnMargin
+    oof_risk: np.ndarray  # calibrated out-of-fold risks of the patients it was fitted on
+    tuned: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        margin = _logit(self.estimator.predict_proba(X)[:, 1])
+        return 1 / (1 + np.exp(-self.platt.transform(margin)))
+
+
+def fit_procedure(
+    X: np.ndarray,
+    y: np.ndarray,
+    tuned: dict[str, dict[str, Any]],
+    cv_folds: int,
+    seed: int,
+    n_jobs: int,
+) -> Fitted:
+    """Choose the tree family with the lowest CV log-loss, calibrate it on out-of-fold margins
+    (never on the patients a margin was fitted on), then fit it on all of X."""
+    chosen = min((n for n in tuned if n in TREE_FAMILIES), key=lambda n: tuned[n]["cv_log_loss"])
+    best = CANDIDATES[chosen].factory(seed, n_jobs).set_params(**tuned[chosen]["params"])
+    cv = StratifiedKFold(cv_folds, shuffle=True, random_state=seed)
+    oof = cross_val_predict(clone(best), X, y, cv=cv, method="predict_proba")[:, 1]
+    platt = PlattOnMargin().fit(_logit(oof), y)
+    oof_risk = 1 / (1 + np.exp(-platt.transform(_logit(oof))))
+    return Fitted(chosen, tuned[chosen]["params"], clone(best).fit(X, y), platt, oof_risk, tuned)
+
+
+# --------------------------------------------------------------------------- repeated cross-validation
+
+
+def scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    slope, intercept = calibration_slope_intercept(y, p)
+    return {"auroc": auroc(y, p), "calibration_slope": slope, "calibration_intercept": intercept,
+            "brier": brier(y, p)}
+
+
+@dataclass(frozen=True)
+class Procedure:
+    """The whole modelling procedure as each resampling fold re-runs it (picklable, so folds run
+    in worker processes): search both tree families and the logistic model, choose the family by
+    cross-validated log-loss, Platt-calibrate on out-of-fold margins, fit; and the untuned
+    HistGradientBoosting comparator beside it."""
+
+    n_iter: int
+    cv_folds: int
+
+    def __call__(self, X: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+        tuned = {name: tune(name, X, y, self.n_iter, self.cv_folds, seed, 1) for name in CANDIDATES}
+        fitted = fit_procedure(X, y, tuned, self.cv_folds, seed, 1)
+        hgb = make_untuned_hist_gradient_boosting(seed).fit(X, y)
+        logistic = make_logistic(seed).set_params(**tuned[LOGISTIC]["params"]).fit(X, y)
+        return {
+            MODEL: fitted.predict,
+            UNTUNED_HGB: lambda Z: hgb.predict_proba(Z)[:, 1],
+            LOGISTIC: lambda Z: logistic.predict_proba(Z)[:, 1],
+        }
+
+
+def _run_folds(X: np.ndarray, y: np.ndarray, procedure: Procedure,
+               tasks: list[tuple[int, int, np.ndarray, np.ndarray]]) -> list[tuple[int, np.ndarray, dict[str, np.ndarray]]]:
+    from threadpoolctl import threadpool_limits
+
+    out = []
+    with threadpool_limits(1):
+        for repeat, seed, train_idx, test_idx in tasks:
+            models = procedure(X[train_idx], y[train_idx], seed)
+            out.append((repeat, test_idx, {name: predict(X[test_idx]) for name, predict in models.items()}))
+    return out
+
+
+@dataclass
+class Resampled:
+    """Repeated cross-validation of the whole procedure: `predictions[name]` has one row per
+    repeat, each a full set of out-of-fold risks (every patient predicted by a model that never
+    saw them, tuned without them)."""
+
+    repeats: int
+    folds: int
+    predictions: dict[str, np.ndarray]
+    per_repeat: dict[str, dict[str, np.ndarray]]
+    apparent: dict[str, dict[str, float]]
+    seconds: float
+
+    def estimate(self, name: str = MODEL) -> dict[str, float]:
+        return {k: float(np.nanmean(self.per_repeat[name][k])) for k in METRICS}
+
+    def spread(self, name: str = MODEL) -> dict[str, float]:
+        """Standard deviation over repeats: how much the estimate depends on the fold split."""
+        return {k: float(np.nanstd(self.per_repeat[name][k], ddof=1)) if self.repeats > 1 else float("nan")
+                for k in METRICS}
+
+    def optimism(self, name: str = MODEL) -> dict[str, float]:
+        """Apparent minus cross-validated: what fitting on the same patients adds."""
+        est = self.estimate(name)
+        return {k: self.apparent[name][k] - est[k] for k in METRICS}
+
+    def to_dict(self) -> dict[str, Any]:
+        names = list(self.per_repeat)
+        return {"repeats": self.repeats, "folds": self.folds, "seconds": self.seconds,
+                "apparent": self.apparent, "cross_validated": {n: self.estimate(n) for n in names},
+                "spread_over_repeats": {n: self.spread(n) for n in names},
+                "optimism": {n: self.optimism(n) for n in names}}
+
+
+def repeated_cv(
+    X: np.ndarray,
+    y: np.ndarray,
+    procedure: Procedure,
+    apparent: dict[str, np.ndarray],
+    repeats: int,
+    folds: int,
+    seed: int,
+    n_jobs: int,
+) -> Resampled:
+    """`repeats` x `folds`-fold stratified cross-validation of `procedure`; `apparent`: each model's
+    predictions on X from its fit on all of X (for the optimism figure)."""
+    from joblib import Parallel, delayed
+
+    started = time.perf_counter()
+    tasks = []
+    for r in range(repeats):
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=seed + 1000 * (r + 1))
+        for k, (tr, te) in enumerate(splitter.split(X, y)):
+            tasks.append((r, seed + 1000 * (r + 1) + k, tr, te))
+    n_jobs = max(1, min(n_jobs, len(tasks)))
+    if n_jobs == 1:
+        done = _run_folds(X, y, procedure, tasks)
+    else:
+        parts = Parallel(n_jobs=n_jobs)(delayed(_run_folds)(X, y, procedure, tasks[i::n_jobs]) for i in range(n_jobs))
+        done = [d for part in parts for d in part]
+    names = list(done[0][2])
+    predictions = {name: np.full((repeats, len(y)), np.nan) for name in names}
+    for repeat, test_idx, preds in done:
+        for name, p in preds.items():
+            predictions[name][repeat, test_idx] = p
+    per_repeat = {name: {k: np.array([scores(y, predictions[name][r])[k] for r in range(repeats)]) for k in METRICS}
+                  for name in names}
+    app = {name: scores(y, apparent[name]) for name in names if name in apparent}
+    return Resampled(repeats, folds, predictions, per_repeat, app, time.perf_counter() - started)
