@@ -43,6 +43,13 @@ class Predictor:
             f"{self.ranges[n][0]:.4g}-{self.ranges[n][1]:.4g} {FEATURES_BY_NAME[n].unit}); the estimate is less certain"
             for n in ranged
         ]
+        gate = self.bundle.metadata.get("gate") or {}
+        self.ungated = bool(gate.get("ungated"))
+        self.gate_warning = (
+            f"this model did not pass the quality gate ({gate.get('reason', 'no reason recorded')}) and is served "
+            "only because it was registered with ALLOW_UNGATED=1: treat its risks with extra caution"
+            if self.ungated else None
+        )
 
     def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         X = np.empty((len(records), N_MATRIX), dtype=np.float64)
@@ -86,7 +93,8 @@ class Predictor:
         lo, hi = self._bounds
         with np.errstate(invalid="ignore"):
             outside = (X[:, self._range_cols] < lo) | (X[:, self._range_cols] > hi)
-        out: list[list[str]] = [[] for _ in range(len(X))]
+        first = [self.gate_warning] if self.gate_warning else []
+        out: list[list[str]] = [list(first) for _ in range(len(X))]
         for i in np.flatnonzero(missing.any(axis=1) | outside.any(axis=1)).tolist():
             row = out[i]
             names = [n for n, m in zip(_OPTIONAL, missing[i]) if m]

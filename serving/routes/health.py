@@ -32,6 +32,9 @@ def readyz(request: Request) -> JSONResponse:
     if state.ready:
         p = state.predictor
         body.update(model={"name": p.model.name, "version": p.model.version, "run_id": p.model.run_id})
+        if p.ungated:
+            body["model"]["ungated"] = True
+            body["warning"] = "; ".join(filter(None, [body.get("warning"), p.gate_warning]))
         return JSONResponse(body)
     if state.error:
         body["reason"] = state.error

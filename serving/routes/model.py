@@ -44,6 +44,9 @@ def model_info(request: Request) -> dict:
             "high": f"risk >= {b.high_threshold}",
         },
         "calibration": {"intercept": b.calibration_intercept, "slope": b.calibration_slope},
+        # how the figures above were estimated (held-out split or repeated cross-validation)
+        "validation": meta.get("validation"),
+        "quality_gate": meta.get("gate"),
         "features": [
             {
                 "name": f.name,

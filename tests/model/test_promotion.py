@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import mlflow
 import numpy as np
 import pytest
@@ -166,6 +168,26 @@ def test_a_first_model_refused_by_the_gate_can_be_registered_ungated(tmp_path, m
     assert str(version.version) == ungated.version and version.tags["ungated"] == "true"
     gate = load_bundle(resolve(client, f"models:/{ungated.model_name}@champion")).metadata["gate"]
     assert gate == {"passed": False, "reason": reason, "ungated": True}
+
+    # the service says so: /readyz, /v1/model and every answer's warnings
+    from fastapi.testclient import TestClient
+
+    from pipeline.contract import example_request
+    from serving.app import create_app
+
+    with TestClient(create_app(make_settings(tmp_path, auth="off", **cheap))) as http:
+        for _ in range(600):
+            ready = http.get("/readyz")
+            if ready.status_code == 200:
+                break
+            time.sleep(0.05)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["model"]["ungated"] is True and "ALLOW_UNGATED=1" in ready.json()["warning"]
+        assert http.get("/v1/model").json()["quality_gate"]["ungated"] is True
+        answers = [http.post("/v1/risk", json=example_request()).json()]
+        answers += http.post("/v1/risk/batch", json={"patients": [example_request()] * 2}).json()["results"]
+        for answer in answers:
+            assert any("did not pass the quality gate" in w and reason in w for w in answer["warnings"]), answer
 
 
 def test_allow_ungated_is_read_from_the_environment(monkeypatch):
