@@ -29,7 +29,7 @@ def one(size: int, seed: int, fresh, root: Path) -> dict:
     from pipeline.cohort import generate_cohort
     from pipeline.features import encode_frame
     from pipeline.metrics import binary_metrics
-    from pipeline.registry import load_bundle
+    from pipeline.registry import load_bundle, resolve
     from pipeline.settings import Settings
     from pipeline.train import train
 
@@ -45,8 +45,7 @@ def one(size: int, seed: int, fresh, root: Path) -> dict:
     seconds = time.perf_counter() - started
     mlflow.set_tracking_uri(settings.tracking_uri)
     client = MlflowClient()
-    version = client.get_model_version(result.model_name, result.version)
-    bundle = load_bundle(version)
+    bundle = load_bundle(resolve(client, f"models:/{result.model_name}/{result.version}"))
     Xf, yf = encode_frame(fresh), fresh["severe_icans"].astype(int).to_numpy()
     truth = binary_metrics(yf, bundle.predict_proba(Xf))
     m = result.metrics

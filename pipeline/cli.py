@@ -84,11 +84,17 @@ def train(ctx, data, outcome, seed, n_patients, n_iter, on_invalid, allow_ungate
     from pipeline.train import train as run_training
     from pipeline.validation import TrainingRefused
 
+    from pipeline.runs import TrainingInterrupted, sigterm_interrupts
+
     settings = _settings(seed=seed, n_iter=n_iter, outcome=outcome, allow_ungated=allow_ungated)
     try:
-        result = run_training(settings, data=data, outcome=outcome, on_invalid=on_invalid, n_patients=n_patients)
+        with sigterm_interrupts():
+            result = run_training(settings, data=data, outcome=outcome, on_invalid=on_invalid, n_patients=n_patients)
     except (CohortError, TrainingRefused) as exc:
         _data_error(exc)
+    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: the runs were ended as KILLED
+        click.echo("error: training interrupted; its MLflow runs were ended as KILLED", err=True)
+        sys.exit(143 if isinstance(exc, TrainingInterrupted) else 130)
     except Exception as exc:  # one line, never a traceback (unless -v); the run keeps the reason
         if ctx.find_root().params.get("verbose"):
             raise
@@ -108,6 +114,26 @@ def train(ctx, data, outcome, seed, n_patients, n_iter, on_invalid, allow_ungate
     click.echo(f"{verdict}: {result.reason}")
     if not result.promoted and result.reason.startswith("quality gate"):
         sys.exit(EXIT_NOT_PROMOTED)
+
+
+@main.group()
+def runs() -> None:
+    """Housekeeping of the MLflow runs."""
+
+
+@runs.command("sweep")
+def runs_sweep() -> None:
+    """Mark runs of trainings whose process died as KILLED; make version tags agree with the alias."""
+    from mlflow import MlflowClient
+
+    from pipeline.runs import sweep
+    from pipeline.train import setup_mlflow
+
+    settings = _settings()
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    experiment_id = setup_mlflow(settings, settings.experiment)
+    dead = sweep(client, experiment_id, settings.stale_run_s, settings.champion_alias)
+    click.echo(f"{len(dead)} run(s) marked KILLED" + (f": {', '.join(dead)}" if dead else ""))
 
 
 @main.command()

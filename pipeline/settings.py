@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     cv_repeats: int = Field(default=5, ge=1, description="repeats of the cross-validation of the whole procedure")
     resample_n_iter: int = Field(default=4, ge=1, description="search configurations per family in each fold")
     resample_cv_folds: int = Field(default=3, ge=2, description="tuning/calibration folds inside each fold")
+    # A RUNNING training run whose heartbeat is this old (and whose process is not on this host) is
+    # marked KILLED by the next training's sweep (pipeline/runs.py).
+    stale_run_s: float = Field(default=6 * 3600, gt=0, description="heartbeat age that marks a run dead")
     # A first model that fails the quality gate is registered as champion anyway, tagged ungated.
     allow_ungated: bool = Field(
         default=False, validation_alias=AliasChoices("ALLOW_UNGATED", "ICANS_ALLOW_UNGATED")

@@ -51,6 +51,7 @@ from pipeline.io import Cohort, read_cohort
 from pipeline.metrics import binary_metrics, ranking_metrics
 from pipeline.report import render_validation_report, save_plots, write_model_card
 from pipeline.registry import BUNDLE_ARTIFACT, champion, load_bundle, promotion_lock
+from pipeline.runs import end_interrupted, heartbeat, mark_alive, now_text, reconcile_tags, sweep
 from pipeline.settings import Settings
 from pipeline.validation import (
     LOGISTIC,
@@ -379,10 +380,20 @@ def train(
     model_name = OUTCOMES[outcome].registered_model
     experiment_id = setup_mlflow(settings, settings.experiment)
     client = MlflowClient()
+    try:  # runs of trainings that died without a word are marked before this one starts
+        swept = sweep(client, experiment_id, settings.stale_run_s, settings.champion_alias)
+        if swept:
+            print(f"NOTE: {len(swept)} run(s) of earlier trainings whose process had died were marked KILLED")
+    except Exception as exc:  # the sweep is housekeeping; it never stops a training
+        log.warning("sweep of dead runs failed: %s", exc)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{outcome}") as parent:
         try:
+            mark_alive()
             return _train_in_run(settings, parent.info.run_id, experiment_id, client, cohort, Path(data), synthetic,
                                  outcome, on_invalid, design, dev, test, model_name, started)
+        except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM through pipeline.runs.sigterm_interrupts
+            end_interrupted(client, parent.info.run_id, str(exc) or "SIGINT")
+            raise
         except Exception as exc:
             # a run that stops is never left without its reason
             mlflow.set_tag("failure_reason", f"{type(exc).__name__}: {exc}"[:500])
@@ -450,7 +461,9 @@ def _train_in_run(
 
     tuned: dict[str, dict[str, Any]] = {}
     for name in CANDIDATES:
+        heartbeat()
         with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=True):
+            mark_alive()
             t0 = time.perf_counter()
             tuned[name] = tune(name, X_dev, y_dev, settings.n_iter, settings.cv_folds, settings.seed, n_jobs)
             mlflow.log_params({f"best_{k}": v for k, v in tuned[name]["params"].items()})
@@ -574,6 +587,7 @@ def _train_in_run(
         mlflow.log_artifact(str(report_path))
         from models.pyfunc import model_code_path
 
+        heartbeat()
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=model_code_path(),
@@ -607,6 +621,7 @@ def _train_in_run(
                            "(make train ... ALLOW_UNGATED=1); it is then served tagged as ungated")
             client.set_model_version_tag(model_name, version, "promotion", "not promoted")
             client.set_model_version_tag(model_name, version, "promotion_reason", reason)
+            client.set_model_version_tag(model_name, version, "promotion_time", now_text())
     if champ_auroc is not None:
         mlflow.log_metric("champion_validated_auroc", champ_auroc)
     mlflow.set_tags({"promoted": str(promoted).lower(), "promotion_reason": reason})
@@ -736,6 +751,9 @@ def _promote(
         client.set_registered_model_alias(name, settings.champion_alias, version)
     client.set_model_version_tag(name, version, "promotion", "champion" if promoted else "not promoted")
     client.set_model_version_tag(name, version, "promotion_reason", reason)
+    client.set_model_version_tag(name, version, "promotion_time", now_text())
+    if promoted:  # the version that lost the alias says so
+        reconcile_tags(client, name, settings.champion_alias)
     return promoted, reason, champ_auroc
 
 
