@@ -15,10 +15,10 @@ OUT ?=
 SEED ?=
 N ?=
 
-.PHONY: install data train evaluate score serve mlflow-ui mlflow-server test test-cohorts bench clean-venv help
+.PHONY: install data train update evaluate score serve mlflow-ui mlflow-server test test-cohorts bench clean-venv help
 
 help:
-	@echo "make install | data | train [DATA= OUTCOME= SEED= ON_INVALID= ALLOW_UNGATED=1] | evaluate [DATA=] |"
+	@echo "make install | data | train [DATA= OUTCOME= SEED= ON_INVALID= ALLOW_UNGATED=1] | update DATA= | evaluate [DATA=] |"
 	@echo "     score DATA= OUT= | serve [HOST= PORT= WORKERS=] | mlflow-ui | mlflow-server | test | test-cohorts | bench"
 
 $(BIN)/.installed: pyproject.toml constraints.txt
@@ -36,6 +36,11 @@ train: install
 	$(BIN)/icans-risk train --outcome $(OUTCOME) --on-invalid $(ON_INVALID) \
 		$(if $(DATA),--data $(DATA)) $(if $(SEED),--seed $(SEED)) $(if $(N),--n $(N)) \
 		$(if $(filter 1 true yes,$(ALLOW_UNGATED)),--allow-ungated)
+
+# Local updating at a new centre: validate @champion on DATA and register the smallest justified update.
+update: install
+	@test -n "$(DATA)" || { echo "usage: make update DATA=site.csv [OUTCOME=]"; exit 2; }
+	$(BIN)/icans-risk update --data $(DATA) --outcome $(OUTCOME) --on-invalid $(ON_INVALID)
 
 evaluate: install
 	$(BIN)/icans-risk evaluate --outcome $(OUTCOME) --on-invalid $(ON_INVALID) $(if $(DATA),--data $(DATA))

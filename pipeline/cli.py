@@ -116,6 +116,43 @@ def train(ctx, data, outcome, seed, n_patients, n_iter, on_invalid, allow_ungate
         sys.exit(EXIT_NOT_PROMOTED)
 
 
+@main.command()
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The local cohort (CSV or Parquet, the training contract).")
+@click.option("--outcome", type=click.Choice(list(OUTCOMES)), default=DEFAULT_OUTCOME, show_default=True)
+@click.option("--on-invalid", type=click.Choice(["refuse", "drop"]), default="refuse", show_default=True)
+@click.pass_context
+def update(ctx, data, outcome, on_invalid) -> None:
+    """Validate @champion on a local cohort and register the smallest update it justifies."""
+    from pipeline.io import CohortError
+    from pipeline.update import METHOD_TEXT, update as run_update
+    from pipeline.validation import TrainingRefused
+
+    settings = _settings(outcome=outcome)
+    try:
+        result = run_update(settings, data=data, outcome=outcome, on_invalid=on_invalid)
+    except (CohortError, TrainingRefused) as exc:
+        _data_error(exc)
+    except Exception as exc:  # one line, never a traceback (unless -v)
+        if ctx.find_root().params.get("verbose"):
+            raise
+        click.echo(f"error: update failed ({type(exc).__name__}: {exc}); rerun with -v for the traceback", err=True)
+        sys.exit(EXIT_TRAINING_FAILED)
+    s, b, a = result.statistics, result.before, result.after
+    click.echo(f"closed test: logistic vs original LR {s['lr_logistic_vs_original']:.2f} "
+               f"(p {s['p_logistic_vs_original']:.3g}), logistic vs intercept-only LR "
+               f"{s['lr_logistic_vs_intercept']:.2f} (p {s['p_logistic_vs_intercept']:.3g})")
+    click.echo(f"chosen: {METHOD_TEXT[result.method]}")
+    click.echo(f"calibration intercept {b['calibration_intercept']:.2f} -> {a['calibration_intercept']:.2f}, "
+               f"slope {b['calibration_slope']:.2f} -> {a['calibration_slope']:.2f}, "
+               f"AUROC {b['auroc']:.3f} -> {a['auroc']:.3f} (local data, run {result.run_id})")
+    if result.version:
+        verdict = "promoted to @champion" if result.promoted else "NOT promoted"
+        click.echo(f"registered v{result.version}, {verdict}: {result.reason}")
+    else:
+        click.echo(result.reason)
+
+
 @main.group()
 def runs() -> None:
     """Housekeeping of the MLflow runs."""

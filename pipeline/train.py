@@ -585,19 +585,8 @@ def _train_in_run(
         write_model_card(ev.evidence, card_info, provenance, report_dir)
         mlflow.log_artifacts(str(report_dir), artifact_path="evidence")
         mlflow.log_artifact(str(report_path))
-        from models.pyfunc import model_code_path
-
         heartbeat()
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=model_code_path(),
-            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
-            signature=model_signature(),
-            input_example=input_example(),
-            registered_model_name=model_name,
-            pip_requirements=_pip_requirements(),
-        )
-    version = str(info.registered_model_version)
+        version = log_bundle_version(bundle_dir, model_name)
     client.set_model_version_tag(model_name, version, "outcome", outcome)
     client.set_model_version_tag(model_name, version, "validation_design", design.kind)
     client.set_model_version_tag(model_name, version, "validated_auroc", f"{ev.validated['auroc']:.4f}")
@@ -755,6 +744,22 @@ def _promote(
     if promoted:  # the version that lost the alias says so
         reconcile_tags(client, name, settings.champion_alias)
     return promoted, reason, champ_auroc
+
+
+def log_bundle_version(bundle_dir: Path, model_name: str) -> str:
+    """Log a bundle directory as the active run's pyfunc model and register it; returns the version."""
+    from models.pyfunc import model_code_path
+
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=model_code_path(),
+        artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+        signature=model_signature(),
+        input_example=input_example(),
+        registered_model_name=model_name,
+        pip_requirements=_pip_requirements(),
+    )
+    return str(info.registered_model_version)
 
 
 def _log_quarantine(cohort: Cohort) -> None:

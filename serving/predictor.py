@@ -27,6 +27,9 @@ class Predictor:
 
     def __post_init__(self) -> None:
         self.model_ref = {"name": self.model.name, "version": self.model.version, "run_id": self.model.run_id}
+        update = self.bundle.metadata.get("update")
+        if update:  # a local update of another version says so in every answer
+            self.model_ref["update"] = {"method": update["method"], "parent_version": update["parent_version"]}
         self.ranges = dict(self.bundle.training_ranges)
         self.names = self.bundle.feature_names
         self.units = tuple(FEATURES_BY_NAME[n].unit for n in self.names)

@@ -65,10 +65,16 @@ class Explanation(BaseModel):
     )
 
 
+class ModelUpdate(BaseModel):
+    method: Literal["recalibration_in_the_large", "logistic_recalibration", "revision"]
+    parent_version: str = Field(description="the registered version this one was updated from (make update)")
+
+
 class ModelRef(BaseModel):
     name: str
     version: str
     run_id: str | None
+    update: ModelUpdate | None = Field(default=None, description="present when this version is a local update")
 
 
 class RiskResponse(BaseModel):

@@ -47,6 +47,8 @@ def model_info(request: Request) -> dict:
         # how the figures above were estimated (held-out split or repeated cross-validation)
         "validation": meta.get("validation"),
         "quality_gate": meta.get("gate"),
+        # a local update (make update): method, parent version, local data hash, closed-test statistics
+        "update": meta.get("update"),
         "features": [
             {
                 "name": f.name,
