@@ -268,7 +268,7 @@ def _evaluate_resampled(
     )
     apparent = {MODEL: bundle.predict_proba(X), **{n: _prob(m, X) for n, m in comparators.items()}}
     resampled = repeated_cv(X, y, Procedure(settings.resample_n_iter, settings.resample_cv_folds), apparent,
-                            settings.cv_repeats, settings.cv_folds, settings.seed, n_jobs)
+                            design.repeats, settings.cv_folds, settings.seed, n_jobs)
     cv_risk = resampled.predictions[MODEL][0]  # the first repeat: every patient predicted out of fold
     others = {LOGISTIC: resampled.predictions[LOGISTIC][0], UNTUNED_HGB: resampled.predictions[UNTUNED_HGB][0]}
     evidence = build_evidence(
@@ -433,7 +433,7 @@ def _train_in_run(
             "n_iter": settings.n_iter,
             "validation_design": design.kind,
             "test_fraction": settings.test_fraction if design.kind == SPLIT else 0.0,
-            "cv_repeats": settings.cv_repeats if design.kind == RESAMPLING else 0,
+            "cv_repeats": design.repeats if design.kind == RESAMPLING else 0,
             "search_space": "small-data" if y_dev.sum() < SMALL_DATA_EVENTS else "standard",
         }
     )

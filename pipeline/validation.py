@@ -57,12 +57,19 @@ class TrainingRefused(ValueError):
     """The cohort cannot support a model; the message is one line that names the reason."""
 
 
+# From this many events on, two repeats of the cross-validation suffice: the spread of the estimate
+# over repeats is small beside its bootstrap interval, and each repeat costs `cv_folds` runs of
+# the whole procedure on large data (keeps `make train` on 2,000 patients inside its time target).
+FEW_REPEATS_EVENTS = 200
+
+
 @dataclass(frozen=True)
 class Design:
     kind: str  # SPLIT or RESAMPLING
     reason: str
     events: int
     expected_test_events: float
+    repeats: int = 0  # repeats of the cross-validation (RESAMPLING only)
 
 
 def choose_design(events: int, n: int, settings: Any) -> Design:
@@ -75,13 +82,15 @@ def choose_design(events: int, n: int, settings: Any) -> Design:
         if settings.validation == SPLIT:
             why = f"split sample chosen by configuration (ICANS_VALIDATION=split); {why}"
         return Design(SPLIT, why, events, expected)
+    repeats = settings.cv_repeats if events < FEW_REPEATS_EVENTS else min(settings.cv_repeats, 2)
     why = (f"{events} events in {n} patients: a {settings.test_fraction:.0%} split would keep about "
            f"{expected:.0f} held-out events (fewer than {need}), so the model is fitted on all patients "
-           f"and validated by {settings.cv_repeats} x {settings.cv_folds}-fold cross-validation of the whole "
+           f"and validated by {repeats} x {settings.cv_folds}-fold cross-validation of the whole "
            "procedure (tuning, family choice and calibration inside every fold)")
     if settings.validation == RESAMPLING:
-        why = f"repeated cross-validation chosen by configuration (ICANS_VALIDATION=repeated_cv); {events} events in {n} patients"
-    return Design(RESAMPLING, why, events, expected)
+        why = (f"repeated cross-validation chosen by configuration (ICANS_VALIDATION=repeated_cv), {repeats} x "
+               f"{settings.cv_folds}-fold; {events} events in {n} patients")
+    return Design(RESAMPLING, why, events, expected, repeats)
 
 
 def check_trainable(y: np.ndarray, outcome: str, min_events: int) -> None:

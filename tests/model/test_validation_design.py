@@ -72,3 +72,11 @@ def test_the_served_model_follows_every_published_direction(bundle):
     assert not table["contradiction"].any(), table[table["contradiction"]]
     creatinine = table.set_index("feature").loc["creatinine_mg_dl"]
     assert creatinine["risk_high"] >= creatinine["risk_low"]
+
+
+def test_repeats_shrink_only_where_the_data_are_large(tmp_path):
+    s = make_settings(tmp_path, validation="auto", cv_repeats=5)
+    assert choose_design(60, 400, s).repeats == 5
+    assert choose_design(199, 1200, s).repeats == 5
+    assert choose_design(328, 2000, s).repeats == 2 and "2 x" in choose_design(328, 2000, s).reason
+    assert choose_design(500, 2000, make_settings(tmp_path, validation="split")).repeats == 0
