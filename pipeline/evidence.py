@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -502,7 +503,9 @@ def calibration_curve_data(
                 w = np.bincount(idx[b], minlength=y.shape[0]).astype(float)
                 reps[b] = _loess_fit(geometry, yf, w, span, degree, unweighted=False)
             reps = np.clip(reps, 0, 1)
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                # a grid point no resample could fit (all NaN) keeps a NaN band, silently
+                warnings.simplefilter("ignore", RuntimeWarning)
                 band_low = np.nanquantile(reps, alpha / 2, axis=0)
                 band_high = np.nanquantile(reps, 1 - alpha / 2, axis=0)
         smoothed = pd.DataFrame(

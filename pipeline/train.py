@@ -13,6 +13,7 @@ import os
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -339,7 +340,9 @@ def _log_datasets(frame: pd.DataFrame, outcome: str, source: str, context: str, 
 
     columns = [c for c in (*FEATURE_NAMES, outcome) if c in frame]
     try:
-        dataset = from_pandas(frame[columns], source=source, targets=outcome, name=name)
+        with warnings.catch_warnings():  # mlflow's "source can be interpreted in multiple ways" on a file name
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = from_pandas(frame[columns], source=source, targets=outcome, name=name)
         mlflow.log_input(dataset, context=context)
     except Exception as exc:  # the Datasets panel is a convenience; never fail a training on it
         log.warning("dataset input not logged: %s", exc)
