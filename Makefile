@@ -15,7 +15,7 @@ OUT ?=
 SEED ?=
 N ?=
 
-.PHONY: install data train update evaluate score serve mlflow-ui mlflow-server test test-cohorts bench clean-venv help
+.PHONY: install data train update monitor evaluate score serve mlflow-ui mlflow-server test test-cohorts bench clean-venv help
 
 help:
 	@echo "make install | data | train [DATA= OUTCOME= SEED= ON_INVALID= ALLOW_UNGATED=1] | update DATA= | evaluate [DATA=] |"
@@ -41,6 +41,10 @@ train: install
 update: install
 	@test -n "$(DATA)" || { echo "usage: make update DATA=site.csv [OUTCOME=]"; exit 2; }
 	$(BIN)/icans-risk update --data $(DATA) --outcome $(OUTCOME) --on-invalid $(ON_INVALID)
+
+# Drift of the served version's audited answers against its development data, as an MLflow run.
+monitor: install
+	$(BIN)/icans-risk monitor $(if $(SINCE),--since $(SINCE)) $(if $(UNTIL),--until $(UNTIL))
 
 evaluate: install
 	$(BIN)/icans-risk evaluate --outcome $(OUTCOME) --on-invalid $(ON_INVALID) $(if $(DATA),--data $(DATA))

@@ -153,6 +153,35 @@ def update(ctx, data, outcome, on_invalid) -> None:
         click.echo(result.reason)
 
 
+@main.command()
+@click.option("--since", default=None, help="Answers at or after this time (ISO date or date-time, UTC by default).")
+@click.option("--until", default=None, help="Answers before this time.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
+              help="Family-wise false-alarm rate of the drift tests.")
+def monitor(since, until, alpha) -> None:
+    """Compare the served version's audited answers with its development data (an MLflow run)."""
+    from serving.cli_admin import parse_since
+
+    from pipeline.monitor import MonitoringError, monitor as run_monitor
+
+    try:
+        start = parse_since(since) if since else None
+        end = parse_since(until) if until else None
+    except click.BadParameter as exc:
+        raise click.ClickException(f"--since/--until: {exc.message}") from None
+    store = _store()
+    try:
+        rows = (row for chunk in store.iter_audit(start) for row in chunk)
+        result = run_monitor(_settings(), rows, since=start, until=end, alpha=alpha)
+    except MonitoringError as exc:
+        _data_error(exc)
+    finally:
+        store.close()
+    click.echo(f"monitoring run {result.run_id}: {result.model}, {result.n} audited answers")
+    click.echo("drift alarms: " + (", ".join(result.alarms) if result.alarms else "none")
+               + f" (family-wise alpha {alpha}); report: monitoring_report.html in the run's artifacts")
+
+
 @main.group()
 def runs() -> None:
     """Housekeeping of the MLflow runs."""

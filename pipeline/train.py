@@ -49,6 +49,7 @@ from pipeline.evidence import (
 )
 from pipeline.features import N_MATRIX, encode_frame, training_ranges
 from pipeline.io import Cohort, read_cohort
+from pipeline.monitoring import reference_summary
 from pipeline.metrics import binary_metrics, ranking_metrics
 from pipeline.report import render_validation_report, save_plots, write_model_card
 from pipeline.registry import BUNDLE_ARTIFACT, champion, load_bundle, promotion_lock
@@ -509,6 +510,10 @@ def _train_in_run(
     else:
         ev = _evaluate_resampled(fitted, bundle, dev, design, settings, n_jobs, outcome, synthetic, run_id,
                                  model_name, cohort.sha256)
+    development = bundle.explain(X_dev)  # the reference monitoring compares the served patients with
+    bundle.metadata["reference"] = reference_summary(
+        dev, development.risk, dict(zip(bundle.feature_names, np.mean(np.abs(development.contributions), axis=0)))
+    )
     metrics = ev.metrics
     metrics.update({f"validated_{k}": v for k, v in ev.validated.items()})
     explained = bundle.explain(ev.X)

@@ -1,0 +1,75 @@
+"""Monitoring end to end: answers through the real app, read back from the audit trail, compared
+with the development summary the served bundle carries, logged as an MLflow run."""
+
+from __future__ import annotations
+
+import time
+
+import mlflow
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from mlflow import MlflowClient
+
+from pipeline.cohort import generate_cohort
+from pipeline.contract import FEATURES
+from pipeline.monitor import MONITORING_EXPERIMENT, MonitoringError, monitor
+from serving.app import create_app
+from tests.conftest import open_store
+
+pytestmark = pytest.mark.slow
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    out = []
+    for rec in df[[f.name for f in FEATURES]].to_dict("records"):
+        out.append({k: (None if isinstance(v, float) and v != v else v) for k, v in rec.items()})
+    return out
+
+
+def _rows(settings, since):
+    store = open_store(settings)
+    try:
+        return [row for chunk in store.iter_audit(since) for row in chunk]
+    finally:
+        store.close()
+
+
+def test_monitoring_run_from_audited_answers(trained, tokens):
+    settings, _ = trained
+    app = create_app(settings.model_copy(update={"batch_limit": 500}))
+    shifted = generate_cohort(150, 31)
+    shifted["product"] = shifted["product"].iloc[0]
+    shifted["marrow_blasts_pct"] = (shifted["marrow_blasts_pct"] * 2).clip(upper=100)
+    with TestClient(app, headers={"Authorization": f"Bearer {tokens['score']}"}) as client:
+        for _ in range(600):
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.05)
+        start = pd.Timestamp.now(tz="UTC").to_pydatetime()
+        r = client.post("/v1/risk/batch", json={"patients": _records(generate_cohort(150, 30))})
+        assert r.status_code == 200, r.text
+        middle = pd.Timestamp.now(tz="UTC").to_pydatetime()
+        r = client.post("/v1/risk/batch", json={"patients": _records(shifted)})
+        assert r.status_code == 200, r.text
+        end = pd.Timestamp.now(tz="UTC").to_pydatetime()
+
+    like = monitor(settings, _rows(settings, start), since=start, until=middle)
+    assert like.n == 150 and like.alarms == []
+    drifted = monitor(settings, _rows(settings, middle), since=middle, until=end)
+    assert drifted.n == 150
+    assert {"product (distribution)", "marrow_blasts_pct (distribution)"} <= set(drifted.alarms)
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    client = MlflowClient()
+    run = client.get_run(drifted.run_id)
+    assert client.get_experiment(run.info.experiment_id).name == MONITORING_EXPERIMENT
+    assert run.data.tags["model_version"] and "marrow_blasts_pct" in run.data.tags["alarms"]
+    assert run.data.metrics["monitor_n"] == 150 and run.data.metrics["monitor_alarms"] >= 2
+    assert run.data.metrics["drift_p_holm_product_distribution"] < 0.05
+    report = mlflow.artifacts.download_artifacts(run_id=drifted.run_id, artifact_path="monitoring_report.html")
+    text = open(report, encoding="utf-8").read()
+    assert "Research use only" in text and "marrow_blasts_pct" in text and "http" not in text.lower()
+
+    with pytest.raises(MonitoringError, match="no audited answers"):
+        monitor(settings, [], since=end)
