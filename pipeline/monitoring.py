@@ -209,7 +209,7 @@ def verdict(y: np.ndarray, p: np.ndarray, development_auroc: float | None, alpha
     """The updating ladder in plain words: no action; recalibrate the intercept; recalibrate the
     intercept and slope; retrain; or too few events to say (and how many would be needed)."""
     from pipeline.metrics import auroc
-    from pipeline.update import INTERCEPT, LOGISTIC, closed_test
+    from pipeline.recalibration import INTERCEPT, LOGISTIC, closed_test
 
     y, p = np.asarray(y, dtype=int), np.asarray(p, dtype=float)
     events = int(y.sum())
