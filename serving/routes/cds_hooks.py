@@ -28,6 +28,7 @@ from pipeline.settings import Settings
 from serving.auth import Principal
 from serving.cds_auth import require_cds_client
 from serving.routes.model import current_predictor
+from serving.routes.risk import audit_failed
 from serving.schemas import ErrorResponse, PatientFeatures
 
 log = logging.getLogger("icans_risk.serving")
@@ -429,7 +430,5 @@ def _audit_card(
     try:
         request.app.state.audit.write([row])
     except Exception as exc:
-        request.app.state.metrics.audit_failures.inc()
-        log.error("audit write failed (request %s): %s", request.state.request_id, type(exc).__name__)
-        raise HTTPException(503, "the audit trail could not be written; no card was given") from None
+        raise audit_failed(request, exc, 1, "no card was given") from None
     request.app.state.metrics.patients.inc()

@@ -69,10 +69,20 @@ async def _audit(request: Request, principal: Principal, endpoint: str, records:
     try:
         await request.app.state.audit.submit(rows)
     except Exception as exc:
-        request.app.state.metrics.audit_failures.inc(len(rows))
-        log.error("audit write failed (request %s): %s", request.state.request_id, type(exc).__name__)
-        raise HTTPException(503, "the audit trail could not be written; no answer was given") from None
+        raise audit_failed(request, exc, len(rows), "no answer was given") from None
     request.app.state.metrics.patients.inc(len(rows))
+
+
+def audit_failed(request: Request, exc: Exception, n: int, what: str) -> HTTPException:
+    """The 503 of an answer withheld because its audit record was not written (counted; logged once
+    per interval and kind of failure, with the number of repeats)."""
+    app = request.app
+    app.state.metrics.audit_failures.inc(n)
+    kind = type(exc).__name__
+    app.state.log_throttle(
+        log, logging.ERROR, ("audit", kind), "audit write failed (request %s): %s", request.state.request_id, kind
+    )
+    return HTTPException(503, f"the audit trail could not be written; {what}", headers={"Retry-After": "1"})
 
 
 def build_router(settings: Settings) -> APIRouter:

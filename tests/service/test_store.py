@@ -578,7 +578,7 @@ def test_a_naive_time_is_stored_as_utc_whatever_the_database_zone(store_url):
 def test_a_writer_stuck_on_the_lock_file_gets_a_timeout_not_a_hang(tmp_path):
     """Several SQLite workers take turns on a lock file; while another holds it forever, an
     audit write waits, the request learns of it after the writer's timeout (the API answers
-    503), and the records are written once the lock is free again."""
+    503), and its record is never written (no answer was given): only later ones land."""
     import asyncio
     import fcntl
 
@@ -597,7 +597,20 @@ def test_a_writer_stuck_on_the_lock_file_gets_a_timeout_not_a_hang(tmp_path):
     finally:
         fcntl.flock(other, fcntl.LOCK_UN)
         os.close(other)
-    writer.write([record(3)])  # the turn is free again: the waiting record and this one land
+    writer.write([record(3)])  # the turn is free again: this one lands, the abandoned one never
     writer.close()
-    assert store.count() == 3
+    assert store.count() == 2
     store.close()
+
+
+def test_audit_present_answers_after_a_lost_commit_and_the_store_keeps_working(open_store):
+    """What the audit writer asks after a COMMIT whose outcome is unknown (PostgreSQL: the session
+    that sent it is ended first), and the probe the breaker uses."""
+    s = open_store(timeout_s=2)
+    recs = [record(i) for i in range(4)]
+    s.append_many(recs[:2])
+    assert s.audit_present(recs[:2]) == 2
+    assert s.audit_present(recs[2:3]) == 0
+    s.probe_write()
+    s.append_many(recs[3:])  # the pool replaces the ended session
+    assert s.count() == 3
