@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(
             status_code=422,
-            content={"detail": sanitize_errors(exc.errors()), "request_id": _rid(request)},
+            content={"detail": sanitize_errors(exc.errors(), getattr(exc, "body", None)), "request_id": _rid(request)},
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -144,13 +144,18 @@ def _rid(request: Request) -> str | None:
     return request.scope.get("state", {}).get("request_id")
 
 
-def sanitize_errors(errors: Any) -> list[dict[str, str]]:
-    """Field and rule only: the submitted value is never echoed back."""
+def sanitize_errors(errors: Any, body: Any = None) -> list[dict[str, str]]:
+    """Field and rule only: the submitted value is never echoed back, nor the name of an unknown
+    field (named by its position in its object); at most MAX_ERRORS errors are listed."""
+    from serving.jsonbody import cap, unknown_field
+
     out = []
     for e in errors:
-        loc = [str(p) for p in e.get("loc", ()) if p not in ("body",)]
-        field = ".".join(loc) or "body"
+        loc = [p for p in e.get("loc", ()) if p != "body"]
         etype = e.get("type", "invalid")
+        if etype == "extra_forbidden" and loc:
+            loc[-1] = unknown_field(_position(body, loc))
+        field = ".".join(str(p) for p in loc) or "body"
         if etype == "json_invalid":
             rule = "the body is not valid JSON"
         elif etype == "extra_forbidden":
@@ -160,4 +165,15 @@ def sanitize_errors(errors: Any) -> list[dict[str, str]]:
         else:
             rule = e.get("msg", "invalid value")
         out.append({"field": field, "rule": rule, "type": etype})
-    return out
+    return cap(out)
+
+
+def _position(body: Any, loc: list[Any]) -> int | None:
+    """1-based position of the key loc[-1] in the object at loc[:-1] of the body (None if unknown)."""
+    obj = body
+    try:
+        for p in loc[:-1]:
+            obj = obj[p]
+        return list(obj).index(loc[-1]) + 1
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None

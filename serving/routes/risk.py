@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from pipeline.contract import INTENDED_USE
 from pipeline.settings import Settings
 from serving.auth import Principal, require
+from serving.jsonbody import StrictJSONRoute
 from serving.fhir.resources import FHIR_JSON, openapi_fhir_response, risk_assessment, wants_fhir
 from serving.routes.model import current_predictor
 from serving.schemas import BatchResult, ErrorResponse, PatientFeatures, RiskResponse, batch_request_model
@@ -86,7 +87,7 @@ def audit_failed(request: Request, exc: Exception, n: int, what: str) -> HTTPExc
 
 
 def build_router(settings: Settings) -> APIRouter:
-    router = APIRouter(tags=["risk"])
+    router = APIRouter(tags=["risk"], route_class=StrictJSONRoute)
     BatchRequest = batch_request_model(settings.batch_limit)
 
     @router.post(
