@@ -59,6 +59,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=2_000_000, ge=1024)
     cors_origins: list[str] = Field(default_factory=list)  # closed unless listed
     access_log: bool = False
+    # Limits at the edge (serving/http_guard.py; `icans-risk serve`): request line, request head
+    # (line + header fields) and field count; time to receive the head and the body; connections
+    # per worker (uvicorn's limit_concurrency, 503 beyond it) and idle keep-alive.
+    http_max_request_line: int = Field(default=8 * 1024, ge=256)
+    http_max_head_bytes: int = Field(default=32 * 1024, ge=1024)
+    http_max_headers: int = Field(default=100, ge=8)
+    http_header_timeout_s: float = Field(default=10.0, gt=0)
+    http_body_timeout_s: float = Field(default=30.0, gt=0)
+    http_limit_concurrency: int = Field(default=512, ge=1)
+    http_timeout_keep_alive_s: int = Field(default=5, ge=1)
 
     # Access control and audit trail
     auth: Literal["on", "off"] = "on"
