@@ -16,7 +16,10 @@ The parsed document is handed to FastAPI (`request._json`), which validates it a
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+import orjson
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -75,8 +78,45 @@ class _Parse:
         return d
 
 
+_KEY_END = re.compile(rb'"[ \t\r\n]*:')
+
+
 def parse(body: bytes) -> Any:
     """The JSON document, or BodyRefused; malformed JSON raises ValueError as json.loads does."""
+    doc = _fast(body)
+    return doc if doc is not _SLOW else _exact(body)
+
+
+_SLOW = object()
+
+
+def _fast(body: bytes) -> Any:
+    """orjson, and proof that nothing is wrong, for the usual body (a third of the exact path's cost).
+
+    Without a backslash in the body, every key as written ends in a quote followed by a colon, so
+    the count of those is at least the number of keys written; if it equals the number of keys
+    parsed, no key was given twice. Any doubt (escapes, NaN, deeper objects, unknown names, a
+    count that differs) takes the exact path."""
+    if b"\\" in body:
+        return _SLOW
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _SLOW
+    if not isinstance(doc, dict) or len(doc) > MAX_FIELDS or not doc.keys() <= KNOWN:
+        return _SLOW
+    keys = len(doc)
+    patients = doc.get("patients")
+    if isinstance(patients, list):
+        for p in patients:
+            if isinstance(p, dict):
+                if len(p) > MAX_FIELDS or not p.keys() <= KNOWN:
+                    return _SLOW
+                keys += len(p)
+    return doc if len(_KEY_END.findall(body)) == keys else _SLOW
+
+
+def _exact(body: bytes) -> Any:
     state = _Parse()
     try:
         doc = json.loads(body, object_pairs_hook=state.hook)
