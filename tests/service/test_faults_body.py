@@ -102,3 +102,30 @@ def test_valid_bodies_still_score(client):
     assert client.post("/v1/risk", json=example_request()).status_code == 200
     r = client.post("/v1/risk/batch", json={"patients": [example_request()] * 3})
     assert r.status_code == 200 and len(r.json()["results"]) == 3
+
+
+@pytest.mark.parametrize(
+    "raw, duplicate",
+    [
+        ('{"age_years": 30, "sex": "female", "age_years": 31}', "age_years"),
+        ('{"age_years" :\n30, "sex": "female",\t"age_years"\t: 31}', "age_years"),
+        ('{"patient_id": "a\\":b", "age_years": 30, "age_years": 31}', "age_years"),  # escapes: exact path
+        ('{"patient_id": ": x", "age_years": 30, "age_years": 31}', "age_years"),  # a colon in a value
+        ('{"patients": [{"sex": "male"}, {"sex": "male", "sex": "female"}]}', "patients.1.sex"),
+    ],
+)
+def test_every_duplicate_is_found_by_either_path(raw, duplicate):
+    from serving.jsonbody import BodyRefused, parse
+
+    with pytest.raises(BodyRefused) as refused:
+        parse(raw.encode())
+    assert [e["field"] for e in refused.value.errors] == [duplicate]
+
+
+@pytest.mark.parametrize(
+    "raw", ['{"age_years": 30, "patient_id": ": x"}', '{"age_years" :\n30}', '{"patient_id": "a\\"b"}', '{"age_years": NaN}']
+)
+def test_bodies_without_duplicates_parse_as_json_does(raw):
+    from serving.jsonbody import parse
+
+    assert json.dumps(parse(raw.encode())) == json.dumps(json.loads(raw))
