@@ -394,7 +394,10 @@ def _store_feedback(request: Request, principal: Principal, body: FeedbackReques
     try:
         n = store.record_feedback_many(records)
     except Exception as exc:
-        log.error("feedback write failed (request %s): %s", request.state.request_id, type(exc).__name__)
+        kind = type(exc).__name__
+        request.app.state.log_throttle(
+            log, logging.ERROR, ("feedback", kind), "feedback write failed (request %s): %s", request.state.request_id, kind
+        )
         raise HTTPException(503, "the feedback could not be stored") from None
     return {"stored": n, "request_id": request.state.request_id}
 
