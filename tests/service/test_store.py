@@ -614,3 +614,35 @@ def test_audit_present_answers_after_a_lost_commit_and_the_store_keeps_working(o
     s.probe_write()
     s.append_many(recs[3:])  # the pool replaces the ended session
     assert s.count() == 3
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+def test_a_commit_lost_with_its_session_is_a_503_and_no_record(open_store, store_url):
+    """PostgreSQL: the writer's session dies between the insert and the COMMIT (the outcome is
+    unknown to the client); the audit writer asks the store, finds nothing, and the caller gets
+    an error: no record, no answer."""
+    import sqlalchemy as sa
+
+    from serving.audit import AuditWriter
+
+    s = open_store(timeout_s=2)
+    killer = sa.create_engine(sa.make_url(s.url), poolclass=sa.pool.NullPool)
+
+    class Dying:
+        def __getattr__(self, name):
+            return getattr(s, name)
+
+        def append_many(self, rows, before_commit=None):
+            def die():
+                before_commit()
+                with killer.connect() as conn:
+                    conn.exec_driver_sql("SELECT pg_terminate_backend(%(p)s)", {"p": s._writer_pid})
+
+            s.append_many(rows, before_commit=die)
+
+    writer = AuditWriter(Dying(), probe_interval_s=0.05)
+    with pytest.raises(sa.exc.DBAPIError):
+        writer.write([record(1)])
+    writer.close()
+    killer.dispose()
+    assert s.count() == 0 and writer.unresolved == 0
