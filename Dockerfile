@@ -17,4 +17,6 @@ EXPOSE 8000
 # `docker exec <container> .venv/bin/icans-risk keys create --client NAME --scope score`.
 # Without MLFLOW_TRACKING_URI it trains a champion on the synthetic cohort if the store has none;
 # point MLFLOW_TRACKING_URI at a shared tracking server to serve a registered champion instead.
+# `icans-risk serve` enforces the edge limits itself (head size and fields, request line, time to
+# send head and body, connections per worker: ICANS_HTTP_*), so the container needs no proxy for them.
 CMD ["make", "serve", "HOST=0.0.0.0", "PORT=8000", "AUTH=on"]

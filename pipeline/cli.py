@@ -265,6 +265,8 @@ def serve(host, port, workers, train_if_missing) -> None:
     if train_if_missing:
         _ensure_champion(settings)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from serving.http_guard import GuardedHttpToolsProtocol
+
     uvicorn.run(
         "serving.app:create_app",
         factory=True,
@@ -274,6 +276,12 @@ def serve(host, port, workers, train_if_missing) -> None:
         log_level="info",
         access_log=settings.access_log,  # requests are counted in /metrics and the audit trail
         proxy_headers=False,
+        # limits at the edge: head size, field count, request line and the time to send head and
+        # body (ICANS_HTTP_*), enforced by a guarded httptools protocol; connections per worker and
+        # idle keep-alive by uvicorn itself
+        http=GuardedHttpToolsProtocol,
+        limit_concurrency=settings.http_limit_concurrency,
+        timeout_keep_alive=settings.http_timeout_keep_alive_s,
     )
 
 

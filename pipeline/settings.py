@@ -59,6 +59,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=2_000_000, ge=1024)
     cors_origins: list[str] = Field(default_factory=list)  # closed unless listed
     access_log: bool = False
+    # Limits at the edge (serving/http_guard.py; `icans-risk serve`): request line, request head
+    # (line + header fields) and field count; time to receive the head and the body; connections
+    # per worker (uvicorn's limit_concurrency, 503 beyond it) and idle keep-alive.
+    http_max_request_line: int = Field(default=8 * 1024, ge=256)
+    http_max_head_bytes: int = Field(default=32 * 1024, ge=1024)
+    http_max_headers: int = Field(default=100, ge=8)
+    http_header_timeout_s: float = Field(default=10.0, gt=0)
+    http_body_timeout_s: float = Field(default=30.0, gt=0)
+    http_limit_concurrency: int = Field(default=512, ge=1)
+    http_timeout_keep_alive_s: int = Field(default=5, ge=1)
 
     # Access control and audit trail
     auth: Literal["on", "off"] = "on"
@@ -71,6 +81,13 @@ class Settings(BaseSettings):
     # can be lost on power loss): SQLite WAL synchronous=NORMAL, PostgreSQL synchronous_commit=off.
     # It covers all of the service's writes; the key-management CLI always uses "full".
     audit_sync: Literal["full", "normal"] = "full"
+    # How long an answer waits for its audit record (then 503, and the record is never written),
+    # and how long the store may wait for a lock before giving up (SQLite busy timeout, PostgreSQL
+    # lock_timeout / statement_timeout): at most a quarter of the first, so the database always
+    # gives up before the caller does.
+    audit_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    store_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    audit_probe_interval_s: float = Field(default=1.0, gt=0, le=60)
 
     # Training
     data_dir: Path = Field(default_factory=lambda: Path.cwd() / "data")
@@ -134,6 +151,11 @@ class Settings(BaseSettings):
     def _refuse_unsafe_defaults(self) -> "Settings":
         if self.outcome not in OUTCOMES:
             raise ValueError(f"ICANS_OUTCOME must be one of {sorted(OUTCOMES)}")
+        if self.store_timeout_s * 4 > self.audit_timeout_s:
+            raise ValueError(
+                "ICANS_STORE_TIMEOUT_S must be at most a quarter of ICANS_AUDIT_TIMEOUT_S "
+                "(the database must give up before the caller does)"
+            )
         if self.env != "development":
             if self.tracking_uri == _default_tracking_uri():
                 raise ValueError(

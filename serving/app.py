@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipeline.contract import INTENDED_USE
 from pipeline.settings import Settings, get_settings
 from serving.audit import AuditWriter
-from serving.observability import Metrics, RequestContextMiddleware
+from serving.observability import LogThrottle, Metrics, RequestContextMiddleware
 from serving.routes import admin, cds_hooks, health, model, risk
 from serving.state import ModelState, load_predictor
 
@@ -44,8 +44,14 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
     async def lifespan(app: FastAPI):
         if settings.auth == "off":
             log.warning("AUTHENTICATION IS OFF (ICANS_AUTH=off): development mode, no API keys checked")
-        app.state.store = store or _open_store(settings)
-        app.state.audit = AuditWriter(app.state.store)
+        app.state.store = store or _open_store(settings, timeout_s=settings.store_timeout_s)
+        app.state.audit = AuditWriter(
+            app.state.store,
+            timeout_s=settings.audit_timeout_s,
+            store_timeout_s=settings.store_timeout_s,
+            probe_interval_s=settings.audit_probe_interval_s,
+            on_change=lambda up: metrics.audit_store_up.set(1 if up else 0),
+        )
         state.load_in_background(settings, loader)
         if settings.reload_interval_s > 0:
             state.poll_in_background(settings, settings.reload_interval_s, loader)
@@ -65,6 +71,7 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
     app.state.settings = settings
     app.state.model = state
     app.state.metrics = metrics
+    app.state.log_throttle = LogThrottle()
     app.state.loader = loader
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -81,7 +88,7 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(
             status_code=422,
-            content={"detail": sanitize_errors(exc.errors()), "request_id": _rid(request)},
+            content={"detail": sanitize_errors(exc.errors(), getattr(exc, "body", None)), "request_id": _rid(request)},
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -117,8 +124,9 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def _open_store(settings: Settings, sync: str | None = None):
-    """The store as the service uses it; `sync` overrides ICANS_AUDIT_SYNC (the admin CLI: "full")."""
+def _open_store(settings: Settings, sync: str | None = None, timeout_s: float | None = None):
+    """The store as the service uses it; `sync` overrides ICANS_AUDIT_SYNC (the admin CLI: "full");
+    `timeout_s` bounds every wait for a database lock (the service: ICANS_STORE_TIMEOUT_S)."""
     from serving.store import Store
 
     store = Store(
@@ -126,6 +134,7 @@ def _open_store(settings: Settings, sync: str | None = None):
         settings.audit_hmac_key.get_secret_value().encode(),
         key_cache_ttl_s=settings.key_cache_ttl_s,
         sync=sync or settings.audit_sync,
+        timeout_s=timeout_s,
     )
     store.migrate()
     return store
@@ -135,13 +144,18 @@ def _rid(request: Request) -> str | None:
     return request.scope.get("state", {}).get("request_id")
 
 
-def sanitize_errors(errors: Any) -> list[dict[str, str]]:
-    """Field and rule only: the submitted value is never echoed back."""
+def sanitize_errors(errors: Any, body: Any = None) -> list[dict[str, str]]:
+    """Field and rule only: the submitted value is never echoed back, nor the name of an unknown
+    field (named by its position in its object); at most MAX_ERRORS errors are listed."""
+    from serving.jsonbody import cap, unknown_field
+
     out = []
     for e in errors:
-        loc = [str(p) for p in e.get("loc", ()) if p not in ("body",)]
-        field = ".".join(loc) or "body"
+        loc = [p for p in e.get("loc", ()) if p != "body"]
         etype = e.get("type", "invalid")
+        if etype == "extra_forbidden" and loc:
+            loc[-1] = unknown_field(_position(body, loc))
+        field = ".".join(str(p) for p in loc) or "body"
         if etype == "json_invalid":
             rule = "the body is not valid JSON"
         elif etype == "extra_forbidden":
@@ -151,4 +165,15 @@ def sanitize_errors(errors: Any) -> list[dict[str, str]]:
         else:
             rule = e.get("msg", "invalid value")
         out.append({"field": field, "rule": rule, "type": etype})
-    return out
+    return cap(out)
+
+
+def _position(body: Any, loc: list[Any]) -> int | None:
+    """1-based position of the key loc[-1] in the object at loc[:-1] of the body (None if unknown)."""
+    obj = body
+    try:
+        for p in loc[:-1]:
+            obj = obj[p]
+        return list(obj).index(loc[-1]) + 1
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None

@@ -49,7 +49,8 @@ def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
             if record is CACHE_MISS:
                 record = await run_in_threadpool(store.verify, token)
         except Exception as exc:  # the key store is down: a server-side condition, not the caller's
-            log.error("API key store unavailable: %s", type(exc).__name__)
+            kind = type(exc).__name__
+            request.app.state.log_throttle(log, logging.ERROR, ("keys", kind), "API key store unavailable: %s", kind)
             raise HTTPException(503, "the key store is unavailable", headers={"Retry-After": "5"}) from None
         if record is None:
             raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})

@@ -7,7 +7,9 @@ request. Metrics are per process; with several workers, scrape each or aggregate
 from __future__ import annotations
 
 import json
+import logging
 import re
+import threading
 import time
 import uuid
 from typing import Any
@@ -40,10 +42,47 @@ class Metrics:
             "icans_audit_write_failures_total", "Audit records that could not be written", registry=self.registry
         )
         self.patients = Counter("icans_patients_scored_total", "Patients scored", registry=self.registry)
+        self.audit_store_up = Gauge(
+            "icans_audit_store_writable", "1 while the audit store accepts writes, 0 while its breaker is open",
+            registry=self.registry,
+        )
+        self.audit_store_up.set(1)
 
     def set_model(self, name: str, version: str, run_id: str | None) -> None:
         self.model_info.clear()
         self.model_info.labels(name, version, run_id or "").set(1)
+
+
+class LogThrottle:
+    """Repeated identical errors are logged once per interval, with the count of the repeats.
+
+    The first occurrence of a key is logged at once; later ones within `interval_s` are counted,
+    and the next occurrence after the interval logs the message with "(N more in the last T s)".
+    Thread-safe; the keys are bounded (an unbounded key set is cleared)."""
+
+    def __init__(self, interval_s: float = 10.0, max_keys: int = 1000) -> None:
+        self.interval_s = interval_s
+        self.max_keys = max_keys
+        self._seen: dict[Any, list[float]] = {}  # key -> [last logged at, suppressed count]
+        self._lock = threading.Lock()
+
+    def __call__(self, logger: logging.Logger, level: int, key: Any, msg: str, *args: Any) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            entry = self._seen.get(key)
+            if entry is not None and now - entry[0] < self.interval_s:
+                entry[1] += 1
+                return False
+            if len(self._seen) >= self.max_keys:
+                self._seen.clear()
+            suppressed = int(entry[1]) if entry is not None else 0
+            since = now - entry[0] if entry is not None else 0.0
+            self._seen[key] = [now, 0]
+        if suppressed:
+            logger.log(level, msg + " (and %d more like it in the last %.0f s)", *args, suppressed, since)
+        else:
+            logger.log(level, msg, *args)
+        return True
 
 
 class RequestContextMiddleware:

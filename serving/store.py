@@ -17,7 +17,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -291,7 +291,13 @@ def _sqlite_pragmas(dbapi_connection: Any, busy_timeout_ms: int, sync: str = "fu
 
 
 def _make_engine(
-    url: sa.URL, *, busy_timeout_ms: int, for_migration: bool = False, sync: str = "full", **pool: Any
+    url: sa.URL,
+    *,
+    busy_timeout_ms: int,
+    for_migration: bool = False,
+    sync: str = "full",
+    pg_timeout_ms: int | None = None,
+    **pool: Any,
 ) -> Engine:
     if url.get_backend_name() == "sqlite":
         kwargs: dict[str, Any] = dict(connect_args={"check_same_thread": False})
@@ -317,7 +323,18 @@ def _make_engine(
         return engine
     if for_migration:
         return sa.create_engine(url, poolclass=NullPool, json_serializer=_dumps)
-    engine = sa.create_engine(url, json_serializer=_dumps, pool_pre_ping=True, **pool)
+    connect_args: dict[str, Any] = {}
+    if pg_timeout_ms is not None:
+        # The database gives up before the service's caller does: a lock (LOCK TABLE, a long
+        # migration) or a stuck statement fails after pg_timeout_ms instead of holding the request;
+        # a server that does not answer at all fails the connection attempt just as soon.
+        given = url.query.get("options", "")  # the URL's own options (search_path, ...) are kept
+        given = " ".join(given) if isinstance(given, tuple) else given
+        timeouts = f"-c lock_timeout={int(pg_timeout_ms)} -c statement_timeout={int(pg_timeout_ms)}"
+        connect_args = dict(
+            options=f"{given} {timeouts}".strip(), connect_timeout=max(2, math.ceil(pg_timeout_ms / 1000))
+        )
+    engine = sa.create_engine(url, json_serializer=_dumps, pool_pre_ping=True, connect_args=connect_args, **pool)
     if sync == "normal":
 
         @event.listens_for(engine, "connect")
@@ -347,7 +364,11 @@ class Store:
         max_overflow: int = 10,
         sqlite_busy_timeout_ms: int = 15_000,
         sync: Literal["full", "normal"] = "full",
+        timeout_s: float | None = None,
     ) -> None:
+        """`timeout_s` (the service: ICANS_STORE_TIMEOUT_S) bounds every statement's wait for a lock:
+        SQLite's busy timeout and PostgreSQL's lock_timeout and statement_timeout; without it (the
+        admin CLI) SQLite waits `sqlite_busy_timeout_ms` and PostgreSQL as long as it takes."""
         if not isinstance(hmac_key, bytes) or len(hmac_key) < _MIN_HMAC_KEY:
             raise ValueError(f"the audit HMAC key must be at least {_MIN_HMAC_KEY} bytes")
         if key_cache_ttl_s < 0:
@@ -356,14 +377,20 @@ class Store:
             raise ValueError("sync must be 'full' or 'normal'")
         self.url = normalise_url(url)
         self._hmac_key = hmac_key
+        if timeout_s is not None:
+            if timeout_s <= 0:
+                raise ValueError("timeout_s must be > 0")
+            sqlite_busy_timeout_ms = int(timeout_s * 1000)
+        self.timeout_s = timeout_s
         self._busy_timeout_ms = sqlite_busy_timeout_ms
         self.key_cache_ttl_s = key_cache_ttl_s
         self.engine = _make_engine(
             self.url, busy_timeout_ms=sqlite_busy_timeout_ms, pool_size=pool_size, max_overflow=max_overflow,
-            sync=sync,
+            sync=sync, pg_timeout_ms=None if timeout_s is None else int(timeout_s * 1000),
         )
         self._lock_path = f"{self.url.database}.write-lock" if self.backend == "sqlite" else None
         self._lock_fd: int | None = None
+        self._writer_pid: int | None = None
         self._lock_guard = threading.Lock()
         self._cache: dict[str, tuple[float, tuple[KeyRecord, bytes, str] | None]] = {}
         self._cache_lock = threading.Lock()
@@ -566,8 +593,11 @@ class Store:
         """Write one audit row, committed before returning; raises on any failure (never drops)."""
         self.append_many([record])
 
-    def append_many(self, records: Iterable[AuditRecord]) -> None:
-        """Write several rows in one transaction: all of them or (on any error) none."""
+    def append_many(self, records: Iterable[AuditRecord], before_commit: Callable[[], None] | None = None) -> None:
+        """Write several rows in one transaction: all of them or (on any error) none.
+
+        `before_commit` runs after the insert and before COMMIT; if it raises, the transaction is
+        rolled back and its exception propagates (the audit writer's point of no return)."""
         sqlite = self.backend == "sqlite"
         times: dict[datetime, Any] = {}  # the records of one request share their time
         params = [self._audit_params(r, sqlite, times) for r in records]
@@ -577,7 +607,54 @@ class Store:
         # insert's per-row bind processing, with the same stored values.
         sql = _AUDIT_INSERT_SQLITE if sqlite else _AUDIT_INSERT_PG
         with self._writer_turn(), self.engine.begin() as conn:
+            if not sqlite:  # the session to end if this COMMIT's outcome is unknown (audit_present)
+                self._writer_pid = conn.connection.dbapi_connection.info.backend_pid
             conn.exec_driver_sql(sql, params)
+            if before_commit is not None:
+                before_commit()
+
+    def _audit_keys(self, records: Iterable[AuditRecord]) -> dict[tuple[str, datetime], int]:
+        """(request_id, time) -> number of rows: what identifies one request's records."""
+        keys: dict[tuple[str, datetime], int] = {}
+        for r in records:
+            k = (r.request_id, as_utc(r.time))
+            keys[k] = keys.get(k, 0) + 1
+        return keys
+
+    def _audit_match(self, keys: dict[tuple[str, datetime], int]) -> Any:
+        return sa.or_(*(sa.and_(audit_log.c.request_id == rid, audit_log.c.time == t) for rid, t in keys))
+
+    def audit_present(self, records: Sequence[AuditRecord]) -> int:
+        """How many of these records are in the table, after a COMMIT whose outcome is unknown.
+
+        Definitive: on PostgreSQL the session that sent the COMMIT is terminated first and gone
+        before the rows are counted, so a COMMIT still in flight cannot land after the answer
+        (SQLite commits in this process: when the call has returned, the outcome is on disk)."""
+        keys = self._audit_keys(records)
+        if not keys:
+            return 0
+        with self.engine.connect() as conn:
+            pid = self._writer_pid
+            if self.backend == "postgresql" and pid not in (None, conn.connection.dbapi_connection.info.backend_pid):
+                conn.exec_driver_sql("SELECT pg_terminate_backend(%(pid)s)", {"pid": pid})
+                deadline = time.monotonic() + 30
+                while conn.exec_driver_sql(
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = %(pid)s", {"pid": pid}
+                ).first() is not None:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"backend {pid} still running")
+                    time.sleep(0.05)
+                conn.rollback()
+            found = conn.execute(sa.select(sa.func.count()).select_from(audit_log).where(self._audit_match(keys)))
+            return int(found.scalar_one())
+
+    def probe_write(self) -> None:
+        """Raise unless an audit write could take its lock now (the audit breaker's probe): a write
+        statement that changes nothing, rolled back; it waits as long as a real insert would."""
+        with self._writer_turn(), self.engine.connect() as conn:
+            with conn.begin() as tx:
+                conn.exec_driver_sql("DELETE FROM audit_log WHERE 1 = 0")
+                tx.rollback()
 
     @contextmanager
     def _writer_turn(self) -> Iterator[None]:

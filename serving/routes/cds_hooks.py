@@ -28,6 +28,7 @@ from pipeline.settings import Settings
 from serving.auth import Principal
 from serving.cds_auth import require_cds_client
 from serving.routes.model import current_predictor
+from serving.routes.risk import audit_failed
 from serving.schemas import ErrorResponse, PatientFeatures
 
 log = logging.getLogger("icans_risk.serving")
@@ -393,7 +394,10 @@ def _store_feedback(request: Request, principal: Principal, body: FeedbackReques
     try:
         n = store.record_feedback_many(records)
     except Exception as exc:
-        log.error("feedback write failed (request %s): %s", request.state.request_id, type(exc).__name__)
+        kind = type(exc).__name__
+        request.app.state.log_throttle(
+            log, logging.ERROR, ("feedback", kind), "feedback write failed (request %s): %s", request.state.request_id, kind
+        )
         raise HTTPException(503, "the feedback could not be stored") from None
     return {"stored": n, "request_id": request.state.request_id}
 
@@ -429,7 +433,5 @@ def _audit_card(
     try:
         request.app.state.audit.write([row])
     except Exception as exc:
-        request.app.state.metrics.audit_failures.inc()
-        log.error("audit write failed (request %s): %s", request.state.request_id, type(exc).__name__)
-        raise HTTPException(503, "the audit trail could not be written; no card was given") from None
+        raise audit_failed(request, exc, 1, "no card was given") from None
     request.app.state.metrics.patients.inc()

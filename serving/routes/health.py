@@ -15,8 +15,8 @@ def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="A model is loaded (503 until then, with the reason)",
-    responses={503: {"description": "No model loaded yet; `reason` says why"}},
+    summary="A model is loaded and the audit store can be written (503 otherwise, with the reason)",
+    responses={503: {"description": "No model loaded yet, or the audit store cannot be written; `reason` says why"}},
 )
 def readyz(request: Request) -> JSONResponse:
     state = request.app.state.model
@@ -29,13 +29,19 @@ def readyz(request: Request) -> JSONResponse:
         body["warning"] = "authentication is off (development mode)"
     if state.last_reload:
         body["last_reload"] = state.last_reload
+    audit = getattr(request.app.state, "audit", None)
+    audit_reason = audit.reason if audit is not None else None
     if state.ready:
         p = state.predictor
         body.update(model={"name": p.model.name, "version": p.model.version, "run_id": p.model.run_id})
         if p.ungated:
             body["model"]["ungated"] = True
             body["warning"] = "; ".join(filter(None, [body.get("warning"), p.gate_warning]))
-        return JSONResponse(body)
-    if state.error:
+        if audit_reason is None:
+            return JSONResponse(body)
+    elif state.error:
         body["reason"] = state.error
+    if audit_reason is not None:  # every scoring request would get 503: take no traffic
+        body["status"] = "audit_store_unavailable"
+        body["reason"] = "; ".join(filter(None, [body.get("reason"), f"{audit_reason}: scoring answers 503 until it can"]))
     return JSONResponse(body, status_code=503)

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from pipeline.contract import INTENDED_USE
 from pipeline.settings import Settings
 from serving.auth import Principal, require
+from serving.jsonbody import StrictJSONRoute
 from serving.fhir.resources import FHIR_JSON, openapi_fhir_response, risk_assessment, wants_fhir
 from serving.routes.model import current_predictor
 from serving.schemas import BatchResult, ErrorResponse, PatientFeatures, RiskResponse, batch_request_model
@@ -69,14 +70,24 @@ async def _audit(request: Request, principal: Principal, endpoint: str, records:
     try:
         await request.app.state.audit.submit(rows)
     except Exception as exc:
-        request.app.state.metrics.audit_failures.inc(len(rows))
-        log.error("audit write failed (request %s): %s", request.state.request_id, type(exc).__name__)
-        raise HTTPException(503, "the audit trail could not be written; no answer was given") from None
+        raise audit_failed(request, exc, len(rows), "no answer was given") from None
     request.app.state.metrics.patients.inc(len(rows))
 
 
+def audit_failed(request: Request, exc: Exception, n: int, what: str) -> HTTPException:
+    """The 503 of an answer withheld because its audit record was not written (counted; logged once
+    per interval and kind of failure, with the number of repeats)."""
+    app = request.app
+    app.state.metrics.audit_failures.inc(n)
+    kind = type(exc).__name__
+    app.state.log_throttle(
+        log, logging.ERROR, ("audit", kind), "audit write failed (request %s): %s", request.state.request_id, kind
+    )
+    return HTTPException(503, f"the audit trail could not be written; {what}", headers={"Retry-After": "1"})
+
+
 def build_router(settings: Settings) -> APIRouter:
-    router = APIRouter(tags=["risk"])
+    router = APIRouter(tags=["risk"], route_class=StrictJSONRoute)
     BatchRequest = batch_request_model(settings.batch_limit)
 
     @router.post(

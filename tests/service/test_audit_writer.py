@@ -116,3 +116,133 @@ def test_async_submit_times_out_without_blocking_the_loop():
     release.set()
     writer.close()
     assert during == 10  # the ticker ran to the end while submit was waiting: the loop was free
+
+
+def test_a_record_whose_caller_gave_up_in_the_queue_is_never_written(store):
+    """The store stalls longer than the caller waits: 503 for the caller, and no record, ever."""
+    gate = threading.Event()
+
+    class SlowStore:
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def append_many(self, rows, before_commit=None):
+            gate.wait(5)
+            store.append_many(rows, before_commit=before_commit)
+
+    writer = AuditWriter(SlowStore(), timeout_s=0.4, store_timeout_s=0.05)
+    first = threading.Thread(target=lambda: pytest.raises(TimeoutError, writer.write, [_record(1)]))
+    first.start()  # claimed, then stuck in the insert: its caller gives up before the commit point
+    import time
+
+    time.sleep(0.1)
+    with pytest.raises(TimeoutError):
+        writer.write([_record(2)])  # queued behind it: abandoned in the queue
+    first.join()
+    gate.set()
+    writer.write([_record(3)])
+    writer.close()
+    assert [r["request_id"] for chunk in store.iter_audit() for r in chunk] == ["r3"]
+
+
+def _commit_then_fail(store, presence):
+    """A store whose COMMIT succeeds but the client hears an error (the outcome is unknown)."""
+    import sqlalchemy as sa
+
+    class LostCommit:
+        fail = True
+
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def append_many(self, rows, before_commit=None):
+            store.append_many(rows, before_commit=before_commit)
+            if LostCommit.fail:
+                LostCommit.fail = False
+                raise sa.exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))
+
+        def audit_present(self, rows):
+            return presence(rows)
+
+    return LostCommit()
+
+
+def test_an_unknown_commit_outcome_found_committed_gives_the_answer(store):
+    writer = AuditWriter(_commit_then_fail(store, store.audit_present))
+    writer.write([_record(1)])  # the rows are there: the answer is given
+    writer.close()
+    assert store.count() == 1
+
+
+def test_an_unknown_commit_outcome_waits_until_the_store_can_tell(store):
+    """The store cannot be asked at first: the caller keeps waiting, then gets its answer because
+    the rows were in fact committed (no 503 for an audited answer, no record without one)."""
+    calls = []
+
+    def flaky_presence(rows):
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError("connection refused")
+        return store.audit_present(rows)
+
+    writer = AuditWriter(_commit_then_fail(store, flaky_presence), probe_interval_s=0.05)
+    writer.write([_record(1)])
+    writer.close()
+    assert len(calls) == 3 and store.count() == 1 and writer.unresolved == 0
+
+
+def test_a_lost_commit_that_did_not_land_is_a_503(store):
+    import sqlalchemy as sa
+
+    class LostBeforeCommit:
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def append_many(self, rows, before_commit=None):
+            before_commit()  # committing: the caller now waits for the outcome
+            raise sa.exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))
+
+    writer = AuditWriter(LostBeforeCommit())
+    with pytest.raises(sa.exc.OperationalError):
+        writer.write([_record(1)])
+    writer.close()
+    assert store.count() == 0 and writer.unresolved == 0
+
+
+def test_the_breaker_refuses_at_once_and_probes(store):
+    import time
+
+    broken = threading.Event()
+    broken.set()
+
+    class Flaky:
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def append_many(self, rows, before_commit=None):
+            if broken.is_set():
+                raise OSError("No space left on device")
+            store.append_many(rows, before_commit=before_commit)
+
+        def probe_write(self):
+            if broken.is_set():
+                raise OSError("No space left on device")
+
+    writer = AuditWriter(Flaky(), probe_interval_s=0.05)
+    with pytest.raises(OSError):
+        writer.write([_record(1)])
+    assert not writer.available and "OSError" in writer.reason
+    t0 = time.perf_counter()
+    from serving.audit import StoreUnavailable
+
+    with pytest.raises(StoreUnavailable):
+        writer.write([_record(2)])
+    assert time.perf_counter() - t0 < 1.0  # refused without waiting for the store
+    broken.clear()
+    deadline = time.time() + 5
+    while not writer.available and time.time() < deadline:
+        time.sleep(0.02)
+    writer.write([_record(3)])
+    writer.close()
+    assert writer.available and writer.reason is None
+    assert [r["request_id"] for chunk in store.iter_audit() for r in chunk] == ["r3"]

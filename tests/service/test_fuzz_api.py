@@ -274,8 +274,8 @@ def _distinctive_values(body: Any, vocabulary: str, bounds: set[float]) -> set[s
     """Strings of 6+ characters and unusual numbers of a request body, as JSON would write them.
 
     Ignored: booleans, null, short strings, integers under 1000, the document's bounds and text
-    (field and category names), and any value that is also a key of the body (unknown fields are
-    named in errors on purpose)."""
+    (field and category names), and any value that is also a key of the body (a key
+    may also be a contract name, which errors do name)."""
     values: set[str] = set()
     keys: set[str] = set()
 

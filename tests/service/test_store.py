@@ -578,7 +578,7 @@ def test_a_naive_time_is_stored_as_utc_whatever_the_database_zone(store_url):
 def test_a_writer_stuck_on_the_lock_file_gets_a_timeout_not_a_hang(tmp_path):
     """Several SQLite workers take turns on a lock file; while another holds it forever, an
     audit write waits, the request learns of it after the writer's timeout (the API answers
-    503), and the records are written once the lock is free again."""
+    503), and its record is never written (no answer was given): only later ones land."""
     import asyncio
     import fcntl
 
@@ -597,7 +597,52 @@ def test_a_writer_stuck_on_the_lock_file_gets_a_timeout_not_a_hang(tmp_path):
     finally:
         fcntl.flock(other, fcntl.LOCK_UN)
         os.close(other)
-    writer.write([record(3)])  # the turn is free again: the waiting record and this one land
+    writer.write([record(3)])  # the turn is free again: this one lands, the abandoned one never
     writer.close()
-    assert store.count() == 3
+    assert store.count() == 2
     store.close()
+
+
+def test_audit_present_answers_after_a_lost_commit_and_the_store_keeps_working(open_store):
+    """What the audit writer asks after a COMMIT whose outcome is unknown (PostgreSQL: the session
+    that sent it is ended first), and the probe the breaker uses."""
+    s = open_store(timeout_s=2)
+    recs = [record(i) for i in range(4)]
+    s.append_many(recs[:2])
+    assert s.audit_present(recs[:2]) == 2
+    assert s.audit_present(recs[2:3]) == 0
+    s.probe_write()
+    s.append_many(recs[3:])  # the pool replaces the ended session
+    assert s.count() == 3
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+def test_a_commit_lost_with_its_session_is_a_503_and_no_record(open_store, store_url):
+    """PostgreSQL: the writer's session dies between the insert and the COMMIT (the outcome is
+    unknown to the client); the audit writer asks the store, finds nothing, and the caller gets
+    an error: no record, no answer."""
+    import sqlalchemy as sa
+
+    from serving.audit import AuditWriter
+
+    s = open_store(timeout_s=2)
+    killer = sa.create_engine(sa.make_url(s.url), poolclass=sa.pool.NullPool)
+
+    class Dying:
+        def __getattr__(self, name):
+            return getattr(s, name)
+
+        def append_many(self, rows, before_commit=None):
+            def die():
+                before_commit()
+                with killer.connect() as conn:
+                    conn.exec_driver_sql("SELECT pg_terminate_backend(%(p)s)", {"p": s._writer_pid})
+
+            s.append_many(rows, before_commit=die)
+
+    writer = AuditWriter(Dying(), probe_interval_s=0.05)
+    with pytest.raises(sa.exc.DBAPIError):
+        writer.write([record(1)])
+    writer.close()
+    killer.dispose()
+    assert s.count() == 0 and writer.unresolved == 0
