@@ -322,9 +322,10 @@ def _store():
 def _attach_admin_groups() -> None:
     from serving.cli_admin import make_groups
 
-    keys, audit = make_groups(_store)
+    keys, audit, outcomes = make_groups(_store)
     main.add_command(keys)
     main.add_command(audit)
+    main.add_command(outcomes)
 
 
 _attach_admin_groups()

@@ -16,7 +16,7 @@ from pipeline.contract import INTENDED_USE
 from pipeline.settings import Settings, get_settings
 from serving.audit import AuditWriter
 from serving.observability import LogThrottle, Metrics, RequestContextMiddleware
-from serving.routes import admin, cds_hooks, health, model, risk
+from serving.routes import admin, cds_hooks, health, model, outcomes, risk
 from serving.state import ModelState, load_predictor
 
 log = logging.getLogger("icans_risk.serving")
@@ -111,6 +111,7 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
     app.include_router(risk.build_router(settings))
     app.include_router(model.router)
     app.include_router(admin.router)
+    app.include_router(outcomes.router)
     app.include_router(cds_hooks.build_router(settings))
     return app
 

@@ -14,7 +14,6 @@ from serving.store import CACHE_MISS
 
 log = logging.getLogger("icans_risk.serving")
 
-SCOPES = ("score", "admin")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""`icans-risk keys ...` and `icans-risk audit ...`: administration of the service store.
+"""`icans-risk keys ...`, `icans-risk audit ...` and `icans-risk outcomes import`: the service store.
 
-`make_groups(store_factory)` returns the two click groups; the main command attaches them and
+`make_groups(store_factory)` returns the three click groups; the main command attaches them and
 supplies the factory (settings are read only when a command runs). Every command migrates the
 store first, so they work on a fresh clone before the service has ever started.
 """
@@ -8,6 +8,7 @@ store first, so they work on a fresh clone before the service has ever started.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -16,10 +17,10 @@ from typing import TYPE_CHECKING
 
 import click
 
+from serving.scopes import SCOPES  # no SQLAlchemy behind it: cheap at startup
+
 if TYPE_CHECKING:  # the store (and SQLAlchemy) is imported only when a command runs
     from serving.store import KeyRecord, Store
-
-SCOPES = ("score", "admin")  # == serving.store.SCOPES (tested), without importing it at startup
 
 
 def parse_since(value: str) -> datetime:
@@ -59,8 +60,8 @@ def _when(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value else "-"
 
 
-def make_groups(store_factory: Callable[[], Store]) -> tuple[click.Group, click.Group]:
-    """(keys, audit) click groups over the store that `store_factory` opens when a command runs."""
+def make_groups(store_factory: Callable[[], Store]) -> tuple[click.Group, click.Group, click.Group]:
+    """(keys, audit, outcomes) click groups over the store that `store_factory` opens when a command runs."""
 
     @contextmanager
     def opened() -> Iterator[Store]:
@@ -86,7 +87,7 @@ def make_groups(store_factory: Callable[[], Store]) -> tuple[click.Group, click.
     @keys.command("create")
     @click.option("--client", required=True, help="Name of the client system, e.g. ehr-ward-3.")
     @click.option("--scope", type=click.Choice(SCOPES), default="score", show_default=True,
-                  help="score: scoring endpoints; admin: also administration.")
+                  help="score: scoring endpoints; outcomes: POST /v1/outcomes; admin: everything.")
     def create(client: str, scope: str) -> None:
         """Create a key; its token is printed once, alone on the last line."""
         with opened() as store:
@@ -160,7 +161,65 @@ def make_groups(store_factory: Callable[[], Store]) -> tuple[click.Group, click.
         with opened() as store:
             click.echo(str(store.count(since)))
 
-    return keys, audit
+    @click.group("outcomes")
+    def outcomes() -> None:
+        """Observed outcomes of earlier answers (append-only; for monitoring)."""
+
+    @outcomes.command("import")
+    @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option("--source", default=None, help="Source for rows without one (e.g. the registry's name).")
+    def import_outcomes(path: Path, source: str | None) -> None:
+        """Record a registry export (CSV: outcome_id, request_id or patient_id, icans_max_grade and/or
+        severe_crs, observed_on, source, corrects). Rows already stored are skipped; a bad row is named
+        by its number and field, never its values, and the command exits 2 after the rest is recorded."""
+        created, repeated, failed = import_outcome_rows(opened, path, source)
+        click.echo(f"{created} outcomes recorded, {repeated} already stored, {len(failed)} refused")
+        for line in failed[:50]:
+            click.echo(f"  {line}", err=True)
+        if failed:
+            sys.exit(2)
+
+    return keys, audit, outcomes
+
+
+def import_outcome_rows(opened: Callable, path: Path, default_source: str | None) -> tuple[int, int, list[str]]:
+    import pandas as pd
+    from pydantic import ValidationError
+
+    from serving.outcomes import OutcomeConflict, OutcomeRecord, UnknownTarget, record_outcome
+    from serving.routes.outcomes import OutcomeRequest
+
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    created = repeated = 0
+    failed: list[str] = []
+    with opened() as store:
+        for number, row in enumerate(frame.to_dict("records"), start=1):
+            values = {k: v.strip() for k, v in row.items() if isinstance(v, str) and v.strip() != ""}
+            if default_source and "source" not in values:
+                values["source"] = default_source
+            if "icans_max_grade" in values:
+                values["icans_max_grade"] = _int_or_text(values["icans_max_grade"])
+            if "severe_crs" in values:
+                values["severe_crs"] = {"true": True, "1": True, "false": False, "0": False}.get(
+                    values["severe_crs"].lower(), values["severe_crs"])
+            try:
+                body = OutcomeRequest(**values)
+                _, new = record_outcome(store, OutcomeRecord(**body.model_dump(), client_id=f"import:{path.name}"))
+            except ValidationError as exc:
+                failed += [f"row {number}: {'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors()]
+                continue
+            except (UnknownTarget, OutcomeConflict) as exc:
+                failed.append(f"row {number}: {exc}")
+                continue
+            created, repeated = created + new, repeated + (not new)
+    return created, repeated, failed
+
+
+def _int_or_text(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def _as_dict(r: KeyRecord) -> dict[str, str | None]:

@@ -31,13 +31,13 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import NullPool
 
-Scope = Literal["score", "admin"]
+from serving.scopes import SCOPES, Scope
+
 ExportFormat = Literal["csv", "parquet"]
-SCOPES: tuple[str, ...] = get_args(Scope)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest migration's revision (a test keeps it equal to Alembic's head): a store already
 # there starts without importing Alembic (~0.7 s of every worker's cold start).
-SCHEMA_HEAD = "0003_cds_feedback"
+SCHEMA_HEAD = "0004_outcomes"
 
 TOKEN_PREFIX = "icr_"
 _KEY_ID_BYTES = 8  # 16 hex characters: an identifier, not a secret
@@ -69,7 +69,7 @@ class KeyRecord:
         return self.revoked_at is not None
 
     def allows(self, required: Scope) -> bool:
-        """Admin implies score; a revoked key allows nothing."""
+        """Admin implies every scope; a revoked key allows nothing."""
         if self.revoked:
             return False
         return self.scope == "admin" or required == self.scope

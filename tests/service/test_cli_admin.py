@@ -21,7 +21,7 @@ TOKEN = re.compile(r"icr_[0-9a-f]{16}_[A-Za-z0-9_-]{43}")
 @pytest.fixture
 def run(store_url):  # noqa: F811 - the imported fixture
     """Invoke `icans-risk <args>` with the admin groups wired to the test store."""
-    keys, audit = make_groups(lambda: Store(store_url, KEY))
+    keys, audit, _ = make_groups(lambda: Store(store_url, KEY))
     root = click.Group("icans-risk", commands=[keys, audit])
     runner = CliRunner()
 
@@ -141,7 +141,7 @@ def test_scopes_match_the_store_and_import_is_light():
 
 
 def test_unreachable_store_is_a_clear_error_without_the_password():
-    keys, _ = make_groups(lambda: Store("postgresql://admin:hunter2-secret@127.0.0.1:1/audit", KEY))
+    keys, _, _ = make_groups(lambda: Store("postgresql://admin:hunter2-secret@127.0.0.1:1/audit", KEY))
     result = CliRunner().invoke(keys, ["list"], catch_exceptions=False)
     assert result.exit_code == 1
     assert "cannot open the store" in result.output and "127.0.0.1:1" in result.output
