@@ -248,10 +248,9 @@ def _evaluate_split(
     metrics.update(evidence.flat_metrics())
     validated = {k: metrics.get(f"test_{k}", np.nan) for k in VALIDATED_KEYS}
 
-    def compare(champ: ModelBundle) -> dict[str, float]:
+    def compare(champ: ModelBundle) -> dict[str, Any]:
         d = paired_difference(y_test, risk_test, champ.predict_proba(X_test), seed=settings.seed)
-        return {"champion_auroc": d["auroc_other"], "difference": d["difference"],
-                "ci_low": d["ci_low"], "ci_high": d["ci_high"]}
+        return _fair_comparison(champ, d, validated)
 
     return Evaluation(design, validated, metrics, evidence, y_test, X_test, test, risk_test, plot_scores,
                       {f"{fitted.chosen} (chosen)": risk_test, "logistic": probs["logistic"],
@@ -269,8 +268,11 @@ def _evaluate_resampled(
         df, y, df, X, X, fitted.tuned["logistic"]["params"], settings, n_jobs, None
     )
     apparent = {MODEL: bundle.predict_proba(X), **{n: _prob(m, X) for n, m in comparators.items()}}
-    resampled = repeated_cv(X, y, Procedure(settings.resample_n_iter, settings.resample_cv_folds), apparent,
+    heartbeat()
+    procedure = Procedure(settings.resample_n_iter, settings.resample_cv_folds, space_events=int(y.sum()))
+    resampled = repeated_cv(X, y, procedure, apparent,
                             design.repeats, settings.cv_folds, settings.seed, n_jobs)
+    heartbeat()
     cv_risk = resampled.predictions[MODEL][0]  # the first repeat: every patient predicted out of fold
     others = {LOGISTIC: resampled.predictions[LOGISTIC][0], UNTUNED_HGB: resampled.predictions[UNTUNED_HGB][0]}
     evidence = build_evidence(
@@ -308,22 +310,38 @@ def _evaluate_resampled(
         plot_scores["oracle (p_true)"] = df["p_true"].to_numpy(float)
         metrics["oracle_auroc"] = ranking_metrics(y, df["p_true"].to_numpy(float))["auroc"]
 
-    def compare(champ: ModelBundle) -> dict[str, float]:
-        # the new procedure's cross-validated risks against the champion on the same patients; a
-        # champion fitted on this very file is judged by its own cross-validated figure (its
-        # apparent AUROC here less its recorded optimism)
+    def compare(champ: ModelBundle) -> dict[str, Any]:
+        # the new procedure's cross-validated risks against the champion on the same patients
         d = paired_difference(y, cv_risk, champ.predict_proba(X), seed=settings.seed)
-        champ_opt = 0.0
-        if champ.metadata.get("data_sha256") == data_sha256:
-            champ_opt = float(champ.metadata.get("validation", {}).get("optimism", {}).get("auroc", 0.0))
-        shift = estimate["auroc"] - first["auroc"] + champ_opt
-        return {"champion_auroc": d["auroc_other"] - champ_opt, "difference": d["difference"] + shift,
-                "ci_low": d["ci_low"] + shift, "ci_high": d["ci_high"] + shift}
+        shift = estimate["auroc"] - first["auroc"]
+        d.update(difference=d["difference"] + shift, ci_low=d["ci_low"] + shift, ci_high=d["ci_high"] + shift)
+        return _fair_comparison(champ, d, validated)
 
     probs = {f"{fitted.chosen} (chosen)": cv_risk, "logistic": others[LOGISTIC],
              **{s: prob_models[s].predict_proba(df)[:, 1] for s in SCORES}}
     return Evaluation(design, validated, metrics, evidence, y, X, df, cv_risk, plot_scores, probs,
                       "all patients, out-of-fold risks of repeated cross-validation", compare, resampled)
+
+
+def _fair_comparison(champ: ModelBundle, paired: dict[str, float], validated: dict[str, float]) -> dict[str, Any]:
+    """The champion's AUROC for the comparison, without the advantage of having seen the patients.
+
+    A champion may have been fitted on some of these patients (a retraining on a file with patients
+    added): scored on them, its AUROC is optimistic. So it is held to the lower of its AUROC here
+    and its own validated estimate (held-out or cross-validated, recorded in its bundle); when the
+    latter is used, the difference's interval is the new model's own interval moved by it.
+    """
+    here = paired["auroc_other"]
+    recorded = (champ.metadata.get("validation") or {}).get("estimates", {}).get("auroc")
+    if recorded is None or not np.isfinite(recorded) or recorded >= here:
+        return {"champion_auroc": here, "difference": paired["difference"], "ci_low": paired["ci_low"],
+                "ci_high": paired["ci_high"], "basis": "on the same patients"}
+    new = validated["auroc"]
+    return {"champion_auroc": float(recorded), "difference": new - recorded,
+            "ci_low": validated.get("auroc_ci_low", np.nan) - recorded,
+            "ci_high": validated.get("auroc_ci_high", np.nan) - recorded,
+            "basis": (f"against the champion's own validated AUROC (it scores {here:.3f} on these patients, "
+                      "some of which it may have been fitted on)")}
 
 
 def _has_oracle(frame: pd.DataFrame, outcome: str) -> bool:
@@ -527,7 +545,8 @@ def _train_in_run(
     for name in CANDIDATES:
         metrics[f"cv_log_loss_{name}"] = tuned[name]["cv_log_loss"]
     gate_ok, gate_reason = quality_gate(ev.validated)
-    ungated = not gate_ok and settings.allow_ungated
+    # ALLOW_UNGATED serves a refused model only where nothing else could be served
+    ungated = not gate_ok and settings.allow_ungated and champion(client, model_name, settings.champion_alias) is None
     bundle.metadata["test_metrics"] = {k: round(float(v), 4) for k, v in metrics.items() if np.isfinite(v)}
     bundle.metadata["gate"] = {"passed": gate_ok, "reason": gate_reason, "ungated": ungated}
     bundle.metadata["validation"] = {
@@ -605,7 +624,7 @@ def _train_in_run(
     # Under the lock, the comparison is with whatever is champion NOW (another training
     # may have promoted its model while this one trained).
     with promotion_lock(settings.lock_url or settings.tracking_uri, settings.data_dir, model_name):
-        if gate_ok or ungated:
+        if gate_ok or (ungated and champion(client, model_name, settings.champion_alias) is None):
             promoted, reason, champ_auroc = _promote(client, settings, model_name, version, ev.compare,
                                                      ev.validated["auroc"])
             if ungated:
@@ -613,7 +632,9 @@ def _train_in_run(
                 client.set_model_version_tag(model_name, version, "promotion_reason", reason)
         else:
             promoted, reason, champ_auroc = False, f"quality gate: {gate_reason}", None
-            if champion(client, model_name, settings.champion_alias) is None:
+            if settings.allow_ungated and champion(client, model_name, settings.champion_alias) is not None:
+                reason += ". ALLOW_UNGATED applies only while no champion exists; the champion stays"
+            elif champion(client, model_name, settings.champion_alias) is None:
                 reason += (". No champion exists: to score with this model anyway, retrain with ALLOW_UNGATED=1 "
                            "(make train ... ALLOW_UNGATED=1); it is then served tagged as ungated")
             client.set_model_version_tag(model_name, version, "promotion", "not promoted")
@@ -743,7 +764,7 @@ def _promote(
             ci = (f" (95% CI {d['ci_low']:+.3f} to {d['ci_high']:+.3f})" if np.isfinite(d["ci_low"]) else "")
             verdict = ("not clearly worse: promoted" if promoted else "clearly worse: the champion stays")
             reason = (f"AUROC {new_auroc:.4f} vs champion v{current.version}'s {champ_auroc:.4f}, difference "
-                      f"{d['difference']:+.3f}{ci} on the same patients: {verdict}")
+                      f"{d['difference']:+.3f}{ci} {d.get('basis', 'on the same patients')}: {verdict}")
     if promoted:
         client.set_registered_model_alias(name, settings.champion_alias, version)
     client.set_model_version_tag(name, version, "promotion", "champion" if promoted else "not promoted")

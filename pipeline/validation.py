@@ -134,10 +134,13 @@ def random_search(
     )
 
 
-def tune(name: str, X: np.ndarray, y: np.ndarray, n_iter: int, cv_folds: int, seed: int, n_jobs: int) -> dict[str, Any]:
-    """Random search scored by cross-validated log-loss (AUROC recorded beside it)."""
+def tune(name: str, X: np.ndarray, y: np.ndarray, n_iter: int, cv_folds: int, seed: int, n_jobs: int,
+         space_events: int | None = None) -> dict[str, Any]:
+    """Random search scored by cross-validated log-loss (AUROC recorded beside it). `space_events`:
+    the events that choose the search space (default: those of y; a resampling fold passes the whole
+    cohort's, so that it validates the procedure that is shipped)."""
     cv = StratifiedKFold(cv_folds, shuffle=True, random_state=seed)
-    search = random_search(name, int(y.sum()), cv, n_iter, seed, n_jobs,
+    search = random_search(name, space_events or int(y.sum()), cv, n_iter, seed, n_jobs,
                            scoring={"log_loss": "neg_log_loss", "auroc": "roc_auc"}, refit=False)
     search.fit(X, y)
     res = search.cv_results_
@@ -204,9 +207,11 @@ class Procedure:
 
     n_iter: int
     cv_folds: int
+    space_events: int | None = None  # the whole cohort's events: the search space the final model had
 
     def __call__(self, X: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-        tuned = {name: tune(name, X, y, self.n_iter, self.cv_folds, seed, 1) for name in CANDIDATES}
+        tuned = {name: tune(name, X, y, self.n_iter, self.cv_folds, seed, 1, self.space_events)
+                 for name in CANDIDATES}
         fitted = fit_procedure(X, y, tuned, self.cv_folds, seed, 1)
         hgb = make_untuned_hist_gradient_boosting(seed).fit(X, y)
         logistic = make_logistic(seed).set_params(**tuned[LOGISTIC]["params"]).fit(X, y)

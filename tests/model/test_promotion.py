@@ -169,6 +169,11 @@ def test_a_first_model_refused_by_the_gate_can_be_registered_ungated(tmp_path, m
     gate = load_bundle(resolve(client, f"models:/{ungated.model_name}@champion")).metadata["gate"]
     assert gate == {"passed": False, "reason": reason, "ungated": True}
 
+    # with a champion in place, ALLOW_UNGATED no longer lets a refused model take its place
+    again = training.train(make_settings(tmp_path, allow_ungated=True, **cheap), data=path)
+    assert not again.promoted and "applies only while no champion exists" in again.reason
+    assert str(client.get_model_version_by_alias(again.model_name, "champion").version) == ungated.version
+
     # the service says so: /readyz, /v1/model and every answer's warnings
     from fastapi.testclient import TestClient
 
@@ -196,3 +201,19 @@ def test_allow_ungated_is_read_from_the_environment(monkeypatch):
     assert Settings().allow_ungated is False
     monkeypatch.setenv("ALLOW_UNGATED", "1")
     assert Settings().allow_ungated is True
+
+
+def test_a_champion_that_may_have_seen_the_patients_is_held_to_its_own_validated_figure():
+    from types import SimpleNamespace
+
+    from pipeline.train import _fair_comparison
+
+    validated = {"auroc": 0.70, "auroc_ci_low": 0.64, "auroc_ci_high": 0.76}
+    paired = {"auroc_other": 0.83, "difference": -0.13, "ci_low": -0.18, "ci_high": -0.08}
+    seen = SimpleNamespace(metadata={"validation": {"estimates": {"auroc": 0.71}}})
+    d = _fair_comparison(seen, paired, validated)
+    assert d["champion_auroc"] == 0.71 and d["ci_high"] == pytest.approx(0.05) and "may have been fitted" in d["basis"]
+    # a champion that does no better here than its own estimate is compared on the same patients
+    fresh = SimpleNamespace(metadata={"validation": {"estimates": {"auroc": 0.90}}})
+    assert _fair_comparison(fresh, paired, validated)["difference"] == -0.13
+    assert _fair_comparison(SimpleNamespace(metadata={}), paired, validated)["basis"] == "on the same patients"
