@@ -16,6 +16,7 @@ from pipeline.contract import INTENDED_USE
 from pipeline.settings import Settings, get_settings
 from serving.audit import AuditWriter
 from serving.observability import Metrics, RequestContextMiddleware
+from serving import docs
 from serving.routes import admin, cds_hooks, health, model, risk
 from serving.state import ModelState, load_predictor
 
@@ -61,6 +62,8 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by serving.docs (no CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.model = state
@@ -105,6 +108,7 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
     app.include_router(model.router)
     app.include_router(admin.router)
     app.include_router(cds_hooks.build_router(settings))
+    docs.install(app)
     return app
 
 
