@@ -66,7 +66,7 @@ def test_openapi_declares_the_bearer_api_key_on_every_authenticated_operation(cl
     schemes = doc["components"]["securitySchemes"]
     assert schemes["apiKey"]["type"] == "http" and schemes["apiKey"]["scheme"] == "bearer"
     paths = doc["paths"]
-    for path in ("/v1/risk", "/v1/risk/batch"):
+    for path in ("/v1/risk", "/v1/risk/batch", "/v1/risk/explanation"):
         op = paths[path]["post"]
         assert op["security"] == [{"apiKey": []}], path
     assert paths["/v1/admin/reload"]["post"]["security"] == [{"apiKey": []}]

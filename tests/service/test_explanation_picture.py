@@ -1,0 +1,138 @@
+"""One patient's picture: the waterfall adds up, says research use only, never shows the patient id."""
+
+from __future__ import annotations
+
+import io
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pipeline import waterfall
+from pipeline.contract import FEATURES, example_request
+from serving.app import create_app
+from serving.routes.risk import image_format
+from tests.conftest import open_store
+
+SECRET_ID = "MRN-SECRET-4242"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def client(trained, tokens):
+    settings, _ = trained
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {tokens['score']}"}) as c:
+        deadline = time.time() + 60
+        while c.get("/readyz").status_code != 200:
+            assert time.time() < deadline
+            time.sleep(0.05)
+        yield c
+
+
+@pytest.fixture(scope="module")
+def answer(client) -> dict:
+    r = client.post("/v1/risk", json={**example_request(), "patient_id": SECRET_ID})
+    assert r.status_code == 200
+    return r.json()
+
+
+def test_the_drawn_waterfall_adds_up_to_the_answers_log_odds(answer):
+    ex = answer["explanation"]
+    bars = waterfall.steps(answer)
+    assert bars[0][2] == ex["base_log_odds"]
+    for (_, _, previous_end), (_, start, _) in zip(bars[1:-2], bars[2:-1]):
+        assert start == previous_end  # each contribution starts where the previous one ended
+    assert len(bars) == len(ex["contributions"]) + 2
+    fig = waterfall.figure(answer)
+    ax = fig.axes[0]
+    drawn = {p.get_gid(): p for p in ax.patches if (p.get_gid() or "").startswith("contribution-")}
+    assert len(drawn) == len(ex["contributions"])
+    for i, c in enumerate(ex["contributions"], start=1):
+        bar = drawn[f"contribution-{i}"]
+        assert bar.get_width() == pytest.approx(c["log_odds"], abs=1e-12)
+        assert bar.get_x() == pytest.approx(bars[i][1], abs=1e-12)
+    (total,) = [line for line in ax.lines if line.get_gid() == "total"]
+    (base,) = [line for line in ax.lines if line.get_gid() == "base"]
+    end = float(total.get_xdata()[0])
+    assert float(base.get_xdata()[0]) == ex["base_log_odds"]
+    assert end == pytest.approx(ex["base_log_odds"] + sum(c["log_odds"] for c in ex["contributions"]), abs=1e-9)
+    assert end == pytest.approx(answer["log_odds"], abs=1e-9)
+    lo, hi = ax.get_xlim()
+    assert lo < min(b[2] for b in bars) and max(b[2] for b in bars) < hi  # the axes contain the bars
+
+
+def test_svg_from_the_api_is_the_answers_explanation_with_no_patient_id(client, answer):
+    r = client.post("/v1/risk/explanation", json={**example_request(), "patient_id": SECRET_ID},
+                    headers={"Accept": "image/svg+xml"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("image/svg+xml")
+    assert r.headers["cache-control"] == "no-store"
+    svg = r.text
+    ET.fromstring(r.content)  # well-formed XML
+    assert SECRET_ID not in svg
+    assert "Research use only" in svg
+    texts = " ".join(t for t in ET.fromstring(r.content).itertext())
+    assert f"{answer['log_odds']:+.3f}" in texts and f"risk {answer['risk']:.3f}" in texts
+    assert f"{answer['explanation']['base_log_odds']:+.3f}" in texts
+    for f in FEATURES:
+        assert f"{f.name} = " in texts, f.name
+    assert "ldh_u_l = 240 U/L" in texts  # value and unit
+    assert "probability (risk)" in texts and "log-odds" in texts
+    assert "href=\"http" not in svg  # nothing loaded from elsewhere
+
+
+def test_png_by_accept_header(client):
+    from PIL import Image
+
+    r = client.post("/v1/risk/explanation", json={**example_request(), "patient_id": SECRET_ID},
+                    headers={"Accept": "image/png"})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "image/png"
+    assert r.content.startswith(PNG_MAGIC)
+    assert SECRET_ID.encode() not in r.content
+    image = Image.open(io.BytesIO(r.content))
+    assert image.size[0] > 600 and image.size[1] > 600
+    assert "Research use only" in image.info.get("Description", "")
+
+
+def test_explanation_is_audited_like_a_risk_and_needs_the_score_scope(client, trained):
+    settings, _ = trained
+    store = open_store(settings)
+    before = store.count()
+    r = client.post("/v1/risk/explanation", json={**example_request(), "patient_id": SECRET_ID})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml")  # SVG by default
+    assert store.count() == before + 1
+    row = [row for chunk in store.iter_audit() for row in chunk][-1]
+    assert row["endpoint"] == "/v1/risk/explanation"
+    assert row["request_id"] == r.headers["x-request-id"]
+    assert row["patient_hash"] == store.hash_patient_id(SECRET_ID)
+    assert SECRET_ID not in repr(row)
+    assert client.post("/v1/risk/explanation", json=example_request(), headers={"Authorization": ""}).status_code == 401
+
+
+def test_unacceptable_accept_is_406_and_not_audited(client, trained):
+    settings, _ = trained
+    store = open_store(settings)
+    before = store.count()
+    r = client.post("/v1/risk/explanation", json=example_request(), headers={"Accept": "application/json"})
+    assert r.status_code == 406
+    assert store.count() == before
+
+
+@pytest.mark.parametrize(
+    "accept, fmt",
+    [
+        (None, "svg"),
+        ("*/*", "svg"),
+        ("image/png", "png"),
+        ("image/svg+xml;q=0.5, image/png", "png"),
+        ("image/png;q=0.2, image/svg+xml;q=0.9", "svg"),
+        ("text/html, image/*;q=0.8", "svg"),
+        ("image/*, image/png", "png"),
+        ("application/json", None),
+        ("image/png;q=0", None),
+    ],
+)
+def test_accept_negotiation(accept, fmt):
+    assert image_format(accept) == fmt
