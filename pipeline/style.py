@@ -7,6 +7,8 @@ the same name in every picture, and m-EASIX is always the same orange "m-EASIX".
 
 from __future__ import annotations
 
+import re
+
 # Series keys as the evidence and training code name them (pipeline.evidence: MODEL, EASIX, ...;
 # pipeline.train: the candidate families).
 MODEL = "model"
@@ -16,17 +18,19 @@ ORACLE = "oracle"
 TREAT_ALL = "treat all"
 TREAT_NONE = "treat none"
 FAMILIES = ("xgboost", "hist_gradient_boosting", "logistic")
+UNTUNED_HGB = "hgb_untuned"
 
 NAMES: dict[str, str] = {
-    MODEL: "model (calibrated, served)",
+    MODEL: "model",
     EASIX: "EASIX",
     M_EASIX: "m-EASIX",
-    ORACLE: "oracle: the generator's true risk (synthetic data only)",
+    ORACLE: "oracle: the generator's true risk, synthetic data only",
     TREAT_ALL: "treat all",
     TREAT_NONE: "treat none",
     "xgboost": "xgboost",
     "hist_gradient_boosting": "hist. gradient boosting",
     "logistic": "logistic regression",
+    UNTUNED_HGB: "untuned hist. gradient boosting",
 }
 
 COLOURS: dict[str, str] = {
@@ -36,9 +40,10 @@ COLOURS: dict[str, str] = {
     ORACLE: "#2ca02c",  # green
     TREAT_ALL: "#7f7f7f",  # grey
     TREAT_NONE: "#000000",
-    "xgboost": "#1f5fa8",  # a candidate family shares the model's blue only when it is the model
+    "xgboost": "#1f5fa8",  # the family the model usually is: the same blue (learning curve, comparisons)
     "hist_gradient_boosting": "#17becf",  # cyan
     "logistic": "#9467bd",  # purple, everywhere
+    UNTUNED_HGB: "#17becf",
     "chance": "#bdbdbd",
 }
 
@@ -52,15 +57,24 @@ DPI = 110
 CAPTION_SIZE = 8
 
 
-def name(key: str, chosen: str | None = None) -> str:
-    """The display name of a series; a candidate family that is the chosen model says so."""
-    if key in FAMILIES and key == chosen:
-        return f"{NAMES[key]} (chosen)"
+def series(label: str) -> str:
+    """The series key of a label as the training and evaluation code write it: "xgboost (chosen)"
+    and "icans-risk v3" are the model, "oracle (p_true)" is the oracle."""
+    if label.endswith(" (chosen)") or re.fullmatch(r".+ v\d+", label):
+        return MODEL
+    if label.startswith("oracle"):
+        return ORACLE
+    return label
+
+
+def name(key: str) -> str:
+    """The one display name of a series."""
+    key = series(key)
     return NAMES.get(key, key.replace("_", " "))
 
 
 def colour(key: str) -> str | None:
-    return COLOURS.get(key)
+    return COLOURS.get(series(key))
 
 
 def caption(fig, text: str) -> None:

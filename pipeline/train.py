@@ -532,7 +532,6 @@ def _train_in_run(
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         plots.roc_plot(ev.y, ev.plot_scores, tmp_path / "roc.png", f"ROC, {ev.label} ({outcome})")
-        plots.calibration_plot(ev.y, ev.plot_probs, tmp_path / "calibration.png", f"Calibration, {ev.label} ({outcome})")
         plots.shap_summary_plot(
             explained.contributions, explained.base, ev.frame, list(FEATURE_NAMES), tmp_path / "shap_summary.png"
         )

@@ -1,0 +1,95 @@
+"""One visual language for the figures (pipeline.style)."""
+
+from __future__ import annotations
+
+import re
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.colors import to_hex
+
+from pipeline import evidence as ev
+from pipeline import plots, report, style
+from pipeline.contract import FEATURES
+from tests.code.test_report import evidence  # noqa: F401  (the module's fixture)
+
+
+@pytest.fixture()
+def captured(monkeypatch):
+    """The figures the plotting functions draw, kept open instead of saved."""
+    figures: dict[str, plt.Figure] = {}
+
+    def keep(fig, path, caption=None):
+        figures[path.name] = fig
+        return path
+
+    monkeypatch.setattr(report, "_save", keep)
+    monkeypatch.setattr(plots, "_save", keep)
+    yield figures
+    for fig in figures.values():
+        plt.close(fig)
+
+
+def _labelled_lines(fig):
+    ax = fig.axes[0]
+    return {line.get_label(): to_hex(line.get_color()) for line in ax.get_lines() if not line.get_label().startswith("_")}
+
+
+def test_one_name_and_one_colour_per_series_across_figures(evidence, captured, tmp_path):  # noqa: F811
+    rng = np.random.default_rng(1)
+    y = evidence.y_test
+    p = evidence.predictions[ev.MODEL]
+    plots.roc_plot(y, {"xgboost (chosen)": p, "logistic": np.clip(p + rng.normal(0, 0.05, len(p)), 0, 1),
+                       "easix": rng.random(len(p)), "m_easix": rng.random(len(p)), "oracle (p_true)": p},
+                   tmp_path / "roc.png", "ROC")
+    report.plot_calibration(evidence, tmp_path / "calibration_curve.png")
+    report.plot_decision_curve(evidence, tmp_path / "decision_curve.png")
+    report.plot_learning_curve(evidence.learning_curve, tmp_path / "learning_curve.png")
+    seen: dict[str, set[str]] = {}
+    for fig in captured.values():
+        for label, colour in _labelled_lines(fig).items():
+            for key, name in style.NAMES.items():
+                if label == name or label.startswith(name + " (AUROC") or label.startswith(name + ":"):
+                    seen.setdefault(key, set()).add(colour)
+        text = " ".join(t.get_text() for t in fig.axes[0].get_legend().get_texts())
+        for raw in ("m_easix", "(chosen)", "p_true", "hgb_untuned"):
+            assert raw not in text, (raw, text)
+    for key, colours in seen.items():
+        assert colours == {style.COLOURS[key]}, (key, colours)
+    assert {style.MODEL, style.M_EASIX, style.ORACLE, "logistic"} <= set(seen)
+    roc_labels = list(_labelled_lines(captured["roc.png"]))
+    assert any(label.startswith("oracle: the generator's true risk, synthetic data only (AUROC") for label in roc_labels)
+    assert any(label.startswith("model (AUROC") for label in roc_labels)
+
+
+def test_calibration_axes_contain_every_curve_and_band(evidence, captured, tmp_path):  # noqa: F811
+    report.plot_calibration(evidence, tmp_path / "calibration_curve.png")
+    ax = captured["calibration_curve.png"].axes[0]
+    top_x, top_y = ax.get_xlim()[1], ax.get_ylim()[1]
+    for line in ax.get_lines():
+        xs, ys = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+        assert np.nanmax(xs) <= top_x + 1e-9 and np.nanmax(ys) <= top_y + 1e-9, line.get_label()
+    for coll in ax.collections:  # the bootstrap band and the decile intervals
+        for path in coll.get_paths():
+            v = path.vertices
+            if len(v):
+                assert np.nanmax(v[:, 1]) <= top_y + 1e-9
+    band = evidence.calibration_curves[ev.MODEL]["smoothed"]["observed_ci_high"]
+    assert np.nanmax(band) <= top_y
+
+
+def test_figures_carry_a_caption(evidence, tmp_path):  # noqa: F811
+    figs = report.save_plots(evidence, tmp_path)
+    for name, path in figs.items():
+        assert path.read_bytes().startswith(b"\x89PNG"), name
+    assert set(figs) >= {"calibration", "decision_curve", "subgroups", "learning_curve"}
+    assert all(key in report.CAPTIONS for key in figs)
+
+
+def test_shap_summary_gives_categories_no_colour_scale():
+    import pandas as pd
+
+    col = pd.Series(["CD19", "CD22", "CD19"])
+    assert plots._colour_values(col, "target_antigen").isna().all()
+    assert plots._colour_values(pd.Series([1.0, 2.0]), "ldh_u_l").tolist() == [1.0, 2.0]
