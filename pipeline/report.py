@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -178,17 +179,22 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
 th,td{border:1px solid #ccc;padding:.25em .55em;text-align:left;vertical-align:top}
 th{background:#eef2f6}tr.small td{color:#8a4b00;background:#fff8ec}
 img{max-width:100%;height:auto;border:1px solid #ddd;margin:.4em 0}
-.refs li{font-size:.88em}
+.refs li{font-size:.88em}code{background:#f4f6f8;padding:0 .2em;font-size:.92em}
 """
 
 
+def _esc(text: Any) -> str:
+    """HTML-escaped text whose `code spans` (Markdown backticks) become <code> elements."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(str(text)))
+
+
 def _to_html(title: str, sections: Sequence[Section], banner: str, images: Mapping[str, str] | None = None) -> str:
-    esc = html.escape
+    esc = _esc
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f'<div class="banner" role="alert">{esc(banner)}</div>',
         f"<h1>{esc(title)}</h1>",
     ]
@@ -213,7 +219,7 @@ def _to_html(title: str, sections: Sequence[Section], banner: str, images: Mappi
             elif kind == "img":
                 data = (images or {}).get(str(block[2]))
                 if data:
-                    out.append(f'<img alt="{esc(block[1])}" src="data:image/png;base64,{data}">')
+                    out.append(f'<img alt="{html.escape(block[1])}" src="data:image/png;base64,{data}">')
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
@@ -708,12 +714,13 @@ def render_model_card(
     synthetic = bool(data_provenance.get("synthetic"))
     outcome = _outcome_text(ev.outcome)
     name = _get(model_info, "name", "icans-risk")
-    version = _get(model_info, "version")
+    # The card is written before the registry numbers the version that will carry it.
+    version = _get(model_info, "version", f"see the model registry (models:/{name}) or GET /v1/model")
     params = model_info.get("params")
     thresholds = model_info.get("thresholds") or {r["name"]: r["threshold"] for r in ev.thresholds.to_dict(orient="records")}
 
     details = ("table", ["item", "value"], [
-        ["name", name], ["version", version], ["MLflow run id", _get(model_info, "run_id")],
+        ["name", name], ["registered version", version], ["MLflow run id", _get(model_info, "run_id")],
         ["date", _get(model_info, "trained_at")],
         ["model type", _get(model_info, "kind")],
         ["hyper-parameters", ", ".join(f"{k}={v}" for k, v in params.items()) if isinstance(params, Mapping) else _get(model_info, "params")],
@@ -756,8 +763,8 @@ def render_model_card(
         "Calibration drifts between centres and over time: recalibrate (intercept, then slope) on local data "
         "before any use, and re-check with `make evaluate` on every new cohort.",
     ]
-    if ev.sample_size is not None and ev.sample_size.get("warning"):
-        caveats.append("Sample size: " + ev.sample_size["warning"])
+    # the sample-size warning is said once, in "Training data" (_sample_size_blocks)
+    said_elsewhere = {ev.sample_size.get("warning")} if ev.sample_size is not None else set()
     if synthetic:
         caveats[:0] = [
             "SYNTHETIC DATA: these figures come from a simulated cohort whose effect sizes are taken from "
@@ -791,7 +798,8 @@ def render_model_card(
         ("Factors", [
             ("p", "Relevant factors, each evaluated as a subgroup: age group (< 18 / >= 18 years), costimulatory "
                   "domain (4-1BB / CD28), CAR T-cell product, sex, and tumour burden (marrow blasts <= 20% / "
-                  "> 20%). Not evaluated: centre, target antigen, ethnicity (not in the data contract)."),
+                  "> 20%). Target antigen (CD19, CD22, CD19/CD22) is an input of the data contract but is not "
+                  "evaluated as a subgroup. Centre and ethnicity are not in the data contract and are not evaluated."),
         ]),
         ("Metrics", [
             ("ul", [
@@ -826,9 +834,10 @@ def render_model_card(
                 "made-up patient." + (" The training data are synthetic." if synthetic else ""),
             ]),
         ]),
-        ("Caveats and recommendations", [("ul", caveats)] + [("note", n) for n in ev.notes if n not in caveats]),
+        ("Caveats and recommendations", [("ul", caveats)]
+         + [("note", n) for n in ev.notes if n not in caveats and n not in said_elsewhere]),
     ]
-    title = f"Model card: {name} v{version}"
+    title = f"Model card: {name}"
     return _to_markdown(title, sections, BANNER), _to_html(title, sections, BANNER)
 
 

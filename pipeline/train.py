@@ -545,7 +545,7 @@ def _train_in_run(
         bundle_dir = bundle.save(tmp_path / BUNDLE_ARTIFACT)
         card_info = {
             "name": model_name,
-            "version": "the registered version that carries this card (see GET /v1/model)",
+            "version": None,  # numbered by the registry after the card is written: the card says where to look
             "run_id": run_id,
             "trained_at": bundle.metadata["trained_at"],
             "kind": chosen,

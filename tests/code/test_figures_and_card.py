@@ -1,4 +1,4 @@
-"""One visual language for the figures (pipeline.style)."""
+"""One visual language for the figures (pipeline.style) and a model card that says what it means."""
 
 from __future__ import annotations
 
@@ -93,3 +93,37 @@ def test_shap_summary_gives_categories_no_colour_scale():
     col = pd.Series(["CD19", "CD22", "CD19"])
     assert plots._colour_values(col, "target_antigen").isna().all()
     assert plots._colour_values(pd.Series([1.0, 2.0]), "ldh_u_l").tolist() == [1.0, 2.0]
+
+
+def _card(evidence, **info):  # noqa: F811
+    return report.render_model_card(
+        evidence, {"name": "icans-risk", "version": None, "run_id": "0123abcd", **info},
+        {"synthetic": True, "seed": 21, "n_rows": 1000},
+    )
+
+
+def test_card_says_where_the_registered_version_is(evidence):  # noqa: F811
+    markdown, page = _card(evidence)
+    assert markdown.startswith("# Model card: icans-risk\n")
+    assert "<h1>Model card: icans-risk</h1>" in page
+    assert "| registered version | see the model registry (models:/icans-risk) or GET /v1/model |" in markdown
+    assert "vthe" not in markdown and "Served as" not in markdown
+    numbered, _ = _card(evidence, version="7")
+    assert "| registered version | 7 |" in numbered
+
+
+def test_card_calls_target_antigen_an_input(evidence):  # noqa: F811
+    markdown, _ = _card(evidence)
+    assert "target_antigen" in {f.name for f in FEATURES}
+    assert not re.search(r"target antigen[^.]*not in the data contract", markdown, flags=re.I)
+    assert "Target antigen (CD19, CD22, CD19/CD22) is an input of the data contract" in markdown
+
+
+def test_card_says_the_sample_size_warning_once_and_shows_no_backticks(evidence):  # noqa: F811
+    warning = evidence.sample_size["warning"]
+    assert warning  # 600 development patients for 24 parameters: too few
+    markdown, page = _card(evidence)
+    assert markdown.count(warning) == 1
+    assert page.count(report.html.escape(warning)) == 1
+    assert "`" not in page
+    assert "<code>make evaluate</code>" in page
