@@ -114,7 +114,7 @@ def figure(
         for t, what, side in zip(thresholds, ("low | intermediate", "intermediate | high"), ("left", "right")):
             x = float(_logit(t))
             ax.axvline(x, color="#777777", ls=":", lw=1)
-            ax.annotate(f"{what}\n(risk {t:g})", (x, 0.0), xycoords=("data", "axes fraction"),
+            ax.annotate(f"{what}\n(risk {t:.3g})", (x, 0.0), xycoords=("data", "axes fraction"),
                         xytext=(2 if side == "left" else -2, 2), textcoords="offset points", fontsize=6.5,
                         va="bottom", ha=side, color="#555555")
     top = ax.secondary_xaxis("top", functions=(_expit, _logit))

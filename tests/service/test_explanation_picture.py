@@ -136,3 +136,38 @@ def test_unacceptable_accept_is_406_and_not_audited(client, trained):
 )
 def test_accept_negotiation(accept, fmt):
     assert image_format(accept) == fmt
+
+
+def test_batch_scoring_draws_one_waterfall_per_patient_named_by_row(trained, tmp_path):
+    import pandas as pd
+
+    from pipeline.cohort import generate_cohort
+    from pipeline.score import answers, score_file
+
+    settings, _ = trained
+    cohort = generate_cohort(4, 99)
+    cohort["patient_id"] = [f"{SECRET_ID}-{i}" for i in range(4)]
+    data = tmp_path / "in.csv"
+    cohort.to_csv(data, index=False)
+    out, pictures = tmp_path / "out.csv", tmp_path / "pictures"
+    n, _, _ = score_file(settings, data, out, waterfalls=pictures)
+    scored = pd.read_csv(out)
+    assert n == 4 and scored["waterfall"].tolist() == [f"patient-{i:06d}.svg" for i in range(1, 5)]
+    for row in scored.itertuples():
+        svg = (pictures / row.waterfall).read_text()
+        assert "Research use only" in svg and SECRET_ID not in svg
+        assert f"{row.log_odds:+.3f}" in svg and f"risk {row.risk:.3f}" in svg
+    with pytest.raises(FileExistsError):  # never overwrites a picture silently
+        score_file(settings, data, tmp_path / "again.csv", waterfalls=pictures)
+    # the batch's picture explains exactly what the API explains for the same patient
+    from serving.state import load_predictor
+
+    predictor = load_predictor(settings)
+    record = {k: (None if pd.isna(v) else v) for k, v in cohort.iloc[0].to_dict().items()}
+    api = predictor.predict([record])[0]
+    drawn = answers(cohort.head(1), scored.head(1), api["model"])[0]
+    assert drawn["log_odds"] == pytest.approx(api["log_odds"], abs=1e-9)
+    assert [c["feature"] for c in drawn["explanation"]["contributions"]] == [
+        c["feature"] for c in api["explanation"]["contributions"]]
+    for a, b in zip(drawn["explanation"]["contributions"], api["explanation"]["contributions"]):
+        assert a["log_odds"] == pytest.approx(b["log_odds"], abs=1e-9)
