@@ -528,7 +528,24 @@ def _headline(ev: Evidence) -> list[str]:
         items.append(f"Net benefit at thresholds {nb}.")
     if ORACLE in ev.discrimination:
         items.append(f"Oracle AUROC (true synthetic probability): {_ci(ev.discrimination[ORACLE], 'auroc')}.")
-    return items
+    return items + _better_than_model(ev)
+
+
+def _better_than_model(ev: Evidence) -> list[str]:
+    """Say it in words when another fitted model or score discriminates better than the model."""
+    d, c = ev.discrimination[MODEL], ev.calibration[MODEL]
+    out = []
+    for name, other in ev.discrimination.items():
+        if name in (MODEL, ORACLE) or not (math.isfinite(other.get("auroc", math.nan)) and other["auroc"] > d["auroc"]):
+            continue
+        text = (f"NOTE: {_name(name)} reaches a higher AUROC than the model on the same patients: "
+                f"{_num(other['auroc'])} against {_num(d['auroc'])}")
+        oc = ev.calibration.get(name) or {}
+        if math.isfinite(float(oc.get("brier", math.nan))):
+            text += f" (Brier {_num(oc['brier'], 4)} against {_num(c['brier'], 4)})"
+        out.append(text + ". The model's family was chosen on development data (cross-validated log-loss), "
+                          "not on these figures.")
+    return out
 
 
 def _resampled(ev: Evidence) -> bool:
@@ -655,10 +672,10 @@ def render_validation_report(
         dv = ev.development
         sections.append(("Development data (out-of-fold predictions)", [("table", ["quantity", "value"], [
             ["AUROC (95% CI)", _ci(dv, "auroc")], ["AUPRC (95% CI)", _ci(dv, "auprc")],
-            ["calibration slope", _num(dv.get("calibration_slope"))],
-            ["calibration intercept", _num(dv.get("calibration_intercept"))],
             ["ICI", _num(dv.get("ici"), 4)], ["Brier", _num(dv.get("brier"), 4)],
-        ])]))
+        ]), ("p", "No calibration slope or intercept here: the Platt calibration was fitted on these "
+                  "out-of-fold predictions, so they are 1 and 0 by construction and are no evidence. The "
+                  "calibration evidence is in the Calibration section above.")]))
     if others:
         blocks: list[Block] = []
         for p in others:

@@ -127,3 +127,18 @@ def test_card_says_the_sample_size_warning_once_and_shows_no_backticks(evidence)
     assert page.count(report.html.escape(warning)) == 1
     assert "`" not in page
     assert "<code>make evaluate</code>" in page
+
+
+def test_report_says_when_a_comparator_beats_the_model_and_shows_no_circular_calibration(evidence, tmp_path):  # noqa: F811
+    import copy
+
+    better = copy.deepcopy(evidence)
+    model_auroc = better.discrimination[ev.MODEL]["auroc"]
+    better.discrimination["logistic"] = {**better.discrimination[ev.MODEL], "auroc": model_auroc + 0.02}
+    lines = report._headline(better)
+    assert any(line.startswith("NOTE: logistic regression reaches a higher AUROC than the model") for line in lines)
+    beaten_by = [n for n, d in evidence.discrimination.items() if n not in (ev.MODEL, ev.ORACLE) and d["auroc"] > model_auroc]
+    assert sum("reaches a higher AUROC" in line for line in report._headline(evidence)) == len(beaten_by)
+    page = report.render_validation_report(better, tmp_path, tmp_path / "r.html").read_text()
+    dev_section = page.split("Development data (out-of-fold predictions)")[1].split("<h2>")[0]
+    assert "calibration slope</td>" not in dev_section and "by construction" in dev_section
