@@ -81,6 +81,7 @@ def install(app: FastAPI) -> None:
         with lock:
             if not base:
                 base.update(get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes))
+                _add_missing_schemas(base)
             state = getattr(app.state, "model", None)
             predictor = getattr(state, "predictor", None)
             key = (predictor.model.name, predictor.model.version, predictor.model.run_id) if predictor else None
@@ -90,6 +91,37 @@ def install(app: FastAPI) -> None:
             return by_model[key]
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _referenced_schemas(node: Any) -> set[str]:
+    """The names of every #/components/schemas/NAME that the document refers to."""
+    prefix = "#/components/schemas/"
+    if isinstance(node, dict):
+        found = {node["$ref"][len(prefix):]} if isinstance(node.get("$ref"), str) and node["$ref"].startswith(prefix) else set()
+        for value in node.values():
+            found |= _referenced_schemas(value)
+        return found
+    if isinstance(node, list):
+        return set().union(*(_referenced_schemas(v) for v in node)) if node else set()
+    return set()
+
+
+def _add_missing_schemas(schema: dict[str, Any]) -> None:
+    """Define the models that operations refer to by hand (openapi_extra: the CDS Hooks feedback
+    body is read raw, so FastAPI does not register its model): a $ref that resolves to nothing
+    breaks ReDoc and Swagger UI's view of that operation."""
+    from serving.routes import cds_hooks
+
+    models = {"FeedbackRequest": cds_hooks.FeedbackRequest}
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name in sorted(_referenced_schemas(schema) - set(schemas)):
+        model = models.get(name)
+        if model is None:
+            continue
+        js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for sub, definition in js.pop("$defs", {}).items():
+            schemas.setdefault(sub, definition)
+        schemas[name] = js
 
 
 def example_answer(predictor) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -102,3 +102,25 @@ def test_the_200_examples_are_the_served_models_answer_for_the_example_patient(c
     assert fhir["prediction"][0]["probabilityDecimal"] == pytest.approx(real["risk"])
     batch = doc["paths"]["/v1/risk/batch"]["post"]["responses"]["200"]["content"]["application/json"]["example"]
     assert batch["results"][0]["risk"] == example["risk"]
+
+
+def test_every_schema_reference_in_openapi_resolves(client):
+    """A dangling $ref blanks ReDoc ("Invalid reference token") and breaks that operation in Swagger UI."""
+    doc = client.get("/openapi.json").json()
+    refs: set[str] = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                refs.add(node["$ref"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(doc)
+    assert "#/components/schemas/FeedbackRequest" in refs
+    for ref in refs:
+        assert ref.startswith("#/components/schemas/"), ref
+        assert ref.rsplit("/", 1)[1] in doc["components"]["schemas"], ref
