@@ -17,7 +17,7 @@ from pipeline.settings import Settings, get_settings
 from serving.audit import AuditWriter
 from serving.observability import Metrics, RequestContextMiddleware
 from serving import docs
-from serving.routes import admin, cds_hooks, health, model, risk
+from serving.routes import admin, cds_hooks, explanation_page, health, model, risk
 from serving.state import ModelState, load_predictor
 
 log = logging.getLogger("icans_risk.serving")
@@ -108,6 +108,7 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
     app.include_router(model.router)
     app.include_router(admin.router)
     app.include_router(cds_hooks.build_router(settings))
+    app.include_router(explanation_page.router)
     docs.install(app)
     return app
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 import xml.etree.ElementTree as ET
 
@@ -171,3 +172,71 @@ def test_batch_scoring_draws_one_waterfall_per_patient_named_by_row(trained, tmp
         c["feature"] for c in api["explanation"]["contributions"]]
     for a, b in zip(drawn["explanation"]["contributions"], api["explanation"]["contributions"]):
         assert a["log_odds"] == pytest.approx(b["log_odds"], abs=1e-9)
+
+
+# --- the page a CDS card links to -------------------------------------------------------------
+
+from tests.service.test_cds_hooks import SERVICE_URL, call, cds, keys, now_chart  # noqa: E402,F401
+
+
+@pytest.fixture(scope="module")
+def card_and_link(cds, keys):  # noqa: F811
+    r = call(cds, keys, now_chart(SECRET_ID))
+    assert r.status_code == 200, r.text
+    card = r.json()["cards"][0]
+    (link,) = card["links"]
+    return card, link
+
+
+def test_the_card_links_to_its_picture_with_nothing_of_the_patient_in_the_url(card_and_link):
+    from urllib.parse import parse_qs, urlsplit
+
+    card, link = card_and_link
+    assert link["type"] == "absolute" and link["label"]
+    url = urlsplit(link["url"])
+    assert f"{url.scheme}://{url.netloc}" == SERVICE_URL
+    assert url.path == f"/v1/explanations/{card['uuid']}"
+    assert list(parse_qs(url.query)) == ["token"]
+    assert SECRET_ID not in link["url"]
+
+
+def test_the_page_draws_the_cards_explanation_and_loads_nothing(cds, card_and_link):  # noqa: F811
+    from urllib.parse import urlsplit
+
+    from serving.fhir.resources import CARD_EXTENSION
+
+    card, link = card_and_link
+    url = urlsplit(link["url"])
+    r = cds.get(f"{url.path}?{url.query}")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/html")
+    assert r.headers["cache-control"] == "no-store" and r.headers["referrer-policy"] == "no-referrer"
+    assert r.headers["content-security-policy"].startswith("default-src 'none'")
+    page = r.text
+    assert "Research use only" in page and "<svg" in page
+    assert SECRET_ID not in page
+    assert "<script" not in page.lower() and "<link" not in page.lower() and "<img" not in page.lower()
+    for ref in re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", page):
+        assert ref.startswith("#"), ref  # only the SVG's own definitions
+    prediction = card["extension"][CARD_EXTENSION]
+    assert f"{prediction['log_odds']:+.3f}" in page and f"risk {prediction['risk']:.3f}" in page
+
+
+def test_the_link_is_signed_bound_to_its_card_and_expires(cds, card_and_link):  # noqa: F811
+    import uuid as uuidlib
+
+    from serving.routes import explanation_page
+
+    card, link = card_and_link
+    path = f"/v1/explanations/{card['uuid']}"
+    token = link["url"].split("token=")[1]
+    expires, mac = token.split(".")
+    assert cds.get(f"{path}?token={expires}.{mac[:-2]}xx").status_code == 403  # tampered
+    assert cds.get(f"{path}?token={int(expires) + 1}.{mac}").status_code == 403  # a longer life is not signed
+    old = explanation_page.sign(cds.app, card["uuid"], now=time.time() - explanation_page.LINK_TTL_S - 10)
+    assert cds.get(f"{path}?token={old}").status_code == 403  # expired
+    other = str(uuidlib.uuid4())
+    assert cds.get(f"/v1/explanations/{other}?token={token}").status_code == 403  # another card's token
+    never = explanation_page.sign(cds.app, other)
+    assert cds.get(f"/v1/explanations/{other}?token={never}").status_code == 404  # signed, but no such card
+    assert cds.get(path).status_code == 422  # no token
