@@ -10,14 +10,16 @@ security schemes behind Swagger UI's Authorize button come from serving.auth and
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.resources
 import threading
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from pipeline.contract import INTENDED_USE, example_request
@@ -25,7 +27,11 @@ from pipeline.contract import INTENDED_USE, example_request
 ASSETS_PATH = "/docs-assets"
 SWAGGER_JS = f"{ASSETS_PATH}/swagger-ui-bundle.js"
 SWAGGER_CSS = f"{ASSETS_PATH}/swagger-ui.css"
-REDOC_JS = f"{ASSETS_PATH}/redoc.standalone.js"
+REDOC_JS = f"{ASSETS_PATH}/redoc.local.js"  # the package's redoc.standalone.js without its one remote image
+# ReDoc's sidebar credit loads this logo from Redocly's CDN, whatever the options: replaced by an
+# empty inline image, so that the page asks nothing of another host (found in headless Chromium).
+REDOC_REMOTE_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+BLANK_IMAGE = "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' width='1' height='1'/%3E"
 FAVICON = f"{ASSETS_PATH}/favicon.png"
 
 EXAMPLE_REQUEST_ID = "0b7c3f0e-example"
@@ -36,10 +42,23 @@ def assets_dir() -> str:
     return str(importlib.resources.files("fastapi_offline") / "static")
 
 
+@functools.cache
+def _redoc_local_js() -> bytes:
+    text = (Path(assets_dir()) / "redoc.standalone.js").read_text(encoding="utf-8")
+    if REDOC_REMOTE_LOGO not in text:  # a new ReDoc: the test of the page's requests will say what it loads
+        return text.encode("utf-8")
+    return text.replace(REDOC_REMOTE_LOGO, BLANK_IMAGE).encode("utf-8")
+
+
 def install(app: FastAPI) -> None:
     """Serve /docs and /redoc from local assets and enrich the OpenAPI document.
 
     The app must be created with docs_url=None and redoc_url=None."""
+    @app.get(REDOC_JS, include_in_schema=False)  # before the mount, which would answer it otherwise
+    async def redoc_js() -> Response:
+        return Response(_redoc_local_js(), media_type="text/javascript; charset=utf-8",
+                        headers={"Cache-Control": "public, max-age=86400"})
+
     app.mount(ASSETS_PATH, StaticFiles(directory=assets_dir()), name="docs-assets")
     openapi_url = app.openapi_url or "/openapi.json"
     redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"

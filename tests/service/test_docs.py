@@ -50,6 +50,8 @@ def test_docs_pages_reference_no_other_host_and_their_assets_are_served(client, 
         assert len(asset.content) > 100, url
     for url in scripts:
         assert "javascript" in client.get(url).headers["content-type"]
+    if page == "/redoc":  # ReDoc's bundle would fetch its credit logo from a CDN: served without it
+        assert "cdn.redoc.ly" not in client.get(scripts[0]).text
     if page == "/docs":
         assert any(u.endswith(".css") for u in refs)
         assert '"validatorUrl": null' in html  # no call to the public validator badge service
