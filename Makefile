@@ -15,7 +15,7 @@ OUT ?=
 SEED ?=
 N ?=
 
-.PHONY: install data train update monitor evaluate score serve mlflow-ui mlflow-server test test-cohorts bench clean-venv help
+.PHONY: install browser data train update monitor evaluate score serve mlflow-ui mlflow-server test test-cohorts bench clean-venv help
 
 help:
 	@echo "make install | data | train [DATA= OUTCOME= SEED= ON_INVALID= ALLOW_UNGATED=1] | update DATA= | evaluate [DATA=] |"
@@ -81,8 +81,16 @@ mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 		--host $(HOST) --port $(MLFLOW_PORT)
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
+
+# Headless Chromium and its driver for tests/e2e/test_browser.py, from Debian's packages (needs root
+# and apt-get); where they cannot be installed, those tests are skipped and say why.
+browser:
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1; } || \
+	  echo "note: Debian's chromium and chromium-driver could not be installed: the browser tests will be skipped"
 
 # The property-based cohort suite at length: 40 drawn cohorts of up to 5,000 patients (~30-60 min).
 test-cohorts: install

@@ -76,7 +76,6 @@ def evaluate(
         with tempfile.TemporaryDirectory() as tmp:
             t = Path(tmp)
             plots.roc_plot(y, scores, t / "roc.png", f"ROC, external cohort ({outcome})")
-            plots.calibration_plot(y, {f"v{resolved.version}": ex.risk}, t / "calibration.png", "Calibration, external cohort")
             save_plots(evidence, t)
             mlflow.log_artifacts(str(t), artifact_path="plots")
             report = render_validation_report(

@@ -1,4 +1,8 @@
-"""Figures for the MLflow UI, drawn with the libraries' own displays (sklearn, shap)."""
+"""The run's ROC and SHAP summary figures, in the project's one visual language (pipeline.style).
+
+The calibration figure is the validation report's (`calibration_curve.png`, pipeline.report);
+there is no second one here.
+"""
 
 from __future__ import annotations
 
@@ -10,32 +14,46 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.calibration import CalibrationDisplay  # noqa: E402
-from sklearn.metrics import RocCurveDisplay  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
+from pipeline import style  # noqa: E402
 from pipeline.contract import FEATURES_BY_NAME  # noqa: E402
+
+ROC_CAPTION = (
+    "Each curve ranks the same patients by one score; higher and further left is better, and the "
+    "AUROC in the legend summarises it. 'model' is the served model (the chosen family, calibrated). "
+    "EASIX and m-EASIX are the published laboratory scores. The oracle ranks by the generator's true "
+    "risk, which only synthetic data has: the best any model could do, not a competitor."
+)
+SHAP_CAPTION = (
+    "One dot per patient and input: its SHAP contribution to that patient's log-odds (right raises the "
+    "risk). Colour is the input's value from low (blue) to high (red) for numbers and yes/no inputs; "
+    "categories (product, domain, antigen, lymphodepletion, sex) have no order and are drawn grey."
+)
 
 
 def roc_plot(y: np.ndarray, scores: dict[str, np.ndarray], path: Path, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 6))
-    for name, s in scores.items():
-        RocCurveDisplay.from_predictions(y, s, name=name, ax=ax, plot_chance_level=name == list(scores)[-1])
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def calibration_plot(y: np.ndarray, probs: dict[str, np.ndarray], path: Path, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 6))
-    for name, p in probs.items():
-        CalibrationDisplay.from_predictions(y, p, n_bins=10, strategy="quantile", name=name, ax=ax)
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    """ROC curves of the model and its comparators; labels and colours from pipeline.style."""
+    fig, ax = plt.subplots(figsize=(6.4, 7.0))
+    ax.plot([0, 1], [0, 1], color=style.COLOURS["chance"], lw=1, ls=":", label="chance (AUROC 0.5)")
+    for label, s in scores.items():
+        s = np.asarray(s, dtype=float)
+        keep = np.isfinite(s)
+        if keep.sum() < 2 or len(np.unique(y[keep])) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(y[keep], s[keep])
+        auc = roc_auc_score(y[keep], s[keep])
+        key = style.series(label)
+        ax.plot(fpr, tpr, color=style.colour(key), lw=2.2 if key == style.MODEL else 1.4,
+                ls="--" if key == style.ORACLE else "-", label=f"{style.name(key)} (AUROC {auc:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.005)
+    ax.set_aspect("equal")
+    ax.set_xlabel("1 - specificity (false-positive rate)")
+    ax.set_ylabel("sensitivity (true-positive rate)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7.5, loc="lower right")
+    return _save(fig, path, ROC_CAPTION)
 
 
 def shap_summary_plot(
@@ -57,17 +75,24 @@ def shap_summary_plot(
     plt.figure()
     shap.plots.beeswarm(explanation, max_display=len(feature_names), show=False)
     fig = plt.gcf()
-    fig.set_size_inches(9, 7)
-    plt.title("SHAP values (log-odds of severe outcome), held-out set")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    fig.set_size_inches(9, 8)
+    fig.axes[0].set_xlabel("SHAP contribution to the log-odds (right raises the risk)")
+    plt.title("SHAP contributions to the log-odds of the outcome, one dot per patient", fontsize=10)
+    return _save(fig, path, SHAP_CAPTION)
 
 
 def _colour_values(col: pd.Series, name: str) -> pd.Series:
-    """Colour scale for the beeswarm: a category by its position in the contract, booleans 0/1."""
+    """Colour scale for the beeswarm: numbers as they are, booleans 0/1; a category has no order,
+    so it gets no colour (NaN, drawn grey by shap)."""
     f = FEATURES_BY_NAME[name]
     if f.kind == "category":
-        return col.map({c: float(i) for i, c in enumerate(f.categories)})
+        return pd.Series(np.nan, index=col.index, dtype=float)
     return pd.to_numeric(col.astype("Float64"), errors="coerce")
+
+
+def _save(fig: plt.Figure, path: Path, caption: str) -> Path:
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    style.caption(fig, caption)
+    fig.savefig(path, dpi=style.DPI)
+    plt.close(fig)
+    return Path(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -21,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from pipeline import plots, style  # noqa: E402
 from pipeline.contract import INTENDED_USE, OUTCOMES  # noqa: E402
 from pipeline.evidence import (  # noqa: E402
     EASIX,
@@ -46,12 +48,34 @@ PLOT_FILES: dict[str, str] = {
     "subgroups": "subgroup_auroc.png",
     "learning_curve": "learning_curve.png",
 }
-DISPLAY = {MODEL: "model", EASIX: "EASIX (score)", M_EASIX: "m-EASIX", ORACLE: "oracle (p_true)"}
-_DPI = 110
-_COLOURS = {MODEL: "#1f5fa8", M_EASIX: "#d9822b", EASIX: "#8a6d3b", TREAT_ALL: "#7f7f7f",
-            TREAT_NONE: "#000000", ORACLE: "#2ca02c", "logistic": "#9467bd", "xgboost": "#1f5fa8",
-            "hist_gradient_boosting": "#17becf"}
-_COLOURS[EASIX] = "#8c8c00"
+# One name and one colour per series, in every figure and table (pipeline.style).
+DISPLAY = style.NAMES
+_DPI = style.DPI
+_COLOURS = style.COLOURS
+assert (MODEL, EASIX, M_EASIX, ORACLE, TREAT_ALL, TREAT_NONE) == (
+    style.MODEL, style.EASIX, style.M_EASIX, style.ORACLE, style.TREAT_ALL, style.TREAT_NONE)
+# What to read from each figure; drawn under the figure and repeated under it in the report.
+CAPTIONS: dict[str, str] = {
+    "calibration": (
+        "Points: observed proportion of events in each tenth of predicted risk, with 95% intervals; lines: "
+        "loess-smoothed observed risk. On the dotted diagonal, predicted = observed; below it the model "
+        "over-predicts. The histogram shows where the predictions lie."
+    ),
+    "decision_curve": (
+        "Net benefit of treating the patients whose predicted risk is at least the threshold. A score "
+        "helps at a threshold only where its curve lies above both 'treat all' and 'treat none' (0)."
+    ),
+    "subgroups": (
+        "AUROC within each subgroup with its 95% bootstrap interval; the dashed line is the overall AUROC. "
+        "Hollow points are small subgroups whose figures are unstable."
+    ),
+    "learning_curve": (
+        "How discrimination grows with the number of training patients, on one fixed synthetic test set "
+        "(not the validation figures above). The band marks the sizes of real single-centre cohorts."
+    ),
+    "roc.png": plots.ROC_CAPTION,
+    "shap_summary.png": plots.SHAP_CAPTION,
+}
 
 REFERENCES = (
     "Collins GS et al. TRIPOD+AI statement. BMJ 2024;385:e078378.",
@@ -106,7 +130,7 @@ def _pct(v: Any, digits: int = 1) -> str:
 
 
 def _name(key: str) -> str:
-    return DISPLAY.get(key, key)
+    return style.name(key)
 
 
 # --------------------------------------------------------------------------- document model
@@ -155,17 +179,22 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
 th,td{border:1px solid #ccc;padding:.25em .55em;text-align:left;vertical-align:top}
 th{background:#eef2f6}tr.small td{color:#8a4b00;background:#fff8ec}
 img{max-width:100%;height:auto;border:1px solid #ddd;margin:.4em 0}
-.refs li{font-size:.88em}
+.refs li{font-size:.88em}code{background:#f4f6f8;padding:0 .2em;font-size:.92em}
 """
 
 
+def _esc(text: Any) -> str:
+    """HTML-escaped text whose `code spans` (Markdown backticks) become <code> elements."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(str(text)))
+
+
 def _to_html(title: str, sections: Sequence[Section], banner: str, images: Mapping[str, str] | None = None) -> str:
-    esc = html.escape
+    esc = _esc
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f'<div class="banner" role="alert">{esc(banner)}</div>',
         f"<h1>{esc(title)}</h1>",
     ]
@@ -190,7 +219,7 @@ def _to_html(title: str, sections: Sequence[Section], banner: str, images: Mappi
             elif kind == "img":
                 data = (images or {}).get(str(block[2]))
                 if data:
-                    out.append(f'<img alt="{esc(block[1])}" src="data:image/png;base64,{data}">')
+                    out.append(f'<img alt="{html.escape(block[1])}" src="data:image/png;base64,{data}">')
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
@@ -202,10 +231,14 @@ def _b64(path: Path) -> str:
 # --------------------------------------------------------------------------- plots
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _save(fig: plt.Figure, path: Path, caption: str | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if caption:
+        fig.tight_layout(rect=(0, 0.11, 1, 1))
+        style.caption(fig, caption)
+    else:
+        fig.tight_layout()
     fig.savefig(path, dpi=_DPI)
     plt.close(fig)
     return path
@@ -215,25 +248,26 @@ def plot_calibration(evidence: Evidence, path: Path) -> Path:
     """Model: deciles of predicted risk (observed proportion with Wilson 95% intervals) and the
     loess curve with its bootstrap band; comparators' loess curves; distribution of the model's
     predictions by outcome below."""
-    fig, (ax, hist) = plt.subplots(2, 1, figsize=(6.4, 7.2), gridspec_kw={"height_ratios": [4, 1]}, sharex=True)
-    top = 0.0
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(6.4, 8.0), gridspec_kw={"height_ratios": [4, 1]}, sharex=True)
+    top = 0.0  # the axes contain every drawn point, band and interval
     for name, curves in evidence.calibration_curves.items():
         colour = _COLOURS.get(name)
         sm = curves["smoothed"]
         if len(sm):
             ax.plot(sm["predicted"], sm["observed"], color=colour, lw=2 if name == MODEL else 1.3,
                     ls="-" if name == MODEL else "--", label=f"{_name(name)}: loess")
+            top = max(top, float(np.nanmax(sm["predicted"])), float(np.nanmax(sm["observed"])))
             if name == MODEL and sm["observed_ci_low"].notna().any():
                 ax.fill_between(sm["predicted"], sm["observed_ci_low"], sm["observed_ci_high"], color=colour,
-                                alpha=0.18, lw=0, label="model: 95% bootstrap band")
-            top = max(top, float(np.nanmax(sm["predicted"])))
+                                alpha=0.18, lw=0, label=f"{_name(name)}: 95% bootstrap band")
+                top = max(top, float(np.nanmax(sm["observed_ci_high"])))
         b = curves["binned"]
         if name == MODEL and len(b):
             yerr = np.vstack([b["observed"] - b["observed_ci_low"], b["observed_ci_high"] - b["observed"]])
             ax.errorbar(b["mean_predicted"], b["observed"], yerr=yerr, fmt="o", color=colour, ms=5, capsize=3,
-                        label="model: deciles (95% CI)")
+                        label=f"{_name(name)}: tenths of predicted risk (95% CI)")
             top = max(top, float(b["mean_predicted"].max()), float(b["observed_ci_high"].max()))
-    top = min(1.0, max(0.1, top * 1.08))
+    top = min(1.0, max(0.1, top * 1.05))
     ax.plot([0, top], [0, top], color="grey", lw=1, ls=":", label="perfect calibration")
     ax.set_xlim(0, top)
     ax.set_ylim(0, top)
@@ -250,7 +284,7 @@ def plot_calibration(evidence: Evidence, path: Path) -> Path:
         hist.legend(fontsize=7)
     hist.set_xlabel("predicted risk")
     hist.set_ylabel("patients")
-    return _save(fig, path)
+    return _save(fig, path, CAPTIONS["calibration"])
 
 
 def plot_decision_curve(evidence: Evidence, path: Path) -> Path:
@@ -270,7 +304,7 @@ def plot_decision_curve(evidence: Evidence, path: Path) -> Path:
     ax.set_ylabel("net benefit")
     ax.set_title(f"Decision curve ({evidence.outcome}, held-out set)", fontsize=10)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, CAPTIONS["decision_curve"])
 
 
 def plot_subgroups(evidence: Evidence, path: Path) -> Path:
@@ -309,7 +343,8 @@ def plot_subgroups(evidence: Evidence, path: Path) -> Path:
     ax.set_xlabel("AUROC (95% bootstrap interval); hollow = small subgroup")
     ax.set_title("Subgroups, held-out set", fontsize=10)
     ax.legend(fontsize=7, loc="lower left")
-    fig.subplots_adjust(left=0.3, right=0.72, top=1 - 0.45 / fig.get_figheight(), bottom=0.75 / fig.get_figheight())
+    fig.subplots_adjust(left=0.3, right=0.72, top=1 - 0.45 / fig.get_figheight(), bottom=1.25 / fig.get_figheight())
+    style.caption(fig, CAPTIONS["subgroups"])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=_DPI)
@@ -320,12 +355,12 @@ def plot_subgroups(evidence: Evidence, path: Path) -> Path:
 def plot_learning_curve(table: pd.DataFrame, path: Path) -> Path:
     """Held-out AUROC against training size (log scale); the oracle as a horizontal ceiling."""
     summary = learning_curve_summary(table)
-    fig, ax = plt.subplots(figsize=(6.8, 4.6))
+    fig, ax = plt.subplots(figsize=(9.6, 5.2))
     for name, part in summary.groupby("model", sort=False):
         part = part.sort_values("size")
         if name == ORACLE:
             ax.axhline(float(part["auroc"].mean()), color=_COLOURS[ORACLE], ls="--", lw=1.3,
-                       label="oracle (p_true) ceiling")
+                       label=f"{_name(ORACLE)}: ceiling")
             continue
         colour = _COLOURS.get(name)
         line = ax.plot(part["size"], part["auroc"], marker="o", color=colour, label=_name(name))[0]
@@ -344,8 +379,8 @@ def plot_learning_curve(table: pd.DataFrame, path: Path) -> Path:
     ax.set_xlabel("training patients (synthetic)")
     ax.set_ylabel("held-out AUROC")
     ax.set_title("Learning curve on synthetic data (one fixed synthetic test set)", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
+    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside, never on, the lines
+    return _save(fig, path, CAPTIONS["learning_curve"])
 
 
 def save_plots(evidence: Evidence, plots_dir: Path) -> dict[str, Path]:
@@ -493,7 +528,24 @@ def _headline(ev: Evidence) -> list[str]:
         items.append(f"Net benefit at thresholds {nb}.")
     if ORACLE in ev.discrimination:
         items.append(f"Oracle AUROC (true synthetic probability): {_ci(ev.discrimination[ORACLE], 'auroc')}.")
-    return items
+    return items + _better_than_model(ev)
+
+
+def _better_than_model(ev: Evidence) -> list[str]:
+    """Say it in words when another fitted model or score discriminates better than the model."""
+    d, c = ev.discrimination[MODEL], ev.calibration[MODEL]
+    out = []
+    for name, other in ev.discrimination.items():
+        if name in (MODEL, ORACLE) or not (math.isfinite(other.get("auroc", math.nan)) and other["auroc"] > d["auroc"]):
+            continue
+        text = (f"NOTE: {_name(name)} reaches a higher AUROC than the model on the same patients: "
+                f"{_num(other['auroc'])} against {_num(d['auroc'])}")
+        oc = ev.calibration.get(name) or {}
+        if math.isfinite(float(oc.get("brier", math.nan))):
+            text += f" (Brier {_num(oc['brier'], 4)} against {_num(c['brier'], 4)})"
+        out.append(text + ". The model's family was chosen on development data (cross-validated log-loss), "
+                          "not on these figures.")
+    return out
 
 
 def _resampled(ev: Evidence) -> bool:
@@ -620,12 +672,18 @@ def render_validation_report(
         dv = ev.development
         sections.append(("Development data (out-of-fold predictions)", [("table", ["quantity", "value"], [
             ["AUROC (95% CI)", _ci(dv, "auroc")], ["AUPRC (95% CI)", _ci(dv, "auprc")],
-            ["calibration slope", _num(dv.get("calibration_slope"))],
-            ["calibration intercept", _num(dv.get("calibration_intercept"))],
             ["ICI", _num(dv.get("ici"), 4)], ["Brier", _num(dv.get("brier"), 4)],
-        ])]))
+        ]), ("p", "No calibration slope or intercept here: the Platt calibration was fitted on these "
+                  "out-of-fold predictions, so they are 1 and 0 by construction and are no evidence. The "
+                  "calibration evidence is in the Calibration section above.")]))
     if others:
-        sections.append(("Other figures", [("img", p.stem, str(p)) for p in others]))
+        blocks: list[Block] = []
+        for p in others:
+            blocks.append(("img", p.stem.replace("_", " "), str(p)))
+            if p.name in CAPTIONS:
+                blocks.append(("p", CAPTIONS[p.name]))
+        named = {"roc.png", "shap_summary.png"} >= {p.name for p in others}
+        sections.append(("ROC curves and SHAP summary" if named else "Other figures", blocks))
     sections.append(("References", [("ul", list(REFERENCES))]))
     doc = _to_html(title or f"Validation report: {_outcome_text(ev.outcome)}", sections, BANNER, images)
     out_path = Path(out_path)
@@ -673,12 +731,13 @@ def render_model_card(
     synthetic = bool(data_provenance.get("synthetic"))
     outcome = _outcome_text(ev.outcome)
     name = _get(model_info, "name", "icans-risk")
-    version = _get(model_info, "version")
+    # The card is written before the registry numbers the version that will carry it.
+    version = _get(model_info, "version", f"see the model registry (models:/{name}) or GET /v1/model")
     params = model_info.get("params")
     thresholds = model_info.get("thresholds") or {r["name"]: r["threshold"] for r in ev.thresholds.to_dict(orient="records")}
 
     details = ("table", ["item", "value"], [
-        ["name", name], ["version", version], ["MLflow run id", _get(model_info, "run_id")],
+        ["name", name], ["registered version", version], ["MLflow run id", _get(model_info, "run_id")],
         ["date", _get(model_info, "trained_at")],
         ["model type", _get(model_info, "kind")],
         ["hyper-parameters", ", ".join(f"{k}={v}" for k, v in params.items()) if isinstance(params, Mapping) else _get(model_info, "params")],
@@ -721,8 +780,8 @@ def render_model_card(
         "Calibration drifts between centres and over time: recalibrate (intercept, then slope) on local data "
         "before any use, and re-check with `make evaluate` on every new cohort.",
     ]
-    if ev.sample_size is not None and ev.sample_size.get("warning"):
-        caveats.append("Sample size: " + ev.sample_size["warning"])
+    # the sample-size warning is said once, in "Training data" (_sample_size_blocks)
+    said_elsewhere = {ev.sample_size.get("warning")} if ev.sample_size is not None else set()
     if synthetic:
         caveats[:0] = [
             "SYNTHETIC DATA: these figures come from a simulated cohort whose effect sizes are taken from "
@@ -756,7 +815,8 @@ def render_model_card(
         ("Factors", [
             ("p", "Relevant factors, each evaluated as a subgroup: age group (< 18 / >= 18 years), costimulatory "
                   "domain (4-1BB / CD28), CAR T-cell product, sex, and tumour burden (marrow blasts <= 20% / "
-                  "> 20%). Not evaluated: centre, target antigen, ethnicity (not in the data contract)."),
+                  "> 20%). Target antigen (CD19, CD22, CD19/CD22) is an input of the data contract but is not "
+                  "evaluated as a subgroup. Centre and ethnicity are not in the data contract and are not evaluated."),
         ]),
         ("Metrics", [
             ("ul", [
@@ -791,9 +851,10 @@ def render_model_card(
                 "made-up patient." + (" The training data are synthetic." if synthetic else ""),
             ]),
         ]),
-        ("Caveats and recommendations", [("ul", caveats)] + [("note", n) for n in ev.notes if n not in caveats]),
+        ("Caveats and recommendations", [("ul", caveats)]
+         + [("note", n) for n in ev.notes if n not in caveats and n not in said_elsewhere]),
     ]
-    title = f"Model card: {name} v{version}"
+    title = f"Model card: {name}"
     return _to_markdown(title, sections, BANNER), _to_html(title, sections, BANNER)
 
 

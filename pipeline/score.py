@@ -80,9 +80,71 @@ def _load_model(settings: Settings) -> tuple[ResolvedModel, ModelBundle]:
     return resolved, load_bundle(resolved, nthread=max(1, settings.predictor_threads))
 
 
+def _plain(v):
+    """A cell as the API's answer holds it: Python types, missing as None."""
+    if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+        return None
+    if isinstance(v, np.bool_):
+        return bool(v)
+    if isinstance(v, np.floating):
+        return None if np.isnan(v) else float(v)
+    if isinstance(v, np.integer):
+        return float(v)
+    return v
+
+
+def answers(df: pd.DataFrame, scored: pd.DataFrame, model: dict) -> list[dict]:
+    """The scored rows as the API's answers (risk, risk_group, log_odds, explanation by absolute
+    effect, model), for drawing; no patient id."""
+    from pipeline.contract import FEATURES_BY_NAME as F
+
+    shap = scored[[f"shap_{f}" for f in FEATURE_NAMES]].to_numpy(float)
+    out = []
+    for i in range(len(scored)):
+        contributions = [
+            {"feature": f, "value": _plain(df[f].iloc[i]) if f in df else None, "unit": F[f].unit, "log_odds": float(shap[i, j])}
+            for j, f in enumerate(FEATURE_NAMES)
+        ]
+        contributions.sort(key=lambda c: -abs(c["log_odds"]))
+        out.append({
+            "risk": float(scored["risk"].iloc[i]),
+            "risk_group": str(scored["risk_group"].iloc[i]),
+            "log_odds": float(scored["log_odds"].iloc[i]),
+            "explanation": {"base_log_odds": float(scored["shap_base"].iloc[i]), "contributions": contributions},
+            "model": model,
+        })
+    return out
+
+
+def write_waterfalls(
+    bundle: ModelBundle, resolved: ResolvedModel, df: pd.DataFrame, scored: pd.DataFrame, directory: Path,
+    fmt: str = "svg", overwrite: bool = False,
+) -> list[str]:
+    """One waterfall per scored row, named by its row in the output (patient-000001.svg, ...),
+    never by the patient id; returns the file names in row order."""
+    from pipeline import waterfall
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    names = [f"patient-{i:06d}.{fmt}" for i in range(1, len(scored) + 1)]
+    if not overwrite:
+        taken = [n for n in names if (directory / n).exists()]
+        if taken:
+            raise FileExistsError(f"{directory / taken[0]} already exists (pass --overwrite to replace it)")
+    model = {"name": resolved.name, "version": str(resolved.version), "run_id": resolved.run_id}
+    outcome = "severe CRS" if bundle.outcome == "severe_crs" else "severe ICANS"
+    for name, answer in zip(names, answers(df.reset_index(drop=True), scored.reset_index(drop=True), model)):
+        image = waterfall.render(answer, fmt, (bundle.low_threshold, bundle.high_threshold), outcome)
+        (directory / name).write_bytes(image)
+    return names
+
+
 def score_file(
-    settings: Settings, data: Path, out: Path, overwrite: bool = False, on_invalid: str = "refuse"
+    settings: Settings, data: Path, out: Path, overwrite: bool = False, on_invalid: str = "refuse",
+    waterfalls: Path | None = None, waterfall_format: str = "svg",
 ) -> tuple[int, str, int]:
+    """Score `data` into `out`; with `waterfalls`, also draw each patient's explanation into that
+    directory (one file per row, named in the output's `waterfall` column)."""
     if Path(out).exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
     cohort = read_cohort(Path(data), outcome=None, on_invalid=on_invalid, require_id=False)
@@ -97,5 +159,10 @@ def score_file(
     )
     result = pd.concat([ids.rename(ID_COLUMN).reset_index(drop=True), scored.reset_index(drop=True)], axis=1)
     result["model_version"] = f"{resolved.name}/{resolved.version}"
+    if waterfalls is not None:
+        log.info("drawing %d waterfalls into %s", len(result), waterfalls)
+        result["waterfall"] = write_waterfalls(
+            bundle, resolved, cohort.data, scored, Path(waterfalls), waterfall_format, overwrite=overwrite
+        )
     write_new(result, Path(out), overwrite=overwrite)
     return len(result), f"{resolved.name} v{resolved.version}", len(cohort.rejected)

@@ -572,7 +572,6 @@ def _train_in_run(
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         plots.roc_plot(ev.y, ev.plot_scores, tmp_path / "roc.png", f"ROC, {ev.label} ({outcome})")
-        plots.calibration_plot(ev.y, ev.plot_probs, tmp_path / "calibration.png", f"Calibration, {ev.label} ({outcome})")
         plots.shap_summary_plot(
             explained.contributions, explained.base, ev.frame, list(FEATURE_NAMES), tmp_path / "shap_summary.png"
         )
@@ -586,7 +585,7 @@ def _train_in_run(
         bundle_dir = bundle.save(tmp_path / BUNDLE_ARTIFACT)
         card_info = {
             "name": model_name,
-            "version": "the registered version that carries this card (see GET /v1/model)",
+            "version": None,  # numbered by the registry after the card is written: the card says where to look
             "run_id": run_id,
             "trained_at": bundle.metadata["trained_at"],
             "kind": chosen,

@@ -15,8 +15,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipeline.contract import INTENDED_USE
 from pipeline.settings import Settings, get_settings
 from serving.audit import AuditWriter
+from serving import docs
 from serving.observability import LogThrottle, Metrics, RequestContextMiddleware
-from serving.routes import admin, cds_hooks, health, model, outcomes, risk
+from serving.routes import admin, cds_hooks, explanation_page, health, model, outcomes, risk
 from serving.state import ModelState, load_predictor
 
 log = logging.getLogger("icans_risk.serving")
@@ -67,6 +68,8 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by serving.docs (no CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.model = state
@@ -113,6 +116,8 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
     app.include_router(admin.router)
     app.include_router(outcomes.router)
     app.include_router(cds_hooks.build_router(settings))
+    app.include_router(explanation_page.router)
+    docs.install(app)
     return app
 
 

@@ -1,13 +1,13 @@
 """API keys as bearer tokens: 401 without valid credentials, 403 without the needed scope."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import logging
 
 from fastapi import HTTPException, Request
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
 from starlette.concurrency import run_in_threadpool
 
 from serving.store import CACHE_MISS
@@ -26,14 +26,32 @@ class Principal:
 DEVELOPMENT = Principal(client="development (auth off)", scope="admin", key_id=None)
 
 
-def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
-    """A dependency that admits a key with `scope` (admin keys may also score).
+API_KEY_SCHEME = HTTPBearerModel(
+    description=(
+        "An API key, sent as `Authorization: Bearer <key>` (created with "
+        "`icans-risk keys create --client NAME --scope score|admin`). Scoring needs the `score` "
+        "scope, /v1/admin/* the `admin` scope (an admin key may also score). With ICANS_AUTH=off "
+        "(development) no key is checked."
+    )
+)
 
+
+class ApiKey(SecurityBase):
+    """The dependency that admits a key with `scope` (admin keys may also score).
+
+    A FastAPI security scheme, so that the OpenAPI document declares the bearer key on every
+    operation that depends on it (Swagger UI's Authorize button), at no cost per request.
     Async, so that a request whose key is in the cache is admitted on the event loop without a
     threadpool hop; only a cache miss asks the database, in the threadpool.
     """
 
-    async def dependency(request: Request) -> Principal:
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+        self.model = API_KEY_SCHEME
+        self.scheme_name = "apiKey"
+
+    async def __call__(self, request: Request) -> Principal:
+        scope = self.scope
         settings = request.app.state.settings
         if settings.auth == "off":
             return DEVELOPMENT
@@ -57,4 +75,7 @@ def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
             raise HTTPException(403, f"this key lacks the '{scope}' scope")
         return Principal(client=record.client, scope=record.scope, key_id=record.key_id)
 
-    return dependency
+
+def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency that admits a key with `scope` (admin keys may also score)."""
+    return ApiKey(scope)

@@ -35,6 +35,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from fastapi import HTTPException, Request
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
 
 from serving.auth import DEVELOPMENT, Principal
 
@@ -238,10 +240,23 @@ def endpoint_url(settings: Any, path: str) -> str:
     return settings.cds_service_url.rstrip("/") + path
 
 
-def require_cds_client(path: str, *also: str) -> Callable[[Request], Principal]:
-    """A dependency admitting a CDS client whose JWT `aud` is the URL of `path` (or of one of `also`)."""
+CDS_CLIENT_SCHEME = HTTPBearerModel(
+    bearerFormat="JWT",
+    description="A CDS Hooks client's signed JWT; its `aud` is the URL of the endpoint called.",
+)
 
-    def dependency(request: Request) -> Principal:
+
+class CdsClient(SecurityBase):
+    """A dependency admitting a CDS client whose JWT `aud` is the URL of one of `paths`.
+
+    A FastAPI security scheme, so that the OpenAPI document declares it on the CDS operations."""
+
+    def __init__(self, paths: tuple[str, ...]) -> None:
+        self.paths = paths
+        self.model = CDS_CLIENT_SCHEME
+        self.scheme_name = "cdsClientJwt"
+
+    def __call__(self, request: Request) -> Principal:
         settings = request.app.state.settings
         if settings.auth == "off":
             return DEVELOPMENT
@@ -251,7 +266,7 @@ def require_cds_client(path: str, *also: str) -> Callable[[Request], Principal]:
         kind, _, token = request.headers.get("authorization", "").partition(" ")
         if kind.lower() != "bearer" or not token.strip():
             raise HTTPException(401, "missing bearer token (a CDS client JWT)", headers={"WWW-Authenticate": "Bearer"})
-        audiences = [endpoint_url(settings, p) for p in (path, *also)]
+        audiences = [endpoint_url(settings, p) for p in self.paths]
         try:
             claims = authenticator(request.app).verify(token.strip(), audiences)
         except CdsAuthError as exc:
@@ -261,4 +276,11 @@ def require_cds_client(path: str, *also: str) -> Callable[[Request], Principal]:
             client += f" tenant:{claims['tenant']}"
         return Principal(client=client[:200], scope="score", key_id=None)
 
-    return dependency
+
+# this module's annotations are strings, and FastAPI resolves an instance's through no module
+CdsClient.__call__.__annotations__["request"] = Request
+
+
+def require_cds_client(path: str, *also: str) -> Callable[[Request], Principal]:
+    """A dependency admitting a CDS client whose JWT `aud` is the URL of `path` (or of one of `also`)."""
+    return CdsClient((path, *also))

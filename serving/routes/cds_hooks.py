@@ -27,6 +27,7 @@ from pipeline.contract import INTENDED_USE
 from pipeline.settings import Settings
 from serving.auth import Principal
 from serving.cds_auth import require_cds_client
+from serving.routes import explanation_page
 from serving.routes.model import current_predictor
 from serving.routes.risk import audit_failed
 from serving.schemas import ErrorResponse, PatientFeatures
@@ -327,6 +328,12 @@ def build_router(settings: Settings) -> APIRouter:
             notes=mapped.notes + fetch_notes,
             window=(mapped.window_start, mapped.anchor),
         )
+        # the card's picture: a page of this service, linked by the card's uuid and a signed, expiring token
+        card["links"] = [{
+            "label": "Why this estimate (picture of the explanation)",
+            "url": explanation_page.link(request.app, _base_url(request), card_uuid),
+            "type": "absolute",
+        }]
         return {"cards": [prune(card)]}
 
     @router.post(

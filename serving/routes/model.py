@@ -80,10 +80,10 @@ def model_card(request: Request):
     document = p.bundle.documents.get(name)
     if document is None:
         raise HTTPException(404, "this model version was registered without a model card; retrain it")
-    served = f"{p.model.name} version {p.model.version} (run {p.model.run_id})"
+    # the card is written before the registry numbers its version: the service says which it is
+    served = (f"This card describes {p.model.name} registered version {p.model.version} "
+              f"(MLflow run {p.model.run_id}), the version this service serves.")
     if wants_markdown:
-        return PlainTextResponse(
-            f"> Served as {served}. {INTENDED_USE}\n\n{document}", media_type="text/markdown; charset=utf-8"
-        )
-    banner = f'<p class="served"><strong>Served as {html.escape(served)}.</strong></p>'
+        return PlainTextResponse(f"> {served} {INTENDED_USE}\n\n{document}", media_type="text/markdown; charset=utf-8")
+    banner = f'<p class="served"><strong>{html.escape(served)}</strong></p>'
     return HTMLResponse(document.replace("<body>", f"<body>{banner}", 1))

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from pipeline import waterfall
 from pipeline.contract import INTENDED_USE
 from pipeline.settings import Settings
 from serving.auth import Principal, require
@@ -129,4 +130,65 @@ def build_router(settings: Settings) -> APIRouter:
             r["notice"] = INTENDED_USE
         return _json({"results": results, "request_id": request.state.request_id, "notice": INTENDED_USE})
 
+    @router.post(
+        "/v1/risk/explanation",
+        response_class=Response,
+        responses={
+            **_ERRORS,
+            200: {
+                "description": (
+                    "A waterfall of the answer's exact SHAP explanation: from the average patient's "
+                    "log-odds, each input's contribution (with its value and unit) to this patient's "
+                    "log-odds, with the probability scale and the risk-group thresholds marked. "
+                    "SVG by default (`Accept: image/svg+xml`), PNG with `Accept: image/png`. The "
+                    "figure never shows the patient_id; the request is audited like POST /v1/risk."
+                ),
+                "content": {"image/svg+xml": {"schema": {"type": "string"}},
+                            "image/png": {"schema": {"type": "string", "format": "binary"}}},
+            },
+            406: {"model": ErrorResponse, "description": "Accept names neither image/svg+xml nor image/png"},
+        },
+        summary="One patient's explanation as a picture (SVG or PNG)",
+    )
+    async def risk_explanation(body: PatientFeatures, request: Request, principal: Principal = Depends(require("score"))):  # type: ignore[valid-type]
+        fmt = image_format(request.headers.get("accept"))
+        if fmt is None:
+            raise HTTPException(406, "this endpoint answers image/svg+xml or image/png")
+        started = time.perf_counter()
+        predictor = current_predictor(request)
+        record = body.model_dump()  # type: ignore[attr-defined]
+        answer = predictor.predict([record])[0]
+        await _audit(request, principal, "/v1/risk/explanation", [record], [answer], started)
+        b = predictor.bundle
+        outcome = "severe CRS" if b.outcome == "severe_crs" else "severe ICANS"
+        # drawing takes tens of milliseconds: off the event loop; from the answer, never the record
+        image = await run_in_threadpool(
+            waterfall.render, answer, fmt, (b.low_threshold, b.high_threshold), outcome
+        )
+        return Response(image, media_type=waterfall.FORMATS[fmt], headers={"Cache-Control": "no-store"})
+
     return router
+
+
+def image_format(accept: str | None) -> str | None:
+    """"svg" or "png" from an Accept header (q-values honoured; no header, */* or image/* is SVG)."""
+    if not accept or not accept.strip():
+        return "svg"
+    offers = {"image/svg+xml": "svg", "image/png": "png", "image/*": "svg", "*/*": "svg"}
+    best, best_q = None, 0.0
+    for i, part in enumerate(accept.split(",")):
+        media, *params = [x.strip() for x in part.split(";")]
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        fmt = offers.get(media.lower())
+        # an exact type beats a wildcard of the same q
+        rank = q - (0.0005 if "*" in media else 0.0) - i * 1e-6
+        if fmt and q > 0 and rank > best_q:
+            best, best_q = fmt, rank
+    return best

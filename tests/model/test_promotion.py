@@ -77,9 +77,10 @@ def test_training_result_records_the_decision(trained):
     client = MlflowClient()
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "plots")}
     assert {
-        "plots/roc.png", "plots/calibration.png", "plots/shap_summary.png", "plots/decision_curve.png",
+        "plots/roc.png", "plots/shap_summary.png", "plots/decision_curve.png",
         "plots/calibration_curve.png", "plots/subgroup_auroc.png", "plots/learning_curve.png",
     } <= artifacts
+    assert "plots/calibration.png" not in artifacts  # one calibration figure: the report's
     assert "validation_report.html" in {a.path for a in client.list_artifacts(result.run_id)}
     assert {"evidence/model_card.md", "evidence/model_card.html", "evidence/evidence.json"} <= {
         a.path for a in client.list_artifacts(result.run_id, "evidence")

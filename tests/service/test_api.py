@@ -222,8 +222,10 @@ def test_unknown_model_is_reported_by_readyz_not_crash(trained, tokens):
 def test_model_card_by_content_negotiation(client, champion_version):
     html = client.get("/v1/model/card", headers={"accept": "text/html"})
     assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
-    assert f"version {champion_version}" in html.text and "Intended use" in html.text
+    assert f"registered version {champion_version} (MLflow run" in html.text and "Intended use" in html.text
+    assert html.text.count("registered version") == 2  # the service's line and the card's row, which points to it
     md = client.get("/v1/model/card", headers={"accept": "text/markdown"})
     assert md.status_code == 200 and md.headers["content-type"].startswith("text/markdown")
-    assert md.text.startswith("> Served as icans-risk version") and "Research use only" in md.text
+    assert md.text.startswith(f"> This card describes icans-risk registered version {champion_version} ")
+    assert "Research use only" in md.text
     assert "<html" not in md.text

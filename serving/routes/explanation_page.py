@@ -1,0 +1,144 @@
+"""The small page a CDS Hooks card links to: the waterfall of that card's explanation.
+
+The link carries nothing of the patient: the card's uuid (its audit request id) and a signed,
+expiring token (HMAC-SHA256 with a key derived from ICANS_AUDIT_HMAC_KEY). The page is drawn
+again from the audit record's validated inputs by the model version that computed the card, so
+no explanation is kept anywhere else; when the served version has changed since, the page says
+so instead of showing another model's explanation. Everything is inline (SVG and CSS), the
+Content-Security-Policy forbids loading anything, and the patient identifier never appears.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import html
+import math
+import time
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi.responses import HTMLResponse
+from starlette.concurrency import run_in_threadpool
+
+from pipeline import style, waterfall
+from pipeline.contract import INTENDED_USE
+from serving.routes.model import current_predictor
+
+PAGE_PATH = "/v1/explanations/{card_uuid}"
+LINK_TTL_S = 24 * 3600  # a card is read during the visit it was shown in
+HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors *",
+}
+router = APIRouter(tags=["cds-hooks"])
+
+
+def _key(request_or_app) -> bytes:
+    app = getattr(request_or_app, "app", request_or_app)
+    secret = app.state.settings.audit_hmac_key.get_secret_value().encode()
+    return hmac.new(secret, b"icans-risk explanation page link v1", hashlib.sha256).digest()
+
+
+def _mac(key: bytes, card_uuid: str, expires: int) -> str:
+    digest = hmac.new(key, f"{card_uuid}.{expires}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def sign(app, card_uuid: str, now: float | None = None, ttl_s: int = LINK_TTL_S) -> str:
+    """The token of the page link of `card_uuid`: '<expiry unix time>.<mac>'."""
+    expires = int((now if now is not None else time.time()) + ttl_s)
+    return f"{expires}.{_mac(_key(app), card_uuid.lower(), expires)}"
+
+
+def link(app, base_url: str, card_uuid: str) -> str:
+    return f"{base_url.rstrip('/')}{PAGE_PATH.format(card_uuid=card_uuid)}?token={sign(app, card_uuid)}"
+
+
+def verify(app, card_uuid: str, token: str, now: float | None = None) -> bool:
+    expires_text, _, mac = token.partition(".")
+    if not expires_text.isdigit() or not mac:
+        return False
+    expires = int(expires_text)
+    if expires < (now if now is not None else time.time()):
+        return False
+    return hmac.compare_digest(mac, _mac(_key(app), card_uuid.lower(), expires))
+
+
+def _audited(request: Request, card_uuid: str) -> dict | None:
+    """The card's audit record: validated inputs, model version and risk (never the patient hash)."""
+    import sqlalchemy as sa
+
+    from serving.store import CDS_CARD_ENDPOINT, audit_log
+
+    store = request.app.state.store
+    q = (
+        sa.select(audit_log.c.inputs, audit_log.c.model_name, audit_log.c.model_version, audit_log.c.risk,
+                  audit_log.c.time)
+        .where(audit_log.c.request_id == card_uuid, audit_log.c.endpoint == CDS_CARD_ENDPOINT)
+        .limit(1)
+    )
+    with store.engine.connect() as conn:
+        row = conn.execute(q).first()
+    return dict(row._mapping) if row is not None else None
+
+
+def _page(title: str, body: str) -> str:
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex"><title>{html.escape(title)}</title>
+<style>body{{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:980px;margin:1em auto;padding:0 1em;color:#222}}
+.banner{{background:#fff3cd;border:2px solid #c0392b;color:#7b1d12;padding:.6em 1em;font-weight:bold}}
+figure{{margin:1em 0}}svg{{max-width:100%;height:auto}}p.small{{font-size:.9em;color:#444}}</style></head>
+<body><div class="banner" role="alert">{html.escape(style.RESEARCH_ONLY)}</div>
+<h1>{html.escape(title)}</h1>
+{body}
+<p class="small">{html.escape(INTENDED_USE)}</p>
+</body></html>
+"""
+
+
+@router.get(
+    PAGE_PATH,
+    response_class=HTMLResponse,
+    summary="The page a CDS card links to: that card's explanation as a picture (signed, expiring link)",
+    responses={403: {"description": "The link is invalid or has expired"},
+               404: {"description": "No card with this uuid"},
+               409: {"description": "The served model version is not the one that computed the card"}},
+)
+async def explanation_page(
+    request: Request,
+    card_uuid: str = Path(pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"),
+    token: str = Query(max_length=200, description="The signed, expiring token of the card's link"),
+) -> HTMLResponse:
+    if not verify(request.app, card_uuid, token):
+        raise HTTPException(403, "this link is invalid or has expired; open the card again")
+    predictor = current_predictor(request)
+    row = await run_in_threadpool(_audited, request, card_uuid.lower())
+    if row is None:
+        raise HTTPException(404, "no card with this uuid")
+    model = predictor.model
+    if (row["model_name"], str(row["model_version"])) != (model.name, str(model.version)):
+        page = _page("Explanation not available", (
+            f"<p>This card was computed by {html.escape(row['model_name'])} version "
+            f"{html.escape(str(row['model_version']))}; the service now serves version {html.escape(str(model.version))}, "
+            "so it cannot draw that card's explanation. Open the card again for a current estimate.</p>"))
+        return HTMLResponse(page, status_code=409, headers=HEADERS)
+    answer = predictor.predict([dict(row["inputs"])])[0]
+    if not math.isclose(answer["risk"], float(row["risk"]), rel_tol=0, abs_tol=1e-9):  # the same model, the same answer
+        raise HTTPException(409, "the served model does not reproduce this card's risk")
+    b = predictor.bundle
+    outcome = "severe CRS" if b.outcome == "severe_crs" else "severe ICANS"
+    svg = await run_in_threadpool(waterfall.render, answer, "svg", (b.low_threshold, b.high_threshold), outcome)
+    svg_text = svg.decode("utf-8")
+    svg_text = svg_text[svg_text.index("<svg"):]  # inline: without the XML declaration and doctype
+    when = row["time"].strftime("%Y-%m-%d %H:%M UTC") if hasattr(row["time"], "strftime") else str(row["time"])
+    body = (
+        f"<p>Estimated probability of {html.escape(outcome)}: <strong>{answer['risk']:.1%}</strong> "
+        f"(risk group <strong>{html.escape(answer['risk_group'])}</strong>), computed {html.escape(when)} by "
+        f"{html.escape(model.name)} version {html.escape(str(model.version))}.</p>"
+        f'<figure aria-label="Waterfall of the explanation">{svg_text}</figure>'  # its caption says how to read it
+    )
+    return HTMLResponse(_page("Why this estimate", body), headers=HEADERS)

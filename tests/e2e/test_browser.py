@@ -1,0 +1,174 @@
+"""What people look at, in a real browser: headless Chromium (Debian's chromium and chromium-driver,
+installed by `make browser`, which `make test` runs) driven by Selenium, against the live service
+and a trained run's documents.
+
+Each page must render its key content with no console error, no failed request and no request
+to another host. Screenshots go to test-artifacts/browser/ (ICANS_TEST_ARTIFACTS overrides).
+Skipped, with the reason, where Chromium or its driver is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="browser tests skipped: Debian's chromium and chromium-driver are not installed (make browser installs them)",
+)
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("ICANS_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "browser"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live(trained, tmp_path_factory):
+    """The real app under uvicorn on a free local port (auth off: the pages need no key)."""
+    import uvicorn
+
+    from serving.app import create_app
+
+    settings, _ = trained
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    s = settings.model_copy(update={"auth": "off", "cds_service_url": base,
+                                    "store_url": f"sqlite:///{tmp_path_factory.mktemp('browser') / 'service.db'}"})
+    server = uvicorn.Server(uvicorn.Config(create_app(s), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    import httpx
+
+    deadline = time.time() + 90
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.time() < deadline, "the service did not become ready"
+        time.sleep(0.2)
+    yield base
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,1400", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--disable-default-apps"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def _visit(driver, url: str, ready_js: str, name: str, timeout: float = 30.0) -> dict:
+    """Load url, wait until ready_js is true, then check the console and the network; screenshot."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get_log("browser"), driver.get_log("performance")  # forget the previous page
+    driver.get(url)
+    WebDriverWait(driver, timeout).until(lambda d: d.execute_script(f"return Boolean({ready_js})"))
+    time.sleep(0.5)  # late requests (fonts, lazily loaded scripts) show up too
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+    # the browser's own favicon.ico probe of a page that names no icon is not the page's request
+    console = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "favicon.ico" not in e["message"]]
+    requests, failed, statuses = [], [], []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        method, params = message["method"], message.get("params", {})
+        if method == "Network.requestWillBeSent" and not params["request"]["url"].endswith("/favicon.ico"):
+            requests.append(params["request"]["url"])
+        elif method == "Network.loadingFailed" and not params.get("canceled"):
+            failed.append(params)
+        elif method == "Network.responseReceived" and not params["response"]["url"].endswith("/favicon.ico"):
+            statuses.append((params["response"]["url"], params["response"]["status"]))
+    origin = urlsplit(url)
+    foreign = [u for u in requests if not u.startswith(("data:", "blob:", "about:"))
+               and (urlsplit(u).scheme, urlsplit(u).netloc) != (origin.scheme, origin.netloc)]
+    assert not console, console
+    assert not failed, failed
+    assert not foreign, f"requests to another host: {foreign}"
+    assert all(status < 400 for _, status in statuses), statuses
+    return {"requests": requests}
+
+
+def test_swagger_ui_renders_from_local_assets_with_authorize(live, browser):
+    seen = _visit(browser, f"{live}/docs", "document.querySelectorAll('.opblock').length >= 8", "docs")
+    assert any(u.endswith("/docs-assets/swagger-ui-bundle.js") for u in seen["requests"])
+    assert browser.find_element("css selector", ".btn.authorize").is_displayed()
+    paths = {e.text for e in browser.find_elements("css selector", ".opblock-summary-path")}
+    assert {"/v1/risk", "/v1/risk/explanation", "/v1/model/card"} <= paths
+
+
+def test_redoc_renders(live, browser):
+    _visit(browser, f"{live}/redoc", "document.querySelector('h1') && document.body.innerText.includes('/v1/risk')",
+           "redoc")
+    assert "Something went wrong" not in browser.page_source
+    assert "icans-risk" in browser.find_element("css selector", "h1").text
+
+
+def test_model_card_renders(live, browser):
+    _visit(browser, f"{live}/v1/model/card", "document.querySelector('h1')", "model_card")
+    text = browser.find_element("tag name", "body").text
+    assert "Model card: icans-risk" in text and "registered version" in text
+    assert "Research use only" in text and "`" not in text
+
+
+def test_the_page_a_cds_card_links_to(live, browser):
+    import httpx
+
+    from tests.service.test_cds_hooks import hook_body, now_chart
+
+    r = httpx.post(f"{live}/cds-services/icans-risk", json=hook_body(now_chart("pat-browser-1")), timeout=30)
+    assert r.status_code == 200, r.text
+    link = r.json()["cards"][0]["links"][0]["url"]
+    _visit(browser, link, "document.querySelector('svg')", "explanation_page")
+    text = browser.find_element("tag name", "body").text
+    assert "Research use only" in text and "this patient" in text and "pat-browser-1" not in browser.page_source
+    box = browser.execute_script("const r = document.querySelector('svg').getBoundingClientRect(); return [r.width, r.height]")
+    assert box[0] > 400 and box[1] > 400
+
+
+def test_validation_report_and_model_card_files(trained, browser, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    settings, result = trained
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    client = MlflowClient()
+    report = Path(client.download_artifacts(result.run_id, "validation_report.html", str(tmp_path)))
+    _visit(browser, report.as_uri(), "document.images.length > 0 && [...document.images].every(i => i.complete)",
+           "validation_report")
+    widths = browser.execute_script("return [...document.images].map(i => i.naturalWidth)")
+    assert widths and all(w > 300 for w in widths), widths  # every figure decoded
+    text = browser.find_element("tag name", "body").text
+    for heading in ("Summary", "Discrimination", "Calibration", "ROC curves and SHAP summary"):
+        assert heading in text, heading
+    card = Path(client.download_artifacts(result.run_id, "evidence/model_card.html", str(tmp_path)))
+    _visit(browser, card.as_uri(), "document.querySelector('h1')", "model_card_file")
+    assert browser.find_element("css selector", "h1").text == "Model card: icans-risk"
