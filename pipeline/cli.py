@@ -128,11 +128,17 @@ def update(ctx, data, outcome, on_invalid) -> None:
     from pipeline.update import METHOD_TEXT, update as run_update
     from pipeline.validation import TrainingRefused
 
+    from pipeline.runs import TrainingInterrupted, sigterm_interrupts
+
     settings = _settings(outcome=outcome)
     try:
-        result = run_update(settings, data=data, outcome=outcome, on_invalid=on_invalid)
+        with sigterm_interrupts():
+            result = run_update(settings, data=data, outcome=outcome, on_invalid=on_invalid)
     except (CohortError, TrainingRefused) as exc:
         _data_error(exc)
+    except KeyboardInterrupt as exc:
+        click.echo("error: update interrupted; its MLflow run was ended as KILLED", err=True)
+        sys.exit(143 if isinstance(exc, TrainingInterrupted) else 130)
     except Exception as exc:  # one line, never a traceback (unless -v)
         if ctx.find_root().params.get("verbose"):
             raise

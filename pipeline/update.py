@@ -48,7 +48,7 @@ from pipeline.io import read_cohort
 from pipeline.metrics import brier, calibration_slope_intercept
 from pipeline.registry import champion, load_bundle, promotion_lock
 from pipeline.report import render_validation_report, save_plots, write_model_card
-from pipeline.runs import now_text
+from pipeline.runs import mark_alive, now_text
 from pipeline.settings import Settings
 from pipeline.validation import TrainingRefused
 
@@ -164,7 +164,21 @@ def _optimism(y: np.ndarray, lp: np.ndarray, method: str, seed: int, n_boot: int
 
 
 def update(settings: Settings, data: Path, outcome: str | None = None, on_invalid: str = "refuse") -> UpdateResult:
-    """Validate the champion on a local cohort, choose the update by closed testing, register it."""
+    """Validate the champion on a local cohort, choose the update by closed testing, register it.
+    Interrupted (SIGINT, or SIGTERM through `pipeline.runs.sigterm_interrupts`), its run ends KILLED."""
+    started: dict[str, str] = {}
+    try:
+        return _update(settings, Path(data), outcome, on_invalid, started)
+    except KeyboardInterrupt as exc:
+        if "run_id" in started:
+            client = MlflowClient()
+            client.set_tag(started["run_id"], "failure_reason", f"interrupted ({exc or 'SIGINT'}) at {now_text()}")
+            client.set_terminated(started["run_id"], "KILLED")
+        raise
+
+
+def _update(settings: Settings, data: Path, outcome: str | None, on_invalid: str,
+            started: dict[str, str]) -> UpdateResult:
     from pipeline.train import log_bundle_version, quality_gate, setup_mlflow, _promote
 
     outcome = outcome or settings.outcome
@@ -189,6 +203,10 @@ def update(settings: Settings, data: Path, outcome: str | None = None, on_invali
     p0 = parent.predict_proba(X)
     lp = np.log(np.clip(p0, 1e-12, 1)) - np.log(np.clip(1 - p0, 1e-12, 1))
     test = closed_test(y, lp, settings.update_alpha)
+    if test.method == LOGISTIC and test.slope <= 0:
+        raise TrainingRefused(
+            f"the model does not discriminate at this site (fitted recalibration slope {test.slope:.2f} <= 0 on "
+            f"{len(y)} local patients): no update can mend that; nothing was registered (train on local data instead)")
     folds = StratifiedKFold(5, shuffle=True, random_state=settings.seed)
     revision: _Refit | None = None
     if test.method == LOGISTIC and parent.kind in ("xgboost", "hist_gradient_boosting") and min(events, non_events) >= 10:
@@ -208,18 +226,26 @@ def update(settings: Settings, data: Path, outcome: str | None = None, on_invali
             "statistics": {k: round(float(v), 6) for k, v in test.statistics.items()}}
     if test.method == NONE:
         new_bundle, p1 = None, p0
-    elif test.method == REVISION:
-        new_bundle = _revision_bundle(parent, revision, df, info)
-        p1 = new_bundle.predict_proba(X)
+        validated, judged_risk, after = {}, p0, before
     else:
-        new_bundle = updated_bundle(parent, test, info)
+        if test.method == REVISION:
+            new_bundle = _revision_bundle(parent, revision, df, info, cohort.sha256)
+        else:
+            new_bundle = updated_bundle(parent, test, info)
         p1 = new_bundle.predict_proba(X)
-    after = _figures(y, p1, settings.seed)
+        # the local data both fit and judge the update: every "after" figure is corrected for that
+        validated, judged_risk = _validated(y, p1, lp, df, test.method, settings.seed, X, folds, parent)
+        after = _figures(y, judged_risk, settings.seed)
+        for k in ("calibration_slope", "calibration_intercept"):
+            for suffix in ("", "_ci_low", "_ci_high"):
+                after[k + suffix] = validated[k + suffix]
+        _describe_bundle(new_bundle, validated, df, X)
     result = UpdateResult(test.method, test.statistics, before=before, after=after)
 
     experiment_id = setup_mlflow(settings, settings.experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"update-{name}-v{parent_ref.version}") as run:
-        result.run_id = run.info.run_id
+        result.run_id = started["run_id"] = run.info.run_id
+        mark_alive()
         mlflow.set_tags({"update_method": test.method, "parent_version": str(parent_ref.version),
                          "parent_run_id": parent_ref.run_id or "", "outcome": outcome,
                          "data_source": Path(data).name})
@@ -229,10 +255,23 @@ def update(settings: Settings, data: Path, outcome: str | None = None, on_invali
         mlflow.log_metrics({f"before_{k}": float(v) for k, v in before.items() if np.isfinite(v)})
         mlflow.log_metrics({f"after_{k}": float(v) for k, v in after.items() if np.isfinite(v)})
         evidence = build_evidence(
-            None, None, None, y, p1, df, {"low": parent.low_threshold, "high": parent.high_threshold}, N_MATRIX,
-            outcome, other_predictions={f"original v{parent_ref.version}": p0}, seed=settings.seed,
-            meta={"model": f"{name} v{parent_ref.version} updated by {METHOD_TEXT[test.method]}", "external": True},
+            None, None, None, y, judged_risk, df, {"low": parent.low_threshold, "high": parent.high_threshold},
+            N_MATRIX, outcome, other_predictions={f"original v{parent_ref.version}": p0}, seed=settings.seed,
+            meta={"model": f"{name} v{parent_ref.version} updated by {METHOD_TEXT[test.method]}"},
         )
+        honest = ("a revision is shown by its out-of-fold risks (5-fold: refit and calibration never saw the "
+                  "patient); a recalibration's slope and intercept are corrected for optimism by Harrell's "
+                  "bootstrap (200 repetitions); its AUROC is the original's")
+        evidence.validation = {
+            "design": "local update" if new_bundle is not None else "local validation",
+            "reason": (f"{METHOD_TEXT[test.method]}, chosen by closed testing at {settings.update_alpha} on {len(y)} "
+                       f"local patients ({events} events); the local data both fit and judge the update: {honest}"
+                       if new_bundle is not None else
+                       f"the closed test at {settings.update_alpha} did not reject the original model on {len(y)} "
+                       f"local patients ({events} events)"),
+            "estimates": validated or before,
+            "evaluated_on": f"the {len(y)} local patients, the original model beside the update",
+        }
         with tempfile.TemporaryDirectory() as tmp:
             t = Path(tmp)
             save_plots(evidence, t / "plots")
@@ -247,7 +286,6 @@ def update(settings: Settings, data: Path, outcome: str | None = None, on_invali
                 client.set_model_version_tag(name, parent_ref.version, f"local_validation_{run.info.run_id[:8]}",
                                              "no update needed")
                 return result
-            validated, judged_risk = _validated(y, p1, lp, df, test.method, settings.seed, X, folds, parent)
             gate_ok, gate_reason = quality_gate(validated)
             new_bundle.metadata["gate"] = {"passed": gate_ok, "reason": gate_reason, "ungated": False}
             new_bundle.metadata["validation"] = {
@@ -320,7 +358,7 @@ def _validated(y, p1, lp, df, method, seed, X, folds, parent) -> tuple[dict[str,
     return v, risk
 
 
-def _revision_bundle(parent: ModelBundle, revision: _Refit, df, info: dict[str, Any]) -> ModelBundle:
+def _revision_bundle(parent: ModelBundle, revision: _Refit, df, info: dict[str, Any], sha256: str) -> ModelBundle:
     from pipeline.features import training_ranges
 
     estimator = revision.estimator.get_booster() if parent.kind == "xgboost" else revision.estimator
@@ -328,7 +366,20 @@ def _revision_bundle(parent: ModelBundle, revision: _Refit, df, info: dict[str, 
                        calibration_slope=revision.slope, low_threshold=parent.low_threshold,
                        high_threshold=parent.high_threshold, outcome=parent.outcome,
                        training_ranges=training_ranges(df),
-                       metadata={**copy.deepcopy(parent.metadata), "update": info, "n_dev": len(df)})
+                       metadata={**copy.deepcopy(parent.metadata), "update": info, "n_dev": len(df),
+                                 "data_sha256": sha256, "trained_at": info["updated_at"]})
+
+
+def _describe_bundle(bundle: ModelBundle, validated: dict[str, float], df, X: np.ndarray) -> None:
+    """The updated version's own figures and reference, never its parent's: what /v1/model shows and
+    what monitoring compares the site's patients with (the local patients it was updated on)."""
+    from pipeline.monitoring import reference_summary
+
+    bundle.metadata["test_metrics"] = {f"validated_{k}": round(float(v), 4) for k, v in validated.items()
+                                       if np.isfinite(v)}
+    ex = bundle.explain(X)
+    bundle.metadata["reference"] = reference_summary(
+        df, ex.risk, dict(zip(bundle.feature_names, np.mean(np.abs(ex.contributions), axis=0))))
 
 
 def _prepend_update_note(bundle_dir: Path, info: dict[str, Any]) -> None:
