@@ -15,7 +15,7 @@ OUT ?=
 SEED ?=
 N ?=
 
-.PHONY: install browser data train update monitor evaluate score serve mlflow-ui mlflow-server test test-cohorts bench clean-venv help
+.PHONY: install browser lint test-fast data train update monitor evaluate score serve mlflow-ui mlflow-server test test-cohorts bench clean-venv help
 
 help:
 	@echo "make install | data | train [DATA= OUTCOME= SEED= ON_INVALID= ALLOW_UNGATED=1] | update DATA= | evaluate [DATA=] |"
@@ -81,8 +81,17 @@ mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 		--host $(HOST) --port $(MLFLOW_PORT)
 
-test: install browser
+test: install browser lint
 	$(BIN)/python -m pytest
+
+# The inner loop: code and data tests without the trainings (about a minute).
+test-fast: install
+	$(BIN)/python -m pytest tests/code tests/data -m "not slow" -q
+
+# Pyflakes-level checks (pyproject.toml [tool.ruff]) and the layer rule (tests/code/test_layers.py).
+lint: install
+	$(BIN)/ruff check pipeline models serving bench tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/code/test_layers.py
 
 # Headless Chromium and its driver for tests/e2e/test_browser.py, from Debian's packages (needs root
 # and apt-get); where they cannot be installed, those tests are skipped and say why.

@@ -324,9 +324,9 @@ def _ensure_champion(settings) -> None:
 
 
 def _store():
-    from serving.app import _open_store
+    from serving.app import open_store
 
-    return _open_store(_settings(), sync="full")  # key changes always reach the disk before we report them
+    return open_store(_settings(), sync="full")  # key changes always reach the disk before we report them
 
 
 def _attach_admin_groups() -> None:

@@ -727,7 +727,6 @@ def render_model_card(
     """
     ev = evidence
     d = ev.discrimination[MODEL]
-    c = ev.calibration[MODEL]
     synthetic = bool(data_provenance.get("synthetic"))
     outcome = _outcome_text(ev.outcome)
     name = _get(model_info, "name", "icans-risk")

@@ -37,7 +37,6 @@ from pipeline.contract import (
     FEATURE_NAMES,
     FEATURES,
     OUTCOMES,
-    example_request,
 )
 from pipeline.directions import feature_directions
 from pipeline.evidence import (

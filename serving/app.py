@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,6 +15,7 @@ from pipeline.contract import INTENDED_USE
 from pipeline.settings import Settings, get_settings
 from serving.audit import AuditWriter
 from serving import docs
+from serving.errors import sanitize_errors
 from serving.observability import LogThrottle, Metrics, RequestContextMiddleware
 from serving.routes import admin, cds_hooks, explanation_page, health, model, outcomes, risk
 from serving.state import ModelState, load_predictor
@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
     async def lifespan(app: FastAPI):
         if settings.auth == "off":
             log.warning("AUTHENTICATION IS OFF (ICANS_AUTH=off): development mode, no API keys checked")
-        app.state.store = store or _open_store(settings, timeout_s=settings.store_timeout_s)
+        app.state.store = store or open_store(settings, timeout_s=settings.store_timeout_s)
         app.state.audit = AuditWriter(
             app.state.store,
             timeout_s=settings.audit_timeout_s,
@@ -130,7 +130,7 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def _open_store(settings: Settings, sync: str | None = None, timeout_s: float | None = None):
+def open_store(settings: Settings, sync: str | None = None, timeout_s: float | None = None):
     """The store as the service uses it; `sync` overrides ICANS_AUDIT_SYNC (the admin CLI: "full");
     `timeout_s` bounds every wait for a database lock (the service: ICANS_STORE_TIMEOUT_S)."""
     from serving.store import Store
@@ -148,38 +148,3 @@ def _open_store(settings: Settings, sync: str | None = None, timeout_s: float | 
 
 def _rid(request: Request) -> str | None:
     return request.scope.get("state", {}).get("request_id")
-
-
-def sanitize_errors(errors: Any, body: Any = None) -> list[dict[str, str]]:
-    """Field and rule only: the submitted value is never echoed back, nor the name of an unknown
-    field (named by its position in its object); at most MAX_ERRORS errors are listed."""
-    from serving.jsonbody import cap, unknown_field
-
-    out = []
-    for e in errors:
-        loc = [p for p in e.get("loc", ()) if p != "body"]
-        etype = e.get("type", "invalid")
-        if etype == "extra_forbidden" and loc:
-            loc[-1] = unknown_field(_position(body, loc))
-        field = ".".join(str(p) for p in loc) or "body"
-        if etype == "json_invalid":
-            rule = "the body is not valid JSON"
-        elif etype == "extra_forbidden":
-            rule = "unknown field (not in the data contract)"
-        elif etype == "missing":
-            rule = "required field is missing"
-        else:
-            rule = e.get("msg", "invalid value")
-        out.append({"field": field, "rule": rule, "type": etype})
-    return cap(out)
-
-
-def _position(body: Any, loc: list[Any]) -> int | None:
-    """1-based position of the key loc[-1] in the object at loc[:-1] of the body (None if unknown)."""
-    obj = body
-    try:
-        for p in loc[:-1]:
-            obj = obj[p]
-        return list(obj).index(loc[-1]) + 1
-    except (KeyError, IndexError, TypeError, ValueError):
-        return None

@@ -275,7 +275,7 @@ def build_router(settings: Settings) -> APIRouter:
     def icans_risk(
         body: CdsRequest, request: Request, principal: Principal = Depends(require_cds_client(SERVICE_PATH))
     ) -> Any:
-        from serving.app import sanitize_errors
+        from serving.errors import sanitize_errors
         from serving.fhir.mapping import PrefetchError, map_prefetch
         from serving.fhir.resources import card as build_card
         from serving.fhir.resources import prune
@@ -357,7 +357,7 @@ def build_router(settings: Settings) -> APIRouter:
     async def feedback(
         request: Request, principal: Principal = Depends(require_cds_client(FEEDBACK_PATH, SERVICE_PATH))
     ) -> dict:
-        from serving.app import sanitize_errors
+        from serving.errors import sanitize_errors
 
         raw = await request.body()
         try:

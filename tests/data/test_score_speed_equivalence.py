@@ -17,7 +17,7 @@ import pytest
 import pipeline.io as io
 import pipeline.score as score
 from pipeline.cohort import generate_cohort
-from pipeline.contract import FEATURE_NAMES, FEATURES, GRADE_COLUMN, ID_COLUMN, OUTCOMES
+from pipeline.contract import FEATURE_NAMES, FEATURES, GRADE_COLUMN, ID_COLUMN
 from pipeline.features import MATRIX_COLUMNS, N_MATRIX, encode_frame
 
 N = 60

@@ -53,7 +53,7 @@ def test_repeated_cv_predicts_every_patient_out_of_fold_and_is_below_apparent():
 def test_directions_read_the_sign_and_flag_contradictions():
     df = generate_cohort(300, 2)
     X = encode_frame(df)
-    j_crp, j_plt = MATRIX_NAMES.index("crp_mg_l"), MATRIX_NAMES.index("platelets_10e9_l")
+    j_crp = MATRIX_NAMES.index("crp_mg_l")
 
     def predict(Z):  # CRP lowers this fake model's risk, platelets do nothing
         return 1 / (1 + np.exp(0.01 * Z[:, j_crp]))

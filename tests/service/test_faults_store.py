@@ -19,7 +19,6 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-import pytest
 from fastapi.testclient import TestClient
 
 from pipeline.contract import example_request
