@@ -177,8 +177,12 @@ def monitor(since, until, alpha) -> None:
         raise click.ClickException(f"--since/--until: {exc.message}") from None
     store = _store()
     try:
+        from serving.outcomes import labelled_answers
+
+        settings = _settings()
         rows = (row for chunk in store.iter_audit(start) for row in chunk)
-        result = run_monitor(_settings(), rows, since=start, until=end, alpha=alpha)
+        result = run_monitor(settings, rows, since=start, until=end, alpha=alpha,
+                             labelled=labelled_answers(store, settings.outcome))
     except MonitoringError as exc:
         _data_error(exc)
     finally:
@@ -186,6 +190,7 @@ def monitor(since, until, alpha) -> None:
     click.echo(f"monitoring run {result.run_id}: {result.model}, {result.n} audited answers")
     click.echo("drift alarms: " + (", ".join(result.alarms) if result.alarms else "none")
                + f" (family-wise alpha {alpha}); report: monitoring_report.html in the run's artifacts")
+    click.echo(f"verdict: {result.verdict['verdict']}: {result.verdict['text']}")
 
 
 @main.group()

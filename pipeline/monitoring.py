@@ -231,6 +231,9 @@ def verdict(y: np.ndarray, p: np.ndarray, development_auroc: float | None, alpha
                              f"{development_auroc:.3f} at development; recalibration cannot restore it")}
     words = {INTERCEPT: ("recalibrate the intercept", "the risks are systematically too high or too low"),
              LOGISTIC: ("recalibrate intercept and slope", "the risks are too extreme or not extreme enough")}
+    if test.method == INTERCEPT:
+        words[INTERCEPT] = ("recalibrate the intercept", "the risks are systematically too "
+                            + ("low: more events than predicted" if test.intercept > 0 else "high: fewer events than predicted"))
     if test.method in words:
         action, why = words[test.method]
         return {"verdict": action, "events": events, "statistics": test.statistics,

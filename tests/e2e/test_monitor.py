@@ -73,3 +73,44 @@ def test_monitoring_run_from_audited_answers(trained, tokens):
 
     with pytest.raises(MonitoringError, match="no audited answers"):
         monitor(settings, [], since=end)
+
+
+def test_outcomes_move_the_verdict(trained, tokens):
+    """Outcomes twice as frequent as predicted (in log-odds: +1) -> recalibrate the intercept."""
+    import numpy as np
+    from scipy.special import expit, logit
+
+    from serving.outcomes import OutcomeRecord, labelled_answers, record_outcome
+
+    settings, _ = trained
+    app = create_app(settings.model_copy(update={"batch_limit": 500}))
+    patients = _records(generate_cohort(400, 41))
+    ids = [f"mon-{i}" for i in range(len(patients))]
+    with TestClient(app, headers={"Authorization": f"Bearer {tokens['score']}"}) as client:
+        for _ in range(600):
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.05)
+        start = pd.Timestamp.now(tz="UTC").to_pydatetime()
+        r = client.post("/v1/risk/batch", json={"patients": [{"patient_id": i, **p} for i, p in zip(ids, patients)]})
+        assert r.status_code == 200, r.text
+        risks = np.array([a["risk"] for a in r.json()["results"]])
+    rng = np.random.default_rng(5)
+    y = rng.random(len(risks)) < expit(logit(risks) + 1.0)
+    store = open_store(settings)
+    try:
+        for i, (pid, event) in enumerate(zip(ids, y)):
+            record_outcome(store, OutcomeRecord(outcome_id=f"mon-o-{i}", patient_id=pid, observed_on=pd.Timestamp(
+                "2026-03-01").date(), source="test registry", icans_max_grade=3 if event else 1))
+        labelled = labelled_answers(store)
+    finally:
+        store.close()
+    result = monitor(settings, _rows(settings, start), since=start, labelled=labelled)
+    print(f"\n{result.verdict}; O/E {result.calibration['observed_expected']:.2f}")
+    assert result.calibration["n"] == 400 and result.calibration["observed_expected"] > 1.3
+    assert result.verdict["verdict"] == "recalibrate the intercept"
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.tags["verdict"] == "recalibrate the intercept"
+    assert run.data.metrics["monitor_observed_expected"] > 1.3
+    arts = {a.path for a in MlflowClient().list_artifacts(result.run_id)}
+    assert {"calibration_drift.png", "monitoring_report.html", "drift.csv"} <= arts
