@@ -61,13 +61,9 @@ ANTICIPATED_C = 0.75
 # Bounded memory for the (resamples x distinct scores) count matrices.
 _CELLS_PER_CHUNK = 4_000_000
 
-# Names under which the comparators appear in `Evidence` and in the metric names.
-MODEL = "model"
-EASIX = "easix"
-M_EASIX = "m_easix"
-ORACLE = "oracle"
-TREAT_ALL = "treat all"
-TREAT_NONE = "treat none"
+# Names under which the comparators appear in `Evidence` and in the metric names (declared once,
+# with their colours and display names, in pipeline.style).
+from pipeline.style import EASIX, M_EASIX, MODEL, ORACLE, TREAT_ALL, TREAT_NONE  # noqa: E402,F401 - re-exported
 
 
 # --------------------------------------------------------------------------- helpers
