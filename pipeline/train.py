@@ -502,6 +502,9 @@ def _train_in_run(
     fitted = fit_procedure(X_dev, y_dev, tuned, settings.cv_folds, settings.seed, n_jobs)
     chosen = fitted.chosen
     mlflow.set_tag("chosen_family", chosen)
+    # the chosen candidate's hyperparameters and CV figures on the parent run too (the UI's run page)
+    mlflow.log_params({f"chosen_{k}": _plain(v) for k, v in fitted.params.items()})
+    mlflow.log_metrics({"chosen_cv_log_loss": tuned[chosen]["cv_log_loss"], "chosen_cv_auroc": tuned[chosen]["cv_auroc"]})
     low, high = choose_thresholds(y_dev, fitted.oof_risk)
     estimator = fitted.estimator.get_booster() if chosen == "xgboost" else fitted.estimator
     bundle = ModelBundle(
@@ -613,6 +616,13 @@ def _train_in_run(
         heartbeat()
         version = log_bundle_version(bundle_dir, model_name)
     client.set_model_version_tag(model_name, version, "outcome", outcome)
+    v = ev.validated
+    client.update_model_version(model_name, version, description=(
+        f"{chosen} for {outcome}: {design.kind} AUROC {_fmt_ci(v, 'auroc')}, calibration slope "
+        f"{_fmt_ci(v, 'calibration_slope', 2)}, Brier {v.get('brier', np.nan):.4f}; m-EASIX AUROC "
+        f"{v.get('m_easix_auroc', np.nan):.3f}. Quality gate: {'passed' if gate_ok else 'failed'}. Model card: "
+        f"artifact model/artifacts/{BUNDLE_ARTIFACT}/model_card.html of run {run_id} (also GET /v1/model/card). "
+        "Research use only."))
     client.set_model_version_tag(model_name, version, "validation_design", design.kind)
     client.set_model_version_tag(model_name, version, "validated_auroc", f"{ev.validated['auroc']:.4f}")
     client.set_model_version_tag(model_name, version, "quality_gate", "passed" if gate_ok else "failed")

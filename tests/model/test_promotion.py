@@ -63,6 +63,13 @@ def test_training_result_records_the_decision(trained):
     ):
         assert np.isfinite(run.data.metrics[key]), key
     assert len(run.data.params["data_sha256"]) == 64
+    # what the MLflow UI shows without opening a metric: the description, the chosen candidate, the datasets
+    chosen = run.data.tags["chosen_family"]
+    assert any(k.startswith("chosen_") for k in run.data.params) and "chosen_cv_log_loss" in run.data.metrics
+    assert chosen in run.data.tags["mlflow.note.content"] and "Validation" in run.data.tags["mlflow.note.content"]
+    assert {d.dataset.name for d in run.inputs.dataset_inputs}
+    version = MlflowClient().get_model_version(result.model_name, result.version)
+    assert "AUROC" in version.description and "model_card.html" in version.description
     children = MlflowClient().search_runs(
         [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'"
     )
