@@ -513,6 +513,32 @@ def calibration_curve_data(
 # --------------------------------------------------------------------------- decision curve
 
 
+def _decision_curve_with_band(y: np.ndarray, p_by_name: Mapping[str, np.ndarray], n_boot: int = 200,
+                              seed: int = 0, alpha: float = ALPHA) -> pd.DataFrame:
+    """`decision_curve`, with a percentile-bootstrap band (patients resampled) of the model's net
+    benefit in `nb_ci_low` / `nb_ci_high` (NaN for the other rows)."""
+    table = decision_curve(y, p_by_name)
+    table["nb_ci_low"] = np.nan
+    table["nb_ci_high"] = np.nan
+    if MODEL not in p_by_name or n_boot < 1 or not 0 < y.sum() < y.shape[0]:
+        return table
+    t = np.sort(table["threshold"].unique())
+    p = _as_score(p_by_name[MODEL], y.shape[0], probability=True)
+    idx = bootstrap_indices(y.shape[0], n_boot, seed)
+    reps = np.empty((n_boot, t.size))
+    for b in range(n_boot):
+        yb, pb = y[idx[b]], p[idx[b]]
+        treat = pb[None, :] >= t[:, None]
+        reps[b] = ((treat & (yb == 1)).sum(axis=1) - (treat & (yb == 0)).sum(axis=1) * t / (1 - t)) / yb.shape[0]
+    low, high = np.quantile(reps, alpha / 2, axis=0), np.quantile(reps, 1 - alpha / 2, axis=0)
+    rows = table["model"] == MODEL
+    position = np.searchsorted(t, table.loc[rows, "threshold"].to_numpy())
+    table.loc[rows, "nb_ci_low"] = low[position]
+    table.loc[rows, "nb_ci_high"] = high[position]
+    return table
+
+
+
 def net_benefit(y: np.ndarray, p: np.ndarray, thresholds: Sequence[float] | np.ndarray) -> np.ndarray:
     """Net benefit of treating patients with p >= t, for each threshold t (Vickers & Elkin 2006):
     NB(t) = TP/n - FP/n * t / (1 - t). The `>=` convention is that of `dcurves`."""
@@ -1199,6 +1225,12 @@ def build_evidence(
     if outcome == "severe_icans" and "p_true" in test_df and test_df["p_true"].notna().all():
         discrimination[ORACLE] = discrimination_with_ci(y, test_df["p_true"].to_numpy(float), n_boot, seed)
 
+    # the decision curve shows EASIX too (rescaled on the development data, as m-EASIX)
+    dc_probabilities = dict(probabilities)
+    if dev_df is not None and y_dev is not None and np.all(np.isfinite(SCORES[EASIX](test_df))):
+        easix_model = ScoreToProbability(score=EASIX).fit(dev_df, _as_binary(y_dev))
+        dc_probabilities[EASIX] = easix_model.predict_proba(test_df)[:, 1]
+
     calibration = {name: calibration_summary(y, q) for name, q in probabilities.items()}
     calibration[MODEL].update(calibration_intervals(y, p, n_boot, seed))
     curves = {name: calibration_curve_data(y, q, n_boot=curve_boot if name == MODEL else 0, seed=seed)
@@ -1228,7 +1260,7 @@ def build_evidence(
         comparisons=comparisons,
         calibration=calibration,
         calibration_curves=curves,
-        decision_curve=decision_curve(y, probabilities),
+        decision_curve=_decision_curve_with_band(y, dc_probabilities, n_boot=min(n_boot, 200), seed=seed),
         subgroups=small,
         sample_size=size,
         thresholds=thresholds_table(y, p, thresholds),

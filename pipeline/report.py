@@ -63,7 +63,9 @@ CAPTIONS: dict[str, str] = {
     ),
     "decision_curve": (
         "Net benefit of treating the patients whose predicted risk is at least the threshold. A score "
-        "helps at a threshold only where its curve lies above both 'treat all' and 'treat none' (0)."
+        "helps at a threshold only where its curve lies above both 'treat all' and 'treat none' (0). "
+        "EASIX and m-EASIX are rescaled to probabilities on the development data; the shaded band is the "
+        "model's 95% bootstrap interval."
     ),
     "subgroups": (
         "AUROC within each subgroup with its 95% bootstrap interval; the dashed line is the overall AUROC. "
@@ -294,6 +296,9 @@ def plot_decision_curve(evidence: Evidence, path: Path) -> Path:
     for name, part in dc.groupby("model", sort=False):
         colour = _COLOURS.get(name)
         ls = {TREAT_ALL: "--", TREAT_NONE: ":"}.get(name, "-")
+        if name == MODEL and "nb_ci_low" in part and part["nb_ci_low"].notna().any():
+            ax.fill_between(part["threshold"], part["nb_ci_low"], part["nb_ci_high"], color=colour, alpha=0.15,
+                            lw=0, label="model, 95% bootstrap band")
         ax.plot(part["threshold"], part["net_benefit"], ls=ls, color=colour, lw=2 if name == MODEL else 1.3,
                 label=_name(name))
     prevalence = float(np.mean(evidence.y_test)) if evidence.y_test is not None else float(dc["net_benefit"].max())

@@ -436,3 +436,14 @@ def test_external_evaluation_without_development_data(cohort_split):
     assert e.sample_size is None and e.development is None
     assert ev.M_EASIX not in e.predictions and any("m-EASIX" in n for n in e.notes)
     assert "test_m_easix_auroc" in e.flat_metrics()
+
+
+def test_the_decision_curve_shows_easix_and_the_models_uncertainty(evidence):
+    dc = evidence.decision_curve
+    assert {ev.MODEL, ev.EASIX, ev.M_EASIX, ev.TREAT_ALL, ev.TREAT_NONE} <= set(dc["model"])
+    model = dc[dc["model"] == ev.MODEL]
+    assert model["nb_ci_low"].notna().all() and model["nb_ci_high"].notna().all()
+    inside = (model["nb_ci_low"] <= model["net_benefit"] + 1e-12) & (model["net_benefit"] <= model["nb_ci_high"] + 1e-12)
+    assert inside.mean() > 0.95  # the point estimate lies in its own band
+    assert (model["nb_ci_high"] - model["nb_ci_low"]).max() > 0
+    assert dc.loc[dc["model"] != ev.MODEL, "nb_ci_low"].isna().all()
