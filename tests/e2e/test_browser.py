@@ -172,3 +172,56 @@ def test_validation_report_and_model_card_files(trained, browser, tmp_path):
     card = Path(client.download_artifacts(result.run_id, "evidence/model_card.html", str(tmp_path)))
     _visit(browser, card.as_uri(), "document.querySelector('h1')", "model_card_file")
     assert browser.find_element("css selector", "h1").text == "Model card: icans-risk"
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(trained):
+    """`mlflow ui` (as `make mlflow-ui` runs it) on the trained store, on a free local port."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    settings, _ = trained
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri,
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.time() < deadline, "mlflow ui did not start"
+        time.sleep(0.5)
+    yield base
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_the_mlflow_ui_shows_the_run_its_description_and_datasets(trained, browser, mlflow_ui):
+    """The MLflow UI's own console messages are its own (not asserted); no request leaves the host and
+    the run page says what happened without opening a metric."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    settings, result = trained
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    run = mlflow.get_run(result.run_id)
+    url = f"{mlflow_ui}/#/experiments/{run.info.experiment_id}/runs/{result.run_id}"
+    browser.get_log("performance")
+    browser.get(url)
+    WebDriverWait(browser, 60).until(lambda d: "Validation" in d.find_element("tag name", "body").text)
+    time.sleep(1.0)
+    browser.save_screenshot(str(ARTIFACTS / "mlflow_run.png"))
+    text = browser.find_element("tag name", "body").text
+    assert run.data.tags["chosen_family"] in text and "Quality gate" in text
+    assert "development" in text or "all" in text  # the Datasets panel names the logged cohort
+    requests = [json.loads(e["message"])["message"].get("params", {}).get("request", {}).get("url", "")
+                for e in browser.get_log("performance")]
+    foreign = [u for u in requests if u.startswith("http") and not u.startswith(mlflow_ui)]
+    assert not foreign, f"requests to another host: {foreign}"
