@@ -506,7 +506,9 @@ def _learning_curve_blocks(ev: Evidence, image: Path | None) -> list[Block]:
               f"patients, each size fitted {fitted} with the training's own procedure (search, family choice, "
               "calibration), beside an untuned HistGradientBoosting and the logistic comparator. The oracle is "
               "the AUROC of the true probability; it includes a latent random effect that no feature "
-              "carries, so the ceiling reachable from the features is lower."),
+              "carries, so the ceiling reachable from the features is lower. EASIX and m-EASIX are scored on "
+              "that synthetic test set too, so their figures here differ from the headline figures above, which "
+              "are on this run's validation patients."),
         ("table", ["training patients", "training events"] + [_name(c) for c in cols] + ["best fitted model"], rows),
     ]
     if image is not None:
