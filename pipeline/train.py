@@ -389,10 +389,13 @@ def train(
             settings.seed,
         )
     cohort = read_cohort(Path(data), outcome, on_invalid=on_invalid)  # raises before any logging
-    df = cohort.data.reset_index(drop=True)
+    # a canonical row order: the same patients in another order give the same folds, model and verdict
+    df = cohort.data.sort_values(by=list(cohort.data.columns), kind="mergesort", na_position="last")
+    df = df.reset_index(drop=True)
     y_all = df[outcome].astype(int).to_numpy()
     check_trainable(y_all, outcome, max(settings.min_events, 2 * settings.cv_folds))  # before any logging
-    design = choose_design(int(y_all.sum()), len(df), settings)
+    # what limits a design is the rarer class (events, or non-events above 50% prevalence)
+    design = choose_design(int(min(y_all.sum(), len(y_all) - y_all.sum())), len(df), settings)
     if design.kind == SPLIT:
         dev, test = train_test_split(df, test_size=settings.test_fraction, stratify=y_all, random_state=settings.seed)
         dev, test = dev.reset_index(drop=True), test.reset_index(drop=True)

@@ -191,3 +191,16 @@ def test_too_few_events_exit_non_zero_with_one_line_and_nothing_logged(tmp_path)
     assert lines == ["error: 12 events of 'severe_icans': at least 20 are needed to train; see README "
                      "(\"What a cohort needs\")"], proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_same_patients_in_another_order_give_the_same_model(tmp_path):
+    """The verdict must not depend on the order of the rows in the file."""
+    df = generate_cohort(240, 8)
+    results = []
+    for order, frame in (("as-is", df), ("shuffled", df.sample(frac=1.0, random_state=3))):
+        s, path = _run(tmp_path, frame, "severe_icans", "csv")
+        results.append(train(s, data=path, outcome="severe_icans"))
+    a, b = results
+    assert a.chosen == b.chosen
+    assert a.validated["auroc"] == pytest.approx(b.validated["auroc"], abs=1e-12)
+    assert a.validated["calibration_slope"] == pytest.approx(b.validated["calibration_slope"], abs=1e-12)
