@@ -148,12 +148,10 @@ def reconcile_tags(client: MlflowClient, name: str, champion_alias: str = "champ
     for v in versions:
         tags = v.tags or {}
         if tags.get("promotion") == "champion" and str(v.version) != str(holder):
+            # the decision that made it champion stays in promotion_reason; what happened since is added
             client.set_model_version_tag(name, v.version, "promotion", "replaced")
-            client.set_model_version_tag(
-                name, v.version, "promotion_reason",
-                f"was champion; {'v' + str(holder) if holder else 'no version'} holds @{champion_alias} "
-                f"(found at {now_text()})",
-            )
+            client.set_model_version_tag(name, v.version, "replaced_by", f"v{holder}" if holder else "none")
+            client.set_model_version_tag(name, v.version, "replaced_at", now_text())
         elif "promotion" not in tags and killed_runs and v.run_id in killed_runs:
             client.set_model_version_tag(name, v.version, "promotion", "not decided")
             client.set_model_version_tag(name, v.version, "promotion_reason",

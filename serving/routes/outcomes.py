@@ -61,6 +61,8 @@ router = APIRouter()
     status_code=201,
     response_model=OutcomeAnswer,
     responses={200: {"model": OutcomeAnswer, "description": "Already stored (a retry)"},
+               400: {"model": ErrorResponse, "description": "The body could not be read (e.g. not UTF-8)"},
+               413: {"model": ErrorResponse, "description": "The body is larger than ICANS_MAX_BODY_BYTES"},
                401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
                404: {"model": ErrorResponse, "description": "No audited answer (or earlier outcome) matches"},
                409: {"model": ErrorResponse, "description": "outcome_id already used for another outcome"},
