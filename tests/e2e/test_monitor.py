@@ -114,3 +114,26 @@ def test_outcomes_move_the_verdict(trained, tokens):
     assert run.data.metrics["monitor_observed_expected"] > 1.3
     arts = {a.path for a in MlflowClient().list_artifacts(result.run_id)}
     assert {"calibration_drift.png", "monitoring_report.html", "drift.csv"} <= arts
+
+
+def test_the_monitor_command(trained, tokens):
+    """`icans-risk monitor` (what `make monitor` runs) on the service's store: one run, its verdict."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    settings, _ = trained
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {tokens['score']}"}) as client:
+        for _ in range(600):
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.05)
+        assert client.post("/v1/risk/batch", json={"patients": _records(generate_cohort(60, 51))}).status_code == 200
+    env = {"MLFLOW_TRACKING_URI": settings.tracking_uri, "ICANS_STORE_URL": settings.store_url,
+           "ICANS_AUDIT_HMAC_KEY": settings.audit_hmac_key.get_secret_value(),
+           "ICANS_ARTIFACT_ROOT": settings.artifact_root}
+    result = CliRunner().invoke(main, ["monitor", "--since", "2000-01-01"], env=env)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("monitoring run ") and "verdict: " in result.output
+    bad = CliRunner().invoke(main, ["monitor", "--since", "not-a-date"], env=env)
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
