@@ -89,7 +89,8 @@ def monitor(settings: Any, rows: Iterable[dict[str, Any]], since: datetime | Non
     labelled.sort(key=lambda r: (r["observed_on"], r["id"]))
     y = np.array([r["y"] for r in labelled], dtype=int)
     p = np.array([r["risk"] for r in labelled], dtype=float)
-    development_auroc = (bundle.metadata.get("validation") or {}).get("estimates", {}).get("auroc")
+    est = (bundle.metadata.get("validation") or {}).get("estimates", {})
+    development_auroc = (est.get("auroc"), est.get("auroc_ci_low", np.nan), est.get("auroc_ci_high", np.nan))
     calibration = calibration_now(y, p, seed=seed) if len(y) else None
     decision = verdict(y, p, development_auroc, alpha=alpha)
     experiment_id = setup_mlflow(settings, MONITORING_EXPERIMENT)

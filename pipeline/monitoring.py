@@ -205,9 +205,12 @@ MIN_EVENTS_FOR_VERDICT = 10
 EVENTS_FOR_PRECISE_CALIBRATION = 100
 
 
-def verdict(y: np.ndarray, p: np.ndarray, development_auroc: float | None, alpha: float = 0.05) -> dict[str, Any]:
+def verdict(y: np.ndarray, p: np.ndarray, development_auroc: float | tuple[float, float, float] | None,
+            alpha: float = 0.05) -> dict[str, Any]:
     """The updating ladder in plain words: no action; recalibrate the intercept; recalibrate the
-    intercept and slope; retrain; or too few events to say (and how many would be needed)."""
+    intercept and slope; retrain; or too few events to say (and how many would be needed).
+    `development_auroc`: the development estimate, or (estimate, 95% CI low, high): "retrain" needs a
+    drop of more than 0.05 that is significant against both uncertainties."""
     from pipeline.metrics import auroc
     from pipeline.recalibration import INTERCEPT, LOGISTIC, closed_test
 
@@ -221,14 +224,22 @@ def verdict(y: np.ndarray, p: np.ndarray, development_auroc: float | None, alpha
     lp = np.log(np.clip(p, 1e-12, 1)) - np.log(np.clip(1 - p, 1e-12, 1))
     test = closed_test(y, lp, alpha)
     now = auroc(y, p)
-    if development_auroc is not None and np.isfinite(development_auroc):
+    dev = development_auroc if isinstance(development_auroc, tuple) else (development_auroc, np.nan, np.nan)
+    if dev[0] is not None and np.isfinite(dev[0]):
+        from scipy.stats import norm
+
         from pipeline.evidence import discrimination_with_ci
 
-        ci_high = discrimination_with_ci(y, p, with_auprc=False)["auroc_ci_high"]
-        if np.isfinite(ci_high) and ci_high < development_auroc - 0.05:
-            return {"verdict": "retrain", "events": events, "statistics": test.statistics,
-                    "text": (f"discrimination has fallen: AUROC {now:.3f} (95% CI upper {ci_high:.3f}) against "
-                             f"{development_auroc:.3f} at development; recalibration cannot restore it")}
+        d = discrimination_with_ci(y, p, with_auprc=False)
+        # both estimates are uncertain: the development one too (a lucky held-out set reads high)
+        se_now = (d["auroc_ci_high"] - d["auroc_ci_low"]) / (2 * norm.ppf(0.975))
+        se_dev = (dev[2] - dev[1]) / (2 * norm.ppf(0.975)) if np.isfinite(dev[1]) and np.isfinite(dev[2]) else 0.0
+        z = (now - dev[0]) / np.hypot(se_now, se_dev) if np.hypot(se_now, se_dev) > 0 else 0.0
+        if np.isfinite(z) and z < -norm.ppf(1 - alpha / 2) and now < dev[0] - 0.05:
+            return {"verdict": "retrain", "events": events, "statistics": {**test.statistics, "auroc_drop_z": z},
+                    "text": (f"discrimination has fallen: AUROC {now:.3f} (95% CI {d['auroc_ci_low']:.3f}-"
+                             f"{d['auroc_ci_high']:.3f}) against {dev[0]:.3f} at development (z {z:.2f}); "
+                             "recalibration cannot restore it")}
     words = {INTERCEPT: ("recalibrate the intercept", "the risks are systematically too high or too low"),
              LOGISTIC: ("recalibrate intercept and slope", "the risks are too extreme or not extreme enough")}
     if test.method == INTERCEPT:

@@ -71,5 +71,11 @@ def test_verdicts_follow_the_updating_ladder():
     few = verdict(np.r_[np.ones(4), np.zeros(40)].astype(int), np.full(44, 0.1), None)
     assert few["verdict"] == "too few events to say" and "4 events" in few["text"]
     noise = rng.random(600)
-    lost = verdict((rng.random(600) < p).astype(int), noise, development_auroc=0.75)
+    lost = verdict((rng.random(600) < p).astype(int), noise, development_auroc=(0.75, 0.70, 0.80))
     assert lost["verdict"] == "retrain"
+    # a model as good as its (uncertain) development figure is not sent back to training
+    calibrated = (rng.random(600) < p).astype(int)
+    from pipeline.metrics import auroc
+
+    now = auroc(calibrated, p)
+    assert verdict(calibrated, p, development_auroc=(now + 0.06, now - 0.04, now + 0.16))["verdict"] != "retrain"
