@@ -6,6 +6,7 @@ there is no second one here.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -73,7 +74,9 @@ def shap_summary_plot(
         feature_names=feature_names,
     )
     plt.figure()
-    shap.plots.beeswarm(explanation, max_display=len(feature_names), show=False)
+    with warnings.catch_warnings():  # a column with no value (or a category) is all NaN: drawn grey, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        shap.plots.beeswarm(explanation, max_display=len(feature_names), show=False)
     fig = plt.gcf()
     fig.set_size_inches(9, 8)
     fig.axes[0].set_xlabel("SHAP contribution to the log-odds (right raises the risk)")
