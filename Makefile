@@ -111,6 +111,7 @@ bench: install
 		|| echo "wrk could not be installed: bench falls back to its Python load generator"
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick)
 	$(if $(QUICK),,$(BIN)/python -m bench.load_reload --seconds 60 --rate 100)
+	$(if $(QUICK),,$(BIN)/python -m bench.soak --seconds 600 --rate 60 --kill-every 60)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,253 @@
+"""Soak under faults: load for 10 minutes on two workers while a worker is killed every minute, the
+audit store stalls once, and the model is reloaded live (issue 13).
+
+`python -m bench.soak [--seconds 600] [--rate 60] [--kill-every 60] [--out-dir bench]`: trains a
+model into a temporary store, serves it with `icans-risk serve --workers 2`, holds a fixed request
+rate over 127.0.0.1, SIGKILLs one worker every `--kill-every` seconds (uvicorn starts another),
+holds a SQLite write lock for 5 s a third of the way in, moves @champion and calls POST
+/v1/admin/reload two thirds of the way in, then checks the invariants: exactly one audit record
+per answer given (200) and none for an answer not given, no request id audited twice, and every
+answer stamped with a version that was champion. Writes bench/soak.md and bench/soak.json.
+Bounded in time; every process it starts is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).with_name("icans-risk"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _request(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None, headers: dict) -> tuple[int, bytes]:
+    conn.request(method, path, body=body, headers=headers)
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def _workers(pid: int) -> list[int]:
+    """uvicorn's worker processes under the server (not multiprocessing's resource tracker)."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    workers = []
+    for child in map(int, out):
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                workers.append(child)
+        except OSError:
+            continue
+    return sorted(workers)
+
+
+def run(seconds: float, rate: float, kill_every: float, out_dir: Path | None, threads: int = 8) -> dict:
+    import signal
+    import sqlite3
+
+    from pipeline.contract import example_request
+
+    work = Path(tempfile.mkdtemp(prefix="icans-soak-"))
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "ICANS_ARTIFACT_ROOT": (work / "mlartifacts").as_uri(),
+        "ICANS_DATA_DIR": str(work / "data"),
+        "ICANS_STORE_URL": f"sqlite:///{work / 'service.db'}",
+        "ICANS_AUDIT_HMAC_KEY": "soak-test-audit-key-0123456789",
+        "ICANS_AUTH": "on",
+        "ICANS_N_ITER": "1",
+        "ICANS_CV_FOLDS": "3",
+        "ICANS_VALIDATION": "split",
+        "OMP_NUM_THREADS": "1",
+    }
+    server = None
+    events: list[str] = []
+    try:
+        subprocess.run([CLI, "train", "--n", "800"], env=env, check=True, capture_output=True, timeout=900)
+        score = subprocess.run([CLI, "keys", "create", "--client", "soak", "--scope", "score"], env=env,
+                               check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        admin = subprocess.run([CLI, "keys", "create", "--client", "ops", "--scope", "admin"], env=env,
+                               check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        port = _free_port()
+        server = subprocess.Popen([CLI, "serve", "--port", str(port), "--workers", "2"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while True:
+            try:
+                status, _ = _request(http.client.HTTPConnection("127.0.0.1", port, timeout=2), "GET", "/readyz", None, {})
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            if time.time() > deadline or server.poll() is not None:
+                raise RuntimeError("server did not become ready")
+            time.sleep(0.2)
+
+        import mlflow
+        from mlflow import MlflowClient
+
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        client = MlflowClient()
+        old = client.get_model_version_by_alias("icans-risk", "champion")
+        new = client.create_model_version("icans-risk", source=old.source, run_id=old.run_id)
+
+        body = json.dumps(example_request()).encode()
+        headers = {"content-type": "application/json", "authorization": f"Bearer {score}"}
+        statuses: Counter = Counter()
+        versions: Counter = Counter()
+        answered_ids: list[str] = []
+        latencies: list[float] = []
+        lock = threading.Lock()
+        start = time.perf_counter()
+        stop_at = start + seconds
+        interval = threads / rate
+
+        def worker(k: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+            next_at = start + k * interval / threads
+            while True:
+                now = time.perf_counter()
+                if now >= stop_at:
+                    break
+                if next_at > now:
+                    time.sleep(next_at - now)
+                next_at += interval
+                t0 = time.perf_counter()
+                try:
+                    status, payload = _request(conn, "POST", "/v1/risk", body, headers)
+                    answer = json.loads(payload) if status == 200 else {}
+                except (OSError, http.client.HTTPException, ValueError):
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+                    status, answer = -1, {}
+                with lock:
+                    statuses[status] += 1
+                    if status == 200:
+                        versions[answer["model"]["version"]] += 1
+                        answered_ids.append(answer["request_id"])
+                    latencies.append(time.perf_counter() - t0)
+
+        pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+        [t.start() for t in pool]
+        stalled = reloaded = False
+        next_kill = start + kill_every
+        while time.perf_counter() < stop_at:
+            now = time.perf_counter()
+            if now >= next_kill:
+                kids = _workers(server.pid)
+                if kids:
+                    victim = kids[len(events) % len(kids)]
+                    os.kill(victim, signal.SIGKILL)
+                    events.append(f"{now - start:.0f} s: worker {victim} killed (SIGKILL); workers before: {kids}")
+                next_kill += kill_every
+            if not stalled and now >= start + seconds / 3:
+                stalled = True
+                db = sqlite3.connect(str(work / "service.db"), timeout=30)
+                db.execute("BEGIN IMMEDIATE")
+                events.append(f"{now - start:.0f} s: audit store write-locked for 5 s")
+                time.sleep(5)
+                db.rollback()
+                db.close()
+            if not reloaded and now >= start + 2 * seconds / 3:
+                reloaded = True
+                client.set_registered_model_alias("icans-risk", "champion", new.version)
+                try:
+                    status, payload = _request(http.client.HTTPConnection("127.0.0.1", port, timeout=30), "POST",
+                                               "/v1/admin/reload", b"", {"authorization": f"Bearer {admin}"})
+                    events.append(f"{now - start:.0f} s: live reload -> {status} {json.loads(payload).get('result')}")
+                except (OSError, http.client.HTTPException, ValueError) as exc:
+                    events.append(f"{now - start:.0f} s: live reload call failed ({type(exc).__name__}); "
+                                  "the workers' poll picks the new champion up")
+            time.sleep(0.2)
+        [t.join() for t in pool]
+        elapsed = time.perf_counter() - start
+        time.sleep(1.0)  # records of the last answers are committed before they leave; nothing to wait for
+
+        from serving.store import Store
+
+        store = Store(env["ICANS_STORE_URL"], env["ICANS_AUDIT_HMAC_KEY"].encode())
+        audited_ids = [row["request_id"] for chunk in store.iter_audit() for row in chunk]
+        store.close()
+        served = statuses.get(200, 0)
+        latencies.sort()
+        result = {
+            "seconds": round(elapsed, 1),
+            "target_rate_per_s": rate,
+            "requests": sum(statuses.values()),
+            "status_counts": {str(k): v for k, v in statuses.items()},
+            "answers_200": served,
+            "audit_records": len(audited_ids),
+            "audit_records_without_answer": len(set(audited_ids) - set(answered_ids)),
+            "answers_without_audit_record": len(set(answered_ids) - set(audited_ids)),
+            "request_ids_audited_twice": len(audited_ids) - len(set(audited_ids)),
+            "versions_served": dict(versions),
+            "events": events,
+            "latency_ms_p50": round(1000 * latencies[len(latencies) // 2], 2) if latencies else None,
+            "latency_ms_p99": round(1000 * latencies[int(len(latencies) * 0.99)], 2) if latencies else None,
+        }
+        result["ok"] = (len(audited_ids) == served and result["audit_records_without_answer"] == 0
+                        and result["answers_without_audit_record"] == 0 and result["request_ids_audited_twice"] == 0
+                        and set(versions) <= {str(old.version), str(new.version)})
+    finally:
+        if server is not None:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        shutil.rmtree(work, ignore_errors=True)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "soak.json").write_text(json.dumps(result, indent=2))
+        lines = [
+            "# Soak under faults",
+            "",
+            f"{result['requests']} requests in {result['seconds']} s at a target of {rate:g}/s on 2 workers; "
+            "what happened:",
+            "",
+            *[f"- {e}" for e in result["events"]],
+            "",
+            "| invariant or measure | value |",
+            "|---|---|",
+            f"| answers given (200) / audit records | {result['answers_200']} / {result['audit_records']} |",
+            f"| audit records without an answer | {result['audit_records_without_answer']} |",
+            f"| answers without an audit record | {result['answers_without_audit_record']} |",
+            f"| request ids audited twice | {result['request_ids_audited_twice']} |",
+            f"| status counts (-1: connection lost with a killed worker) | {result['status_counts']} |",
+            f"| answers by version | {result['versions_served']} |",
+            f"| latency p50 / p99 | {result['latency_ms_p50']} / {result['latency_ms_p99']} ms |",
+            f"| all invariants hold | {result['ok']} |",
+        ]
+        (out_dir / "soak.md").write_text("\n".join(lines) + "\n")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=600.0)
+    parser.add_argument("--rate", type=float, default=60.0)
+    parser.add_argument("--kill-every", type=float, default=60.0)
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "bench")
+    args = parser.parse_args()
+    result = run(args.seconds, args.rate, args.kill_every, args.out_dir)
+    print(json.dumps(result, indent=2))
+    sys.exit(0 if result["ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()
