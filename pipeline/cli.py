@@ -168,29 +168,60 @@ def monitor(since, until, alpha) -> None:
     """Compare the served version's audited answers with its development data (an MLflow run)."""
     from serving.cli_admin import parse_since
 
-    from pipeline.monitor import MonitoringError, monitor as run_monitor
-
     try:
         start = parse_since(since) if since else None
         end = parse_since(until) if until else None
     except click.BadParameter as exc:
         raise click.ClickException(f"--since/--until: {exc.message}") from None
-    store = _store()
-    try:
-        from serving.outcomes import labelled_answers
+    from pipeline.monitor import MonitoringError
 
-        settings = _settings()
-        rows = (row for chunk in store.iter_audit(start) for row in chunk)
-        result = run_monitor(settings, rows, since=start, until=end, alpha=alpha,
-                             labelled=labelled_answers(store, settings.outcome))
+    try:
+        result = _monitor_once(_settings(), start, end, alpha)
     except MonitoringError as exc:
         _data_error(exc)
-    finally:
-        store.close()
     click.echo(f"monitoring run {result.run_id}: {result.model}, {result.n} audited answers")
     click.echo("drift alarms: " + (", ".join(result.alarms) if result.alarms else "none")
                + f" (family-wise alpha {alpha}); report: monitoring_report.html in the run's artifacts")
     click.echo(f"verdict: {result.verdict['verdict']}: {result.verdict['text']}")
+
+
+def _monitor_once(settings, since=None, until=None, alpha: float = 0.05):
+    """One monitoring run over the service's store; its summary is kept in the store for the service."""
+    from pipeline.monitor import monitor as run_monitor
+    from serving import monitoring_runs
+    from serving.app import open_store
+    from serving.outcomes import labelled_answers
+
+    store = open_store(settings, sync="full")
+    try:
+        rows = (row for chunk in store.iter_audit(since) for row in chunk)
+        result = run_monitor(settings, rows, since=since, until=until, alpha=alpha,
+                             labelled=labelled_answers(store, settings.outcome))
+        monitoring_runs.record(store, result.model_name, result.model_version, result.run_id, result.summary())
+        return result
+    finally:
+        store.close()
+
+
+def _monitor_on_schedule(settings, interval_s: float, stop) -> None:
+    """The schedule `icans-risk serve` runs when ICANS_MONITOR_INTERVAL_S > 0: the last `interval_s` of
+    answers, every `interval_s`, in a daemon thread of the serving command (not of a worker)."""
+    import logging
+    from datetime import UTC, datetime, timedelta
+
+    from pipeline.monitor import MonitoringError
+
+    log = logging.getLogger("icans_risk.monitor")
+    while not stop.wait(interval_s):
+        since = datetime.now(UTC) - timedelta(seconds=interval_s)
+        try:
+            result = _monitor_once(settings, since=since)
+            log.warning("monitoring run %s: %s; alarms: %s", result.run_id, result.verdict["verdict"],
+                        ", ".join(result.alarms) or "none")
+        except MonitoringError as exc:
+            log.warning("monitoring skipped: %s", exc)
+        except Exception as exc:  # the schedule never stops the service
+            log.error("monitoring failed: %s", type(exc).__name__)
 
 
 @main.group()
@@ -280,6 +311,12 @@ def serve(host, port, workers, train_if_missing) -> None:
     if train_if_missing:
         _ensure_champion(settings)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if settings.monitor_interval_s > 0:
+        import threading
+
+        stop = threading.Event()
+        threading.Thread(target=_monitor_on_schedule, args=(settings, settings.monitor_interval_s, stop),
+                         name="monitor-schedule", daemon=True).start()
     from serving.http_guard import GuardedHttpToolsProtocol
 
     uvicorn.run(

@@ -39,6 +39,16 @@ class MonitorResult:
     drift: pd.DataFrame
     verdict: dict[str, Any]
     calibration: dict[str, float]
+    model_name: str = ""
+    model_version: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        """What the service shows of this run (`GET /v1/model`, the icans_monitor_* gauges)."""
+        figures = {k: float(v) for k, v in self.calibration.items()
+                   if k in ("observed_expected", "calibration_intercept", "calibration_slope", "auroc", "brier",
+                            "events") and np.isfinite(v)}
+        return {"verdict": self.verdict["verdict"], "verdict_text": self.verdict["text"], "alarms": self.alarms,
+                "n": self.n, "n_with_outcome": int(self.calibration.get("n", 0)), **figures}
 
 
 def _rows_frame(rows: Iterable[dict[str, Any]], name: str, version: str, since: datetime | None,
@@ -126,7 +136,8 @@ def monitor(settings: Any, rows: Iterable[dict[str, Any]], since: datetime | Non
                 encoding="utf-8")
             mlflow.log_artifacts(str(t))
         return MonitorResult(run.info.run_id, f"{resolved.name} v{resolved.version}", len(frame), alarms, drift,
-                             decision, calibration.figures if calibration is not None else {})
+                             decision, calibration.figures if calibration is not None else {},
+                             resolved.name, str(resolved.version))
 
 
 def _reference_mean_risk(reference: dict[str, Any]) -> float:

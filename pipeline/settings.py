@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     cv_repeats: int = Field(default=5, ge=1, description="repeats of the cross-validation of the whole procedure")
     resample_n_iter: int = Field(default=4, ge=1, description="search configurations per family in each fold")
     resample_cv_folds: int = Field(default=3, ge=2, description="tuning/calibration folds inside each fold")
+    # Monitoring inside `icans-risk serve`: every this many seconds, the answers of the last interval
+    # against the development data (and their outcomes), as `make monitor` does; 0 = off.
+    monitor_interval_s: float = Field(default=0.0, ge=0)
     # Local updating (pipeline/update.py): the closed test's level, and the fewest events to update on.
     update_alpha: float = Field(default=0.05, gt=0, lt=1)
     update_min_events: int = Field(default=10, ge=2)

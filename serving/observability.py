@@ -48,6 +48,23 @@ class Metrics:
         )
         self.audit_store_up.set(1)
 
+        from serving.monitoring_runs import GAUGES
+
+        self.monitor = {name: Gauge(f"icans_monitor_{name}", f"Latest monitoring of the served version: {name}",
+                                    registry=self.registry) for name in GAUGES}
+        self.monitor_verdict = Gauge("icans_monitor_verdict_info", "Latest monitoring verdict (value 1)",
+                                     ["verdict"], registry=self.registry)
+
+    def set_monitoring(self, summary: dict | None) -> None:
+        """The gauges from the newest monitoring summary of the served version (NaN where none)."""
+        summary = summary or {}
+        for name, gauge in self.monitor.items():
+            value = len(summary["alarms"]) if name == "alarms" and "alarms" in summary else summary.get(name)
+            gauge.set(float(value) if isinstance(value, (int, float)) else float("nan"))
+        self.monitor_verdict.clear()
+        if summary.get("verdict"):
+            self.monitor_verdict.labels(summary["verdict"]).set(1)
+
     def set_model(self, name: str, version: str, run_id: str | None) -> None:
         self.model_info.clear()
         self.model_info.labels(name, version, run_id or "").set(1)

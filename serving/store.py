@@ -37,7 +37,7 @@ ExportFormat = Literal["csv", "parquet"]
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest migration's revision (a test keeps it equal to Alembic's head): a store already
 # there starts without importing Alembic (~0.7 s of every worker's cold start).
-SCHEMA_HEAD = "0004_outcomes"
+SCHEMA_HEAD = "0005_monitoring_runs"
 
 TOKEN_PREFIX = "icr_"
 _KEY_ID_BYTES = 8  # 16 hex characters: an identifier, not a secret

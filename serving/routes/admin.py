@@ -32,4 +32,7 @@ def reload_model(request: Request, principal: Principal = Depends(require("admin
 
 @router.get("/metrics", summary="Prometheus metrics of this process", include_in_schema=False)
 def metrics(request: Request) -> Response:
+    from serving.routes.model import latest_monitoring
+
+    request.app.state.metrics.set_monitoring(latest_monitoring(request))
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

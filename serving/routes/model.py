@@ -49,6 +49,8 @@ def model_info(request: Request) -> dict:
         "quality_gate": meta.get("gate"),
         # a local update (make update): method, parent version, local data hash, closed-test statistics
         "update": meta.get("update"),
+        # the newest monitoring of this version (make monitor, or ICANS_MONITOR_INTERVAL_S): verdict and figures
+        "monitoring": latest_monitoring(request),
         "features": [
             {
                 "name": f.name,
@@ -87,3 +89,17 @@ def model_card(request: Request):
         return PlainTextResponse(f"> {served} {INTENDED_USE}\n\n{document}", media_type="text/markdown; charset=utf-8")
     banner = f'<p class="served"><strong>{html.escape(served)}</strong></p>'
     return HTMLResponse(document.replace("<body>", f"<body>{banner}", 1))
+
+
+def latest_monitoring(request: Request) -> dict | None:
+    """The newest monitoring summary of the served version, from the service's store (None when
+    there is none, no model yet, or the store cannot be read: monitoring never fails an answer)."""
+    from serving.monitoring_runs import latest
+
+    predictor = request.app.state.model.predictor
+    if predictor is None:
+        return None
+    try:
+        return latest(request.app.state.store, predictor.model.name, predictor.model.version)
+    except Exception:
+        return None

@@ -137,3 +137,50 @@ def test_the_monitor_command(trained, tokens):
     assert result.output.startswith("monitoring run ") and "verdict: " in result.output
     bad = CliRunner().invoke(main, ["monitor", "--since", "not-a-date"], env=env)
     assert bad.exit_code != 0 and "Traceback" not in bad.output
+
+    # the service shows the newest monitoring of the version it serves: /v1/model and the gauges
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {tokens['score']}"}) as client:
+        for _ in range(600):
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.05)
+        shown = client.get("/v1/model").json()["monitoring"]
+        assert shown["run_id"] in result.output and shown["verdict"] and shown["n"] >= 60
+        metrics = client.get("/metrics", headers={"Authorization": f"Bearer {tokens['admin']}"}).text
+        assert f"icans_monitor_n {float(shown['n'])}" in metrics
+        assert f'icans_monitor_verdict_info{{verdict="{shown["verdict"]}"}} 1.0' in metrics
+
+
+def test_the_schedule_in_serve_runs_and_records(trained, tokens):
+    """ICANS_MONITOR_INTERVAL_S: the serving command's thread monitors the last interval's answers."""
+    import threading
+
+    import sqlalchemy as sa
+
+    from pipeline.cli import _monitor_on_schedule
+    from serving.monitoring_runs import monitoring_runs
+
+    settings, _ = trained
+    store = open_store(settings)
+    with store.engine.connect() as conn:
+        before = conn.execute(sa.select(sa.func.count()).select_from(monitoring_runs)).scalar_one()
+    stop = threading.Event()
+    thread = threading.Thread(target=_monitor_on_schedule, args=(settings, 3.0, stop), daemon=True)
+    thread.start()  # every 3 s, the answers of the last 3 s: the batch below falls in one of them
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {tokens['score']}"}) as client:
+        for _ in range(600):
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.05)
+        assert client.post("/v1/risk/batch", json={"patients": _records(generate_cohort(40, 52))}).status_code == 200
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        with store.engine.connect() as conn:
+            if conn.execute(sa.select(sa.func.count()).select_from(monitoring_runs)).scalar_one() > before:
+                break
+        time.sleep(0.5)
+    stop.set()
+    thread.join(30)
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(monitoring_runs)).scalar_one() > before
+    store.close()

@@ -142,16 +142,16 @@ def test_migrate_is_idempotent_and_reaches_head(fresh_database_url):
     try:
         assert s.current_revision() is None
         s.migrate()
-        assert s.current_revision() == "0004_outcomes"
+        assert s.current_revision() == "0005_monitoring_runs"
         s.migrate()
         other.migrate()
-        assert s.current_revision() == "0004_outcomes"
+        assert s.current_revision() == "0005_monitoring_runs"
         s.append(record())
         s.migrate()
         assert s.count() == 1
         with s.engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
-        assert tables == {"api_keys", "audit_log", "alembic_version", "cds_feedback", "cds_jti", "outcomes"}
+        assert tables == {"api_keys", "audit_log", "alembic_version", "cds_feedback", "cds_jti", "monitoring_runs", "outcomes"}
     finally:
         s.close()
         other.close()
@@ -177,7 +177,7 @@ def test_concurrent_first_migrations_do_not_collide(fresh_database_url):
         for th in threads:
             th.join(timeout=60)
         assert not errors, errors[:2]
-        assert {s.current_revision() for s in stores} == {"0004_outcomes"}
+        assert {s.current_revision() for s in stores} == {"0005_monitoring_runs"}
     finally:
         for s in stores:
             s.close()
@@ -200,7 +200,7 @@ def test_migrate_works_from_any_working_directory(tmp_path, monkeypatch):
     try:
         s.migrate()
         assert (tmp_path / "relative" / "dir" / "store.db").exists()
-        assert s.current_revision() == "0004_outcomes"
+        assert s.current_revision() == "0005_monitoring_runs"
     finally:
         s.close()
 
@@ -553,6 +553,7 @@ def test_schema_head_constant_is_alembics_head(tmp_path):
         conn.exec_driver_sql("DROP TABLE cds_jti")
         conn.exec_driver_sql("DROP TABLE cds_feedback")
         conn.exec_driver_sql("DROP TABLE outcomes")
+        conn.exec_driver_sql("DROP TABLE monitoring_runs")
     assert not store._at_head()
     store.migrate()
     assert store.current_revision() == SCHEMA_HEAD
