@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import date
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -54,6 +54,68 @@ class OutcomeAnswer(BaseModel):
 
 router = APIRouter()
 
+# LOINC has no code for the ASTCT ICANS grade or for "CRS grade >= 3" (the ASTCT consensus grades
+# are not in LOINC or SNOMED CT as observables), so an outcome Observation carries the service's own
+# code system, the one it already uses for IL-15: `urn:icans-risk:codes|icans-max-grade` with
+# valueInteger 0-4, or `urn:icans-risk:codes|severe-crs` with valueBoolean. A site that has its own
+# code maps it to these.
+LOCAL_CODES = "urn:icans-risk:codes"
+ICANS_GRADE_CODE, SEVERE_CRS_CODE = "icans-max-grade", "severe-crs"
+
+
+class FhirOutcomeError(ValueError):
+    """Names the FHIR element and the rule, never the value."""
+
+
+def observation_to_outcome(obs: Any) -> dict[str, Any]:
+    """An outcome Observation as the fields of `OutcomeRequest`.
+
+    identifier[0].value -> outcome_id; focus.identifier (system urn:icans-risk:request-id) -> request_id
+    (the RiskAssessment's identifier); subject.identifier.value -> patient_id; code -> which outcome;
+    valueInteger / valueBoolean -> its value; effectiveDateTime (or issued) -> observed_on;
+    meta.source or performer[0].display -> source; an identifier of a corrected Observation in
+    `extension` is not read: a correction is sent to POST /v1/outcomes with `corrects`."""
+    from serving.fhir.resources import REQUEST_ID_SYSTEM
+
+    if not isinstance(obs, dict) or obs.get("resourceType") != "Observation":
+        raise FhirOutcomeError("resourceType: must be Observation")
+    out: dict[str, Any] = {}
+    ids = obs.get("identifier") or []
+    if not (isinstance(ids, list) and ids and isinstance(ids[0], dict) and ids[0].get("value")):
+        raise FhirOutcomeError("identifier[0].value: required (the id of this report, for idempotency)")
+    out["outcome_id"] = ids[0]["value"]
+    focus = obs.get("focus") or []
+    for ref in focus if isinstance(focus, list) else []:
+        ident = (ref or {}).get("identifier") if isinstance(ref, dict) else None
+        if isinstance(ident, dict) and ident.get("system") == REQUEST_ID_SYSTEM and ident.get("value"):
+            out["request_id"] = ident["value"]
+    subject = obs.get("subject")
+    if isinstance(subject, dict) and isinstance(subject.get("identifier"), dict) and subject["identifier"].get("value"):
+        out["patient_id"] = subject["identifier"]["value"]
+    codings = ((obs.get("code") or {}).get("coding") or []) if isinstance(obs.get("code"), dict) else []
+    codes = {(c.get("system"), c.get("code")) for c in codings if isinstance(c, dict)}
+    if (LOCAL_CODES, ICANS_GRADE_CODE) in codes:
+        if "valueInteger" not in obs:
+            raise FhirOutcomeError("valueInteger: required for the ICANS grade (0-4)")
+        out["icans_max_grade"] = obs["valueInteger"]
+    elif (LOCAL_CODES, SEVERE_CRS_CODE) in codes:
+        if "valueBoolean" not in obs:
+            raise FhirOutcomeError("valueBoolean: required for severe CRS")
+        out["severe_crs"] = obs["valueBoolean"]
+    else:
+        raise FhirOutcomeError(f"code.coding: must include {LOCAL_CODES}|{ICANS_GRADE_CODE} or "
+                               f"{LOCAL_CODES}|{SEVERE_CRS_CODE}")
+    when = obs.get("effectiveDateTime") or obs.get("issued")
+    if not isinstance(when, str) or len(when) < 10:
+        raise FhirOutcomeError("effectiveDateTime: required (the day the outcome was known)")
+    out["observed_on"] = when[:10]
+    performer = obs.get("performer") or []
+    source = (obs.get("meta") or {}).get("source") if isinstance(obs.get("meta"), dict) else None
+    if not source and isinstance(performer, list) and performer and isinstance(performer[0], dict):
+        source = performer[0].get("display")
+    out["source"] = source or "FHIR Observation"
+    return out
+
 
 @router.post(
     "/v1/outcomes",
@@ -70,6 +132,60 @@ router = APIRouter()
 )
 async def post_outcome(body: OutcomeRequest, request: Request,
                        principal: Annotated[Principal, Depends(require("outcomes"))]) -> JSONResponse:
+    return await _record(body, request, principal)
+
+
+@router.post(
+    "/v1/outcomes/fhir",
+    summary="Record an outcome sent as a FHIR R4 Observation (ICANS grade or severe CRS; see the description)",
+    description=observation_to_outcome.__doc__ or "",
+    status_code=201,
+    response_model=OutcomeAnswer,
+    openapi_extra={"requestBody": {"required": True, "content": {"application/fhir+json": {"schema": {
+        "type": "object", "description": "a FHIR R4 Observation"}}, "application/json": {"schema": {
+        "type": "object", "description": "a FHIR R4 Observation"}}}}},
+    responses={200: {"model": OutcomeAnswer, "description": "Already stored (a retry)"},
+               400: {"model": ErrorResponse, "description": "The body could not be read (e.g. not UTF-8)"},
+               401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
+               404: {"model": ErrorResponse, "description": "No audited answer (or earlier outcome) matches"},
+               409: {"model": ErrorResponse, "description": "outcome_id already used for another outcome"},
+               413: {"model": ErrorResponse, "description": "The body is larger than ICANS_MAX_BODY_BYTES"},
+               422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+)
+async def post_outcome_fhir(request: Request,
+                            principal: Annotated[Principal, Depends(require("outcomes"))]) -> JSONResponse:
+    import orjson
+    from pydantic import ValidationError
+
+    from serving.errors import sanitize_errors
+
+    raw = await request.body()
+    try:
+        obs = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return JSONResponse({"detail": [{"field": "body", "rule": "the body is not valid JSON", "type": "json_invalid"}],
+                             "request_id": request.state.request_id}, status_code=400 if _not_utf8(raw) else 422)
+    try:
+        body = OutcomeRequest(**observation_to_outcome(obs))
+    except FhirOutcomeError as exc:
+        field, _, rule = str(exc).partition(": ")
+        return JSONResponse({"detail": [{"field": field, "rule": rule, "type": "fhir"}],
+                             "request_id": request.state.request_id}, status_code=422)
+    except ValidationError as exc:
+        return JSONResponse({"detail": sanitize_errors(exc.errors()), "request_id": request.state.request_id},
+                            status_code=422)
+    return await _record(body, request, principal)
+
+
+def _not_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+async def _record(body: OutcomeRequest, request: Request, principal: Principal) -> JSONResponse:
     from serving.outcomes import OutcomeConflict, OutcomeRecord, UnknownTarget, record_outcome
 
     rec = OutcomeRecord(**body.model_dump(), client_id=principal.client)

@@ -156,3 +156,32 @@ def test_outcomes_import_names_rows_and_fields(tmp_path, store_url):  # noqa: F8
     assert result.stdout.startswith("1 outcomes recorded, 1 already stored, 2 refused")
     assert "row 2: icans_max_grade:" in result.stderr and "row 3: request_id:" in result.stderr
     assert "req-99999" not in result.output and " 7" not in result.stderr
+
+
+def test_an_outcome_as_a_fhir_observation(api):
+    from serving.fhir.resources import FHIR_JSON, REQUEST_ID_SYSTEM
+
+    client, score, outcomes = api
+    rid = client.post("/v1/risk", json=example_request(), headers=score).json()["request_id"]
+    obs = {"resourceType": "Observation", "status": "final",
+           "identifier": [{"system": "urn:site:outcomes", "value": f"fhir-{rid[:10]}"}],
+           "code": {"coding": [{"system": "urn:icans-risk:codes", "code": "icans-max-grade"}]},
+           "focus": [{"identifier": {"system": REQUEST_ID_SYSTEM, "value": rid}}],
+           "valueInteger": 4, "effectiveDateTime": "2026-03-05T10:00:00Z", "meta": {"source": "ward EHR"}}
+    headers = {**outcomes, "Content-Type": FHIR_JSON}
+    import json as _json
+
+    r = client.post("/v1/outcomes/fhir", content=_json.dumps(obs), headers=headers)
+    assert r.status_code == 201, r.text
+    assert r.json()["request_id"] == rid
+    assert client.post("/v1/outcomes/fhir", content=_json.dumps(obs), headers=headers).status_code == 200
+    no_code = {**obs, "identifier": [{"value": "fhir-x1"}], "code": {"coding": [{"system": "http://loinc.org",
+                                                                                "code": "0000-0"}]}}
+    bad = client.post("/v1/outcomes/fhir", content=_json.dumps(no_code), headers=headers)
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "code.coding"
+    wrong = {**obs, "identifier": [{"value": "fhir-x2"}], "valueInteger": 654321}
+    bad = client.post("/v1/outcomes/fhir", content=_json.dumps(wrong), headers=headers)
+    assert bad.status_code == 422 and "654321" not in bad.text
+    assert client.post("/v1/outcomes/fhir", content=b"\xff\xfe", headers=headers).status_code == 400
+    assert client.post("/v1/outcomes/fhir", content=_json.dumps(obs), headers={**score, "Content-Type": FHIR_JSON}
+                       ).status_code == 403
