@@ -13,78 +13,23 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
+from bench.harness import request, second_version, served as serve_trained
+
 ROOT = Path(__file__).resolve().parents[1]
-CLI = str(Path(sys.executable).with_name("icans-risk"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _request(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None, headers: dict) -> tuple[int, bytes]:
-    conn.request(method, path, body=body, headers=headers)
-    resp = conn.getresponse()
-    return resp.status, resp.read()
 
 
 def run(seconds: float, rate: float, out_dir: Path | None, threads: int = 8) -> dict:
     from pipeline.contract import example_request
 
-    work = Path(tempfile.mkdtemp(prefix="icans-load-"))
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-        "ICANS_ARTIFACT_ROOT": (work / "mlartifacts").as_uri(),
-        "ICANS_DATA_DIR": str(work / "data"),
-        "ICANS_STORE_URL": f"sqlite:///{work / 'service.db'}",
-        "ICANS_AUDIT_HMAC_KEY": "load-test-audit-key-0123456789",
-        "ICANS_AUTH": "on",
-        "ICANS_N_ITER": "1",
-        "ICANS_CV_FOLDS": "3",
-        "OMP_NUM_THREADS": "1",
-    }
-    server = None
-    try:
-        subprocess.run([CLI, "train", "--n", "800"], env=env, check=True, capture_output=True, timeout=900)
-        score = subprocess.run([CLI, "keys", "create", "--client", "load", "--scope", "score"], env=env,
-                               check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        admin = subprocess.run([CLI, "keys", "create", "--client", "ops", "--scope", "admin"], env=env,
-                               check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        port = _free_port()
-        server = subprocess.Popen([CLI, "serve", "--port", str(port)], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while True:
-            try:
-                status, _ = _request(http.client.HTTPConnection("127.0.0.1", port, timeout=2), "GET", "/readyz", None, {})
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                raise RuntimeError("server did not become ready")
-            time.sleep(0.2)
-
-        import mlflow
-        from mlflow import MlflowClient
-
-        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-        client = MlflowClient()
-        old = client.get_model_version_by_alias("icans-risk", "champion")
-        new = client.create_model_version("icans-risk", source=old.source, run_id=old.run_id)
+    with serve_trained("icans-load-") as svc:
+        port, score, admin, env = svc.port, svc.score, svc.admin, svc.env
+        client, old, new = second_version(env)
 
         body = json.dumps(example_request()).encode()
         headers = {"content-type": "application/json", "authorization": f"Bearer {score}"}
@@ -108,7 +53,7 @@ def run(seconds: float, rate: float, out_dir: Path | None, threads: int = 8) -> 
                 next_at += interval
                 t0 = time.perf_counter()
                 try:
-                    status, payload = _request(conn, "POST", "/v1/risk", body, headers)
+                    status, payload = request(conn, "POST", "/v1/risk", body, headers)
                     version = json.loads(payload)["model"]["version"] if status == 200 else None
                 except (OSError, http.client.HTTPException, ValueError, KeyError):
                     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -125,7 +70,7 @@ def run(seconds: float, rate: float, out_dir: Path | None, threads: int = 8) -> 
         # half-way: a new champion, and a live reload while the load runs
         time.sleep(seconds / 2)
         client.set_registered_model_alias("icans-risk", "champion", new.version)
-        status, payload = _request(http.client.HTTPConnection("127.0.0.1", port, timeout=30), "POST",
+        status, payload = request(http.client.HTTPConnection("127.0.0.1", port, timeout=30), "POST",
                                    "/v1/admin/reload", b"", {"authorization": f"Bearer {admin}"})
         reload_answer = json.loads(payload)
         [t.join() for t in pool]
@@ -156,14 +101,6 @@ def run(seconds: float, rate: float, out_dir: Path | None, threads: int = 8) -> 
             and set(versions) <= {str(old.version), str(new.version)}
             and reload_answer.get("result") == "swapped",
         }
-    finally:
-        if server is not None:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-        shutil.rmtree(work, ignore_errors=True)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "load_reload.json").write_text(json.dumps(result, indent=2))

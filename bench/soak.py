@@ -17,30 +17,16 @@ import argparse
 import http.client
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
+from bench.harness import request, second_version, served as serve_trained
+
 ROOT = Path(__file__).resolve().parents[1]
-CLI = str(Path(sys.executable).with_name("icans-risk"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _request(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None, headers: dict) -> tuple[int, bytes]:
-    conn.request(method, path, body=body, headers=headers)
-    resp = conn.getresponse()
-    return resp.status, resp.read()
 
 
 def _workers(pid: int) -> list[int]:
@@ -62,50 +48,10 @@ def run(seconds: float, rate: float, kill_every: float, out_dir: Path | None, th
 
     from pipeline.contract import example_request
 
-    work = Path(tempfile.mkdtemp(prefix="icans-soak-"))
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-        "ICANS_ARTIFACT_ROOT": (work / "mlartifacts").as_uri(),
-        "ICANS_DATA_DIR": str(work / "data"),
-        "ICANS_STORE_URL": f"sqlite:///{work / 'service.db'}",
-        "ICANS_AUDIT_HMAC_KEY": "soak-test-audit-key-0123456789",
-        "ICANS_AUTH": "on",
-        "ICANS_N_ITER": "1",
-        "ICANS_CV_FOLDS": "3",
-        "ICANS_VALIDATION": "split",
-        "OMP_NUM_THREADS": "1",
-    }
-    server = None
     events: list[str] = []
-    try:
-        subprocess.run([CLI, "train", "--n", "800"], env=env, check=True, capture_output=True, timeout=900)
-        score = subprocess.run([CLI, "keys", "create", "--client", "soak", "--scope", "score"], env=env,
-                               check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        admin = subprocess.run([CLI, "keys", "create", "--client", "ops", "--scope", "admin"], env=env,
-                               check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        port = _free_port()
-        server = subprocess.Popen([CLI, "serve", "--port", str(port), "--workers", "2"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while True:
-            try:
-                status, _ = _request(http.client.HTTPConnection("127.0.0.1", port, timeout=2), "GET", "/readyz", None, {})
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                raise RuntimeError("server did not become ready")
-            time.sleep(0.2)
-
-        import mlflow
-        from mlflow import MlflowClient
-
-        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-        client = MlflowClient()
-        old = client.get_model_version_by_alias("icans-risk", "champion")
-        new = client.create_model_version("icans-risk", source=old.source, run_id=old.run_id)
+    with serve_trained("icans-soak-", workers=2, extra_env={"ICANS_VALIDATION": "split"}) as svc:
+        port, score, admin, env, server, work = svc.port, svc.score, svc.admin, svc.env, svc.server, svc.work
+        client, old, new = second_version(env)
 
         body = json.dumps(example_request()).encode()
         headers = {"content-type": "application/json", "authorization": f"Bearer {score}"}
@@ -130,7 +76,7 @@ def run(seconds: float, rate: float, kill_every: float, out_dir: Path | None, th
                 next_at += interval
                 t0 = time.perf_counter()
                 try:
-                    status, payload = _request(conn, "POST", "/v1/risk", body, headers)
+                    status, payload = request(conn, "POST", "/v1/risk", body, headers)
                     answer = json.loads(payload) if status == 200 else {}
                 except (OSError, http.client.HTTPException, ValueError):
                     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
@@ -167,7 +113,7 @@ def run(seconds: float, rate: float, kill_every: float, out_dir: Path | None, th
                 reloaded = True
                 client.set_registered_model_alias("icans-risk", "champion", new.version)
                 try:
-                    status, payload = _request(http.client.HTTPConnection("127.0.0.1", port, timeout=30), "POST",
+                    status, payload = request(http.client.HTTPConnection("127.0.0.1", port, timeout=30), "POST",
                                                "/v1/admin/reload", b"", {"authorization": f"Bearer {admin}"})
                     events.append(f"{now - start:.0f} s: live reload -> {status} {json.loads(payload).get('result')}")
                 except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -203,14 +149,6 @@ def run(seconds: float, rate: float, kill_every: float, out_dir: Path | None, th
         result["ok"] = (len(audited_ids) == served and result["audit_records_without_answer"] == 0
                         and result["answers_without_audit_record"] == 0 and result["request_ids_audited_twice"] == 0
                         and set(versions) <= {str(old.version), str(new.version)})
-    finally:
-        if server is not None:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-        shutil.rmtree(work, ignore_errors=True)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "soak.json").write_text(json.dumps(result, indent=2))

@@ -129,3 +129,15 @@ def tokens(trained):
     _, score = store.create_key("test-ehr", "score")
     _, admin = store.create_key("test-admin", "admin")
     return {"score": score, "admin": admin}
+
+
+def wait_ready(client, timeout: float = 60.0):
+    """Poll GET /readyz of a TestClient until it answers 200; returns that response."""
+    import time
+
+    deadline = time.time() + timeout
+    while True:
+        response = client.get("/readyz")
+        if response.status_code == 200 or time.time() > deadline:
+            return response
+        time.sleep(0.05)

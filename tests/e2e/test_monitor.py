@@ -15,7 +15,7 @@ from pipeline.cohort import generate_cohort
 from pipeline.contract import FEATURES
 from pipeline.monitor import MONITORING_EXPERIMENT, MonitoringError, monitor
 from serving.app import create_app
-from tests.conftest import open_store
+from tests.conftest import open_store, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -42,10 +42,7 @@ def test_monitoring_run_from_audited_answers(trained, tokens):
     shifted["product"] = shifted["product"].iloc[0]
     shifted["marrow_blasts_pct"] = (shifted["marrow_blasts_pct"] * 2).clip(upper=100)
     with TestClient(app, headers={"Authorization": f"Bearer {tokens['score']}"}) as client:
-        for _ in range(600):
-            if client.get("/readyz").status_code == 200:
-                break
-            time.sleep(0.05)
+        assert wait_ready(client).status_code == 200
         start = pd.Timestamp.now(tz="UTC").to_pydatetime()
         r = client.post("/v1/risk/batch", json={"patients": _records(generate_cohort(150, 30))})
         assert r.status_code == 200, r.text
@@ -87,10 +84,7 @@ def test_outcomes_move_the_verdict(trained, tokens):
     patients = _records(generate_cohort(400, 41))
     ids = [f"mon-{i}" for i in range(len(patients))]
     with TestClient(app, headers={"Authorization": f"Bearer {tokens['score']}"}) as client:
-        for _ in range(600):
-            if client.get("/readyz").status_code == 200:
-                break
-            time.sleep(0.05)
+        assert wait_ready(client).status_code == 200
         start = pd.Timestamp.now(tz="UTC").to_pydatetime()
         r = client.post("/v1/risk/batch", json={"patients": [{"patient_id": i, **p} for i, p in zip(ids, patients)]})
         assert r.status_code == 200, r.text
@@ -124,10 +118,7 @@ def test_the_monitor_command(trained, tokens):
 
     settings, _ = trained
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {tokens['score']}"}) as client:
-        for _ in range(600):
-            if client.get("/readyz").status_code == 200:
-                break
-            time.sleep(0.05)
+        assert wait_ready(client).status_code == 200
         assert client.post("/v1/risk/batch", json={"patients": _records(generate_cohort(60, 51))}).status_code == 200
     env = {"MLFLOW_TRACKING_URI": settings.tracking_uri, "ICANS_STORE_URL": settings.store_url,
            "ICANS_AUDIT_HMAC_KEY": settings.audit_hmac_key.get_secret_value(),
@@ -140,10 +131,7 @@ def test_the_monitor_command(trained, tokens):
 
     # the service shows the newest monitoring of the version it serves: /v1/model and the gauges
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {tokens['score']}"}) as client:
-        for _ in range(600):
-            if client.get("/readyz").status_code == 200:
-                break
-            time.sleep(0.05)
+        assert wait_ready(client).status_code == 200
         shown = client.get("/v1/model").json()["monitoring"]
         assert shown["run_id"] in result.output and shown["verdict"] and shown["n"] >= 60
         metrics = client.get("/metrics", headers={"Authorization": f"Bearer {tokens['admin']}"}).text
@@ -168,10 +156,7 @@ def test_the_schedule_in_serve_runs_and_records(trained, tokens):
     thread = threading.Thread(target=_monitor_on_schedule, args=(settings, 3.0, stop), daemon=True)
     thread.start()  # every 3 s, the answers of the last 3 s: the batch below falls in one of them
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {tokens['score']}"}) as client:
-        for _ in range(600):
-            if client.get("/readyz").status_code == 200:
-                break
-            time.sleep(0.05)
+        assert wait_ready(client).status_code == 200
         assert client.post("/v1/risk/batch", json={"patients": _records(generate_cohort(40, 52))}).status_code == 200
     deadline = time.time() + 120
     while time.time() < deadline:

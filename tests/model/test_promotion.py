@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import mlflow
 import numpy as np
@@ -154,7 +153,7 @@ def test_a_first_model_refused_by_the_gate_can_be_registered_ungated(tmp_path, m
     """No champion + a failed gate: the reason says how to proceed; ALLOW_UNGATED=1 serves it, tagged."""
     import pipeline.train as training
     from pipeline.registry import load_bundle, resolve
-    from tests.conftest import make_settings
+    from tests.conftest import make_settings, wait_ready
 
     reason = "calibration slope 95% CI 0.10-0.40 lies outside the band 0.7-1.3"
     monkeypatch.setattr(training, "quality_gate", lambda validated: (False, reason))
@@ -189,11 +188,7 @@ def test_a_first_model_refused_by_the_gate_can_be_registered_ungated(tmp_path, m
     from serving.app import create_app
 
     with TestClient(create_app(make_settings(tmp_path, auth="off", **cheap))) as http:
-        for _ in range(600):
-            ready = http.get("/readyz")
-            if ready.status_code == 200:
-                break
-            time.sleep(0.05)
+        ready = wait_ready(http)
         assert ready.status_code == 200, ready.text
         assert ready.json()["model"]["ungated"] is True and "ALLOW_UNGATED=1" in ready.json()["warning"]
         assert http.get("/v1/model").json()["quality_gate"]["ungated"] is True

@@ -14,7 +14,7 @@ from pipeline.features import encode_frame
 from pipeline.registry import load_bundle, resolve
 from pipeline.update import INTERCEPT, LOGISTIC, NONE, fit_recalibration, update
 from pipeline.validation import TrainingRefused
-from tests.conftest import make_settings
+from tests.conftest import make_settings, wait_ready
 
 pytestmark = pytest.mark.slow
 SITE_N = 800
@@ -113,7 +113,6 @@ def test_doubled_prevalence_is_recalibrated_in_the_large(settings, tmp_path):
     assert served.calibration_slope == pytest.approx(parent.calibration_slope)  # intercept only
 
     # the service says which version it was updated from, in /v1/model and in every answer
-    import time
 
     from fastapi.testclient import TestClient
 
@@ -121,10 +120,7 @@ def test_doubled_prevalence_is_recalibrated_in_the_large(settings, tmp_path):
     from serving.app import create_app
 
     with TestClient(create_app(settings.model_copy(update={"auth": "off"}))) as http:
-        for _ in range(600):
-            if http.get("/readyz").status_code == 200:
-                break
-            time.sleep(0.05)
+        assert wait_ready(http).status_code == 200
         info = http.get("/v1/model").json()
         assert info["version"] == r.version and info["update"]["method"] == INTERCEPT
         answer = http.post("/v1/risk", json=example_request()).json()

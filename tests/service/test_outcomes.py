@@ -3,7 +3,6 @@ the API and the import name the field and the rule, never a submitted value."""
 
 from __future__ import annotations
 
-import time
 from datetime import date
 
 import pytest
@@ -96,7 +95,7 @@ def test_crs_outcomes_label_only_the_crs_model(store):
 @pytest.fixture(scope="module")
 def api(trained):
     from serving.app import create_app
-    from tests.conftest import open_store
+    from tests.conftest import open_store, wait_ready
 
     settings, _ = trained
     s = open_store(settings)
@@ -104,10 +103,7 @@ def api(trained):
     _, outcomes = s.create_key("test-registry", "outcomes")
     s.close()
     with TestClient(create_app(settings)) as client:
-        for _ in range(600):
-            if client.get("/readyz").status_code == 200:
-                break
-            time.sleep(0.05)
+        assert wait_ready(client).status_code == 200
         yield client, {"Authorization": f"Bearer {score}"}, {"Authorization": f"Bearer {outcomes}"}
 
 
