@@ -259,7 +259,7 @@ def _evaluate_split(
 
 def _evaluate_resampled(
     fitted: Fitted, bundle: ModelBundle, df: pd.DataFrame, design: Design, settings: Settings, n_jobs: int,
-    outcome: str, synthetic: bool, run_id: str, model_name: str, data_sha256: str,
+    outcome: str, synthetic: bool, run_id: str, model_name: str,
 ) -> Evaluation:
     """All patients fitted; every figure from repeated cross-validation of the whole procedure."""
     X, y = encode_frame(df), df[outcome].astype(int).to_numpy()
@@ -532,7 +532,7 @@ def _train_in_run(
         ev = _evaluate_split(fitted, bundle, dev, test, design, settings, n_jobs, outcome, synthetic, run_id, model_name)
     else:
         ev = _evaluate_resampled(fitted, bundle, dev, design, settings, n_jobs, outcome, synthetic, run_id,
-                                 model_name, cohort.sha256)
+                                 model_name)
     development = bundle.explain(X_dev)  # the reference monitoring compares the served patients with
     bundle.metadata["reference"] = reference_summary(
         dev, development.risk, dict(zip(bundle.feature_names, np.mean(np.abs(development.contributions), axis=0)))

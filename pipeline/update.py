@@ -42,10 +42,10 @@ from sklearn.model_selection import StratifiedKFold
 from models.artifact import ModelBundle
 from models.baselines import SCORES
 from pipeline.contract import OUTCOMES
-from pipeline.evidence import build_evidence, calibration_intervals, discrimination_with_ci, paired_difference
+from pipeline.evidence import build_evidence, paired_difference
 from pipeline.features import N_MATRIX, encode_frame
 from pipeline.io import read_cohort
-from pipeline.metrics import brier, calibration_slope_intercept
+from pipeline.metrics import calibration_slope_intercept
 from pipeline.registry import champion, load_bundle, promotion_lock
 from pipeline.report import render_validation_report, save_plots, write_model_card
 from pipeline.runs import mark_alive, now_text
@@ -135,13 +135,10 @@ class UpdateResult:
 
 
 def _figures(y: np.ndarray, p: np.ndarray, seed: int) -> dict[str, float]:
-    slope, intercept = calibration_slope_intercept(y, p)
-    out = {"calibration_slope": slope, "calibration_intercept": intercept, "brier": brier(y, p),
-           "observed_expected": float(y.mean() / p.mean())}
-    out.update({k: v for k, v in discrimination_with_ci(y, p, seed=seed, with_auprc=False).items()
-                if k.startswith("auroc")})
-    out.update(calibration_intervals(y, p, seed=seed))
-    return out
+    """Calibration and discrimination on the local data, as monitoring reports them."""
+    from pipeline.monitoring import calibration_now
+
+    return calibration_now(y, p, seed=seed).figures
 
 
 def _optimism(y: np.ndarray, lp: np.ndarray, method: str, seed: int, n_boot: int = 200) -> dict[str, float]:
@@ -209,9 +206,11 @@ def _update(settings: Settings, data: Path, outcome: str | None, on_invalid: str
             f"{len(y)} local patients): no update can mend that; nothing was registered (train on local data instead)")
     folds = StratifiedKFold(5, shuffle=True, random_state=settings.seed)
     revision: _Refit | None = None
+    revision_oof: np.ndarray | None = None
     if test.method == LOGISTIC and parent.kind in ("xgboost", "hist_gradient_boosting") and min(events, non_events) >= 10:
         ll_recal = loglik(y, _cv_logistic_recalibration(y, lp, folds))
-        ll_rev = loglik(y, _revision_oof(parent, X, y, folds, settings.seed))
+        revision_oof = _revision_oof(parent, X, y, folds, settings.seed)
+        ll_rev = loglik(y, revision_oof)
         gain = max(0.0, 2 * (ll_rev - ll_recal))
         test.statistics.update(cv_loglik_logistic=ll_recal, cv_loglik_revision=ll_rev, cv_lr_revision_vs_logistic=gain,
                                p_revision_vs_logistic=float(chi2.sf(gain, 1)))
@@ -234,8 +233,7 @@ def _update(settings: Settings, data: Path, outcome: str | None, on_invalid: str
             new_bundle = updated_bundle(parent, test, info)
         p1 = new_bundle.predict_proba(X)
         # the local data both fit and judge the update: every "after" figure is corrected for that
-        validated, judged_risk = _validated(y, p1, lp, df, test.method, settings.seed, X, folds, parent)
-        after = _figures(y, judged_risk, settings.seed)
+        validated, judged_risk, after = _validated(y, p1, lp, df, test.method, settings.seed, revision_oof)
         for k in ("calibration_slope", "calibration_intercept"):
             for suffix in ("", "_ci_low", "_ci_high"):
                 after[k + suffix] = validated[k + suffix]
@@ -335,12 +333,11 @@ def _update(settings: Settings, data: Path, outcome: str | None, on_invalid: str
     return result
 
 
-def _validated(y, p1, lp, df, method, seed, X, folds, parent) -> tuple[dict[str, float], np.ndarray]:
-    """The gate's figures for the update on the local data, corrected for the fit on the same data.
-    A revision is judged on its out-of-fold risks; a recalibration by Harrell's bootstrap optimism."""
-    risk = p1
-    if method == REVISION:
-        risk = expit(_revision_oof(parent, X, y, folds, seed))
+def _validated(y, p1, lp, df, method, seed, revision_oof) -> tuple[dict[str, float], np.ndarray, dict[str, float]]:
+    """The gate's figures for the update on the local data, corrected for the fit on the same data,
+    the risks they are read from, and those risks' uncorrected figures. A revision is judged on its
+    out-of-fold risks (`revision_oof`, the closed test's); a recalibration by Harrell's bootstrap optimism."""
+    risk = expit(revision_oof) if method == REVISION else p1
     fig = _figures(y, risk, seed)
     opt = _optimism(y, lp, method, seed)
     v = {"auroc": fig["auroc"], "auroc_ci_low": fig["auroc_ci_low"], "auroc_ci_high": fig["auroc_ci_high"],
@@ -355,7 +352,7 @@ def _validated(y, p1, lp, df, method, seed, X, folds, parent) -> tuple[dict[str,
         d = paired_difference(y, risk, m_easix, seed=seed)
         v.update(m_easix_auroc=d["auroc_other"], auroc_minus_m_easix=d["difference"],
                  auroc_minus_m_easix_ci_low=d["ci_low"], auroc_minus_m_easix_ci_high=d["ci_high"])
-    return v, risk
+    return v, risk, dict(fig)
 
 
 def _revision_bundle(parent: ModelBundle, revision: _Refit, df, info: dict[str, Any], sha256: str) -> ModelBundle:
