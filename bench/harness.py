@@ -104,3 +104,70 @@ def second_version(env: dict[str, str]):
     client = MlflowClient()
     old = client.get_model_version_by_alias("icans-risk", "champion")
     return client, old, client.create_model_version("icans-risk", source=old.source, run_id=old.run_id)
+
+
+class PacedLoad:
+    """`POST /v1/risk` with one body at a fixed total rate from `threads` threads for `seconds`;
+    records the status counts (-1: the connection was lost), the versions and request ids of the
+    answers (200) and every latency."""
+
+    def __init__(self, port: int, body: bytes, headers: dict, seconds: float, rate: float, threads: int = 8,
+                 timeout: float = 10.0) -> None:
+        import threading
+        from collections import Counter
+
+        self.port, self.body, self.headers, self.timeout = port, body, headers, timeout
+        self.seconds, self.threads = seconds, threads
+        self.interval = threads / rate  # each thread keeps its share of the fixed rate
+        self.statuses: Counter = Counter()
+        self.versions: Counter = Counter()
+        self.answered_ids: list[str] = []
+        self.status_by_id: dict[str, int] = {}  # every request's own X-Request-ID -> the status it saw
+        self.latencies: list[float] = []
+        self._lock = threading.Lock()
+        self._pool = [threading.Thread(target=self._worker, args=(k,)) for k in range(threads)]
+        self.started = self.stop_at = 0.0
+
+    def start(self) -> "PacedLoad":
+        self.started = time.perf_counter()
+        self.stop_at = self.started + self.seconds
+        for t in self._pool:
+            t.start()
+        return self
+
+    def join(self) -> float:
+        """Wait for the end; returns the seconds elapsed since `start`."""
+        for t in self._pool:
+            t.join()
+        return time.perf_counter() - self.started
+
+    def _worker(self, k: int) -> None:
+        import json
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+        next_at = self.started + k * self.interval / self.threads
+        sent = 0
+        while True:
+            now = time.perf_counter()
+            if now >= self.stop_at:
+                break
+            if next_at > now:
+                time.sleep(next_at - now)
+            next_at += self.interval
+            t0 = time.perf_counter()
+            rid = f"load-{k}-{sent}"
+            sent += 1
+            try:
+                status, payload = request(conn, "POST", "/v1/risk", self.body, {**self.headers, "X-Request-ID": rid})
+                answer = json.loads(payload) if status == 200 else {}
+                version, request_id = (answer["model"]["version"], answer["request_id"]) if answer else (None, None)
+            except (OSError, http.client.HTTPException, ValueError, KeyError):
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+                status, version, request_id = -1, None, None
+            with self._lock:
+                self.status_by_id[rid] = status
+                self.statuses[status] += 1
+                if version:
+                    self.versions[version] += 1
+                    self.answered_ids.append(request_id)
+                self.latencies.append(time.perf_counter() - t0)

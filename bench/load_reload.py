@@ -14,12 +14,10 @@ import argparse
 import http.client
 import json
 import sys
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 
-from bench.harness import request, second_version, served as serve_trained
+from bench.harness import PacedLoad, request, second_version, served as serve_trained
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,39 +31,8 @@ def run(seconds: float, rate: float, out_dir: Path | None, threads: int = 8) -> 
 
         body = json.dumps(example_request()).encode()
         headers = {"content-type": "application/json", "authorization": f"Bearer {score}"}
-        statuses: Counter = Counter()
-        versions: Counter = Counter()
-        latencies: list[float] = []
-        lock = threading.Lock()
-        start = time.perf_counter()
-        stop_at = start + seconds
-        interval = threads / rate  # each thread keeps its share of the fixed rate
-
-        def worker(k: int) -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            next_at = start + k * interval / threads
-            while True:
-                now = time.perf_counter()
-                if now >= stop_at:
-                    break
-                if next_at > now:
-                    time.sleep(next_at - now)
-                next_at += interval
-                t0 = time.perf_counter()
-                try:
-                    status, payload = request(conn, "POST", "/v1/risk", body, headers)
-                    version = json.loads(payload)["model"]["version"] if status == 200 else None
-                except (OSError, http.client.HTTPException, ValueError, KeyError):
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                    status, version = -1, None
-                with lock:
-                    statuses[status] += 1
-                    if version:
-                        versions[version] += 1
-                    latencies.append(time.perf_counter() - t0)
-
-        pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
-        [t.start() for t in pool]
+        load = PacedLoad(port, body, headers, seconds, rate, threads).start()
+        statuses, versions, latencies = load.statuses, load.versions, load.latencies
 
         # half-way: a new champion, and a live reload while the load runs
         time.sleep(seconds / 2)
@@ -73,8 +40,7 @@ def run(seconds: float, rate: float, out_dir: Path | None, threads: int = 8) -> 
         status, payload = request(http.client.HTTPConnection("127.0.0.1", port, timeout=30), "POST",
                                    "/v1/admin/reload", b"", {"authorization": f"Bearer {admin}"})
         reload_answer = json.loads(payload)
-        [t.join() for t in pool]
-        elapsed = time.perf_counter() - start
+        elapsed = load.join()
 
         from serving.store import Store
 

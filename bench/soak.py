@@ -19,12 +19,10 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 
-from bench.harness import request, second_version, served as serve_trained
+from bench.harness import PacedLoad, request, second_version, served as serve_trained
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,41 +53,9 @@ def run(seconds: float, rate: float, kill_every: float, out_dir: Path | None, th
 
         body = json.dumps(example_request()).encode()
         headers = {"content-type": "application/json", "authorization": f"Bearer {score}"}
-        statuses: Counter = Counter()
-        versions: Counter = Counter()
-        answered_ids: list[str] = []
-        latencies: list[float] = []
-        lock = threading.Lock()
-        start = time.perf_counter()
-        stop_at = start + seconds
-        interval = threads / rate
-
-        def worker(k: int) -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
-            next_at = start + k * interval / threads
-            while True:
-                now = time.perf_counter()
-                if now >= stop_at:
-                    break
-                if next_at > now:
-                    time.sleep(next_at - now)
-                next_at += interval
-                t0 = time.perf_counter()
-                try:
-                    status, payload = request(conn, "POST", "/v1/risk", body, headers)
-                    answer = json.loads(payload) if status == 200 else {}
-                except (OSError, http.client.HTTPException, ValueError):
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
-                    status, answer = -1, {}
-                with lock:
-                    statuses[status] += 1
-                    if status == 200:
-                        versions[answer["model"]["version"]] += 1
-                        answered_ids.append(answer["request_id"])
-                    latencies.append(time.perf_counter() - t0)
-
-        pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
-        [t.start() for t in pool]
+        load = PacedLoad(port, body, headers, seconds, rate, threads, timeout=15.0).start()
+        statuses, versions, answered_ids, latencies = load.statuses, load.versions, load.answered_ids, load.latencies
+        start, stop_at = load.started, load.stop_at
         stalled = reloaded = False
         next_kill = start + kill_every
         while time.perf_counter() < stop_at:
@@ -120,8 +86,7 @@ def run(seconds: float, rate: float, kill_every: float, out_dir: Path | None, th
                     events.append(f"{now - start:.0f} s: live reload call failed ({type(exc).__name__}); "
                                   "the workers' poll picks the new champion up")
             time.sleep(0.2)
-        [t.join() for t in pool]
-        elapsed = time.perf_counter() - start
+        elapsed = load.join()
         time.sleep(1.0)  # records of the last answers are committed before they leave; nothing to wait for
 
         from serving.store import Store
@@ -139,6 +104,10 @@ def run(seconds: float, rate: float, kill_every: float, out_dir: Path | None, th
             "answers_200": served,
             "audit_records": len(audited_ids),
             "audit_records_without_answer": len(set(audited_ids) - set(answered_ids)),
+            # what the caller saw for each of those: -1 = its worker was killed between the commit of the
+            # record and the answer leaving (a race no server can close), 503 = refused after recording
+            "statuses_seen_by_records_without_answer": sorted(
+                load.status_by_id.get(i, 0) for i in set(audited_ids) - set(answered_ids)),
             "answers_without_audit_record": len(set(answered_ids) - set(audited_ids)),
             "request_ids_audited_twice": len(audited_ids) - len(set(audited_ids)),
             "versions_served": dict(versions),
