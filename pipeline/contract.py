@@ -238,11 +238,13 @@ OUTCOMES: dict[str, Outcome] = {
 }
 DEFAULT_OUTCOME = "severe_icans"
 GRADE_COLUMN = "icans_max_grade"
+# The true probability a synthetic row was drawn with (the oracle); absent from real cohorts.
+ORACLE_COLUMN = "p_true"
 
 # Columns that describe what happened after infusion or the truth of a synthetic row: they are
 # never model inputs, whatever file they arrive in.
 NON_FEATURE_COLUMNS: frozenset[str] = frozenset(
-    {ID_COLUMN, GRADE_COLUMN, "p_true", *OUTCOMES}
+    {ID_COLUMN, GRADE_COLUMN, ORACLE_COLUMN, *OUTCOMES}
 )
 
 INTENDED_USE = (
