@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.ensemble import ENSEMBLE_FILE, MarginEnsemble
 from models.explain import TreeExplainer
 from pipeline.contract import CONTRACT_VERSION, FEATURE_NAMES
 from pipeline.features import GROUP, MATRIX_NAMES
@@ -65,6 +66,8 @@ class ModelBundle:
     # set by `load` when the estimator is not loaded yet: its flattened trees and its saved bytes
     _trees: FlatTrees | None = field(default=None, repr=False, compare=False)
     _estimator_raw: bytes | None = field(default=None, repr=False, compare=False)
+    # the B bootstrap models of the instability analysis (models.ensemble), or None
+    instability: MarginEnsemble | None = field(default=None, repr=False, compare=False)
 
     @property
     def explainer(self) -> TreeExplainer:
@@ -99,6 +102,14 @@ class ModelBundle:
         log_odds = self.calibration_intercept + self.calibration_slope * self.explainer.margin(X)
         return 1.0 / (1.0 + np.exp(-log_odds))
 
+    def uncertainty(self, X: np.ndarray, log_odds: np.ndarray, parallel: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(low, high, P(another risk group)) per row from the bootstrap models, or None without them."""
+        if self.instability is None:
+            return None
+        return self.instability.summary(X, log_odds, _logit(self.low_threshold), _logit(self.high_threshold),
+                                        parallel=parallel)
+
     def risk_group(self, risk: np.ndarray) -> np.ndarray:
         idx = (np.asarray(risk) >= self.low_threshold).astype(int) + (
             np.asarray(risk) >= self.high_threshold
@@ -124,9 +135,11 @@ class ModelBundle:
         meta = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name not in ("estimator", "nthread", "documents") and not f.name.startswith("_")
+            if f.name not in ("estimator", "nthread", "documents", "instability") and not f.name.startswith("_")
         }
         meta["estimator_file"] = estimator_file
+        if self.instability is not None:
+            self.instability.save(path / ENSEMBLE_FILE)
         (path / BUNDLE_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
         return path
 
@@ -160,7 +173,9 @@ class ModelBundle:
         meta["matrix_names"] = tuple(meta["matrix_names"])
         meta["feature_names"] = tuple(meta["feature_names"])
         documents = {p.name: p.read_text(encoding="utf-8") for p in path.glob("model_card.*")}
-        return cls(estimator=estimator, nthread=nthread, documents=documents, **meta, **lazy)
+        instability = MarginEnsemble.load(path / ENSEMBLE_FILE) if (path / ENSEMBLE_FILE).exists() else None
+        return cls(estimator=estimator, nthread=nthread, documents=documents, instability=instability, **meta,
+                   **lazy)
 
 
 def _get_estimator(self: ModelBundle) -> Any:
@@ -194,6 +209,11 @@ def _load_booster(source: Path | bytearray, nthread: int) -> Any:
     booster.load_model(str(source) if isinstance(source, Path) else source)
     booster.set_param({"nthread": nthread})
     return booster
+
+
+def _logit(p: float) -> float:
+    p = min(max(float(p), 1e-12), 1 - 1e-12)
+    return float(np.log(p / (1 - p)))
 
 
 def _json_default(obj: Any) -> Any:

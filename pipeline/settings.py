@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     seed: int = 42
     n_iter: int = Field(default=10, ge=1, description="random-search configurations per family")
     cv_folds: int = Field(default=5, ge=2)
+    instability_models: int = Field(
+        default=200, ge=0,
+        description="bootstrap refits of the chosen configuration for the instability analysis and the served "
+        "uncertainty intervals (Riley et al. ask for at least 200; 0 turns both off)",
+    )
     test_fraction: float = Field(default=0.25, gt=0, lt=1)
     # Validation design (README "How a model is validated"). "auto": a held-out split only when it
     # would hold at least split_min_test_events events; otherwise fit on all patients and correct

@@ -31,7 +31,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_te
 from models.artifact import ModelBundle
 from models.baselines import SCORES, ScoreToProbability
 from models.candidates import CANDIDATES, SMALL_DATA_EVENTS, make_untuned_hist_gradient_boosting
-from pipeline import plots
+from pipeline import instability, plots
 from pipeline.contract import (
     CONTRACT_VERSION,
     FEATURE_NAMES,
@@ -343,6 +343,35 @@ def _fair_comparison(champ: ModelBundle, paired: dict[str, float], validated: di
                       "some of which it may have been fitted on)")}
 
 
+def _instability(bundle: ModelBundle, fitted: Fitted, X: np.ndarray, y: np.ndarray, log_odds: np.ndarray,
+                 settings: Settings, n_jobs: int) -> dict[str, float]:
+    """Refit the chosen configuration on B bootstrap samples; keep the B models in the bundle (the
+    service's uncertainty intervals) and log the instability analysis (pipeline.instability)."""
+    if settings.instability_models <= 0:
+        print("NOTE: ICANS_INSTABILITY_MODELS=0: no instability analysis, and answers carry no uncertainty interval.")
+        return {}
+    heartbeat()
+    t0 = time.perf_counter()
+    ensemble, redraws = instability.bootstrap_ensemble(
+        fitted.chosen, fitted.params, X, y, settings.instability_models, settings.cv_folds, settings.seed, n_jobs
+    )
+    inst = instability.summarise(ensemble, X, log_odds, bundle.low_threshold, bundle.high_threshold, len(y))
+    inst.summary["redrawn_samples"] = redraws
+    inst.summary["seconds"] = round(time.perf_counter() - t0, 1)
+    bundle.instability = ensemble
+    bundle.metadata["instability"] = inst.summary
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifact(str(instability.instability_plot(inst, bundle.low_threshold, bundle.high_threshold,
+                                                             Path(tmp) / "instability.png")), "plots")
+    s = inst.summary
+    print(f"instability: {s['models']} bootstrap models in {s['seconds']} s: MAPE {s['mape']:.3f} (mean risk "
+          f"{s['mean_risk']:.3f}), median 95% interval width {s['median_interval_width']:.3f}, risk group changes "
+          f"{s['group_change']:.0%}")
+    if s["warning"]:
+        print(f"WARNING: {instability.warning_text(s)}")
+    return {**instability.metrics(s), "instability_seconds": s["seconds"]}
+
+
 def _has_oracle(frame: pd.DataFrame, outcome: str) -> bool:
     return outcome == "severe_icans" and "p_true" in frame and bool(frame["p_true"].notna().all())
 
@@ -538,6 +567,7 @@ def _train_in_run(
         dev, development.risk, dict(zip(bundle.feature_names, np.mean(np.abs(development.contributions), axis=0)))
     )
     metrics = ev.metrics
+    metrics.update(_instability(bundle, fitted, X_dev, y_dev, development.log_odds, settings, n_jobs))
     metrics.update({f"validated_{k}": v for k, v in ev.validated.items()})
     explained = bundle.explain(ev.X)
     metrics["calibration_platt_slope"] = fitted.platt.slope_

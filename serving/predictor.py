@@ -46,6 +46,9 @@ class Predictor:
             f"{self.ranges[n][0]:.4g}-{self.ranges[n][1]:.4g} {FEATURES_BY_NAME[n].unit}); the estimate is less certain"
             for n in ranged
         ]
+        self._models = self.bundle.instability.n_models if self.bundle.instability is not None else 0
+        if self._models:  # compile (or load from numba's cache) the kernels now, not on the first request
+            self.bundle.uncertainty(np.zeros((1, N_MATRIX)), np.zeros(1))
         gate = self.bundle.metadata.get("gate") or {}
         self.ungated = bool(gate.get("ungated"))
         self.gate_warning = (
@@ -61,6 +64,7 @@ class Predictor:
         ex = self.bundle.explain(X)
         warnings = self.warnings(X)
         groups = self.bundle.risk_group(ex.risk).tolist()
+        uncertainty = self.uncertainty(X, ex.log_odds)
         # sort and convert whole arrays at once: Python floats and ints from .tolist(), not per element
         order = np.argsort(-np.abs(ex.contributions), axis=1, kind="stable")
         ordered = np.take_along_axis(ex.contributions, order, axis=1).tolist()
@@ -74,6 +78,7 @@ class Predictor:
                     "risk": risk[i],
                     "risk_group": groups[i],
                     "log_odds": log_odds[i],
+                    "uncertainty": uncertainty[i],
                     "explanation": {
                         "base_log_odds": base[i],
                         "contributions": [
@@ -86,6 +91,19 @@ class Predictor:
                 }
             )
         return out
+
+    def uncertainty(self, X: np.ndarray, log_odds: np.ndarray) -> list[dict[str, Any] | None]:
+        """Per row: the 95% interval of the bootstrap models' risks and P(another risk group)."""
+        unc = self.bundle.uncertainty(X, log_odds, parallel=len(X) >= 1024)
+        if unc is None:
+            return [None] * len(X)
+        lo, hi, change = (a.tolist() for a in unc)
+        models = self._models
+        return [
+            {"interval": (lo[i], hi[i]), "level": 0.95, "risk_group_change_probability": change[i],
+             "bootstrap_models": models}
+            for i in range(len(X))
+        ]
 
     def warnings(self, X: np.ndarray) -> list[list[str]]:
         """Per row: missing optional inputs and values outside the development data (never the value).

@@ -77,10 +77,29 @@ class ModelRef(BaseModel):
     update: ModelUpdate | None = Field(default=None, description="present when this version is a local update")
 
 
+class Uncertainty(BaseModel):
+    """How much the risk depends on which patients the model happened to be developed on."""
+
+    interval: tuple[float, float] = Field(
+        description="95% model-development uncertainty of the risk: the 2.5th-97.5th percentiles of the risks "
+        "that models developed by the same procedure on bootstrap samples of the development cohort give this "
+        "patient. Not a confidence interval for the patient's outcome; it does not cover unmeasured "
+        "patient-level effects or differences between centres."
+    )
+    level: float = Field(0.95, description="coverage the interval is built for")
+    risk_group_change_probability: float = Field(
+        ge=0, le=1, description="share of those models that would put this patient in another risk group"
+    )
+    bootstrap_models: int = Field(description="how many bootstrap models the interval comes from")
+
+
 class RiskResponse(BaseModel):
     risk: float = Field(ge=0, le=1, description="Probability of severe ICANS (ASTCT grade >= 3), 0-1")
     risk_group: Literal["low", "intermediate", "high"]
     log_odds: float
+    uncertainty: Uncertainty | None = Field(
+        default=None, description="absent only for models registered without an instability analysis"
+    )
     explanation: Explanation
     model: ModelRef
     warnings: list[str]

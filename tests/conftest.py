@@ -10,6 +10,9 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+# 20 bootstrap models (not 200) for the instability analysis of every test training, subprocesses
+# included: the same code path at a tenth of the cost; tests of the analysis itself set their own B.
+os.environ.setdefault("ICANS_INSTABILITY_MODELS", "20")
 
 
 def make_settings(root: Path, **overrides):
