@@ -70,7 +70,7 @@ def decision_curve(
 
 
 def decision_curve_with_band(y: np.ndarray, p_by_name: Mapping[str, np.ndarray], n_boot: int = 200,
-                              seed: int = 0, alpha: float = ALPHA) -> pd.DataFrame:
+                             seed: int = 0, alpha: float = ALPHA) -> pd.DataFrame:
     """`decision_curve`, with a percentile-bootstrap band (patients resampled) of the model's net
     benefit in `nb_ci_low` / `nb_ci_high` (NaN for the other rows)."""
     table = decision_curve(y, p_by_name)

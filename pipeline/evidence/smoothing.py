@@ -57,7 +57,10 @@ def loess_geometry(x: np.ndarray, xe: np.ndarray, sort: bool) -> dict[str, np.nd
     return g
 
 
-def loess_fit(g: dict[str, np.ndarray], y: np.ndarray, w0: np.ndarray, span: float, degree: int, unweighted: bool) -> np.ndarray:
+def loess_fit(g: dict[str, np.ndarray], y: np.ndarray, w0: np.ndarray, span: float, degree: int,
+              unweighted: bool) -> np.ndarray:
+    """The local fit at each evaluation point of the geometry `g`, observations weighted by w0
+    (bootstrap counts; the span is then a share of the total weight) unless `unweighted`."""
     d, dist = g["d"], g["dist"]
     m, n = dist.shape
     if unweighted:

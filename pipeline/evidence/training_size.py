@@ -21,7 +21,8 @@ LEARNING_CURVE_CV_FOLDS = 3
 FitAndScore = Callable[[pd.DataFrame, pd.DataFrame], Mapping[str, float]]
 
 
-def default_fit_and_score(train_df: pd.DataFrame, test_df: pd.DataFrame, outcome: str = DEFAULT_OUTCOME, seed: int = 0) -> dict[str, float]:
+def default_fit_and_score(train_df: pd.DataFrame, test_df: pd.DataFrame, outcome: str = DEFAULT_OUTCOME,
+                          seed: int = 0) -> dict[str, float]:
     """Held-out AUROC of: the tuned, calibrated model (the training procedure,
     `pipeline.validation.Procedure`), an untuned scikit-learn HistGradientBoosting, the tuned
     logistic comparator, and the raw EASIX and m-EASIX scores (not trained: their AUROC does not
