@@ -1,8 +1,8 @@
 """Held-out performance of a risk model: discrimination, accuracy and calibration.
 
 Pure functions on arrays: no I/O, no plotting, no tracking. sklearn.metrics does the work where it
-already does it; only calibration slope / intercept and the vectorised bootstrap are written here,
-because sklearn has no recalibration fit with an offset and calling it 1000 times is slow.
+already does it; only calibration slope / intercept is written here, because sklearn has no
+recalibration fit with an offset. The bootstrap intervals of these metrics are `pipeline.bootstrap`.
 """
 
 from __future__ import annotations
@@ -181,101 +181,3 @@ def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
         "n": int(y.shape[0]),
         "events": int(y.sum()),
     }
-
-
-# --------------------------------------------------------------------------- bootstrap
-
-
-def bootstrap_indices(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
-    """All resample indices at once, shape (n_boot, n). Public so that a test (or a paired
-    comparison of two models) can use exactly the same resamples."""
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, n, size=(n_boot, n))
-
-
-def _auroc_batch(y: np.ndarray, s: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """AUROC of every resample by the Mann-Whitney statistic, without re-sorting per resample.
-
-    The original scores are sorted once; each resample is then a vector of counts per distinct
-    score value (split by class), and AUROC = P(score_pos > score_neg) + 0.5 P(tie) is a
-    cumulative sum over those counts. Integer counts keep it exact, so it agrees with sklearn's
-    trapezoidal AUROC to rounding error.
-    """
-    n_boot = idx.shape[0]
-    _, codes = np.unique(s, return_inverse=True)
-    k = int(codes.max()) + 1
-    flat = (np.arange(n_boot)[:, None] * k + codes[idx]).ravel()
-    labels = y[idx].ravel().astype(bool)
-    w_pos = np.bincount(flat[labels], minlength=n_boot * k).reshape(n_boot, k)
-    w_neg = np.bincount(flat[~labels], minlength=n_boot * k).reshape(n_boot, k)
-    neg_below = np.cumsum(w_neg, axis=1) - w_neg
-    wins = (w_pos * (2 * neg_below + w_neg)).sum(axis=1) / 2.0
-    pairs = w_pos.sum(axis=1) * w_neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(pairs > 0, wins / pairs, np.nan)
-
-
-def _brier_batch(y: np.ndarray, p: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    return np.mean((p[idx] - y[idx]) ** 2, axis=1)
-
-
-# Metrics with a vectorised path; any other callable is evaluated resample by resample.
-_BATCH: dict[Callable, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = {
-    auroc: _auroc_batch,
-    roc_auc_score: _auroc_batch,
-    brier: _brier_batch,
-    brier_score_loss: _brier_batch,
-}
-
-
-def bootstrap_replicates(
-    y: np.ndarray,
-    p: np.ndarray,
-    metric_fn: MetricFn,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> np.ndarray:
-    """The metric on each of n_boot resamples (rows of `bootstrap_indices(n, n_boot, seed)`).
-
-    Resamples with a single outcome class are skipped (NaN), for every metric, so that the set
-    of resamples does not depend on which metric is asked for.
-    """
-    y = _as_binary(y)
-    p = _as_score(p, y.shape[0], probability=False)
-    idx = bootstrap_indices(y.shape[0], n_boot, seed)
-    events = y[idx].sum(axis=1)
-    valid = (events > 0) & (events < y.shape[0])
-    batch = _BATCH.get(metric_fn)
-    if batch is not None:
-        values = np.asarray(batch(y, p, idx), dtype=float)
-    else:
-        values = np.full(n_boot, np.nan)
-        for b in np.flatnonzero(valid):
-            values[b] = float(metric_fn(y[idx[b]], p[idx[b]]))
-    values[~valid] = np.nan
-    return values
-
-
-def bootstrap_ci(
-    y: np.ndarray,
-    p: np.ndarray,
-    metric_fn: MetricFn,
-    n_boot: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
-) -> tuple[float, float]:
-    """Percentile bootstrap (1 - alpha) interval of metric_fn(y, p) on a held-out set.
-
-    A point estimate from a few hundred patients with a few dozen events is noisy; the interval
-    says how noisy. AUROC (this module's `auroc` or sklearn's roc_auc_score) and Brier are
-    computed for all resamples at once; other metrics fall back to a loop. Returns (NaN, NaN)
-    if no resample has both classes.
-    """
-    if not 0 < alpha < 1:
-        raise ValueError("alpha must lie in (0, 1)")
-    values = bootstrap_replicates(y, p, metric_fn, n_boot=n_boot, seed=seed)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return float("nan"), float("nan")
-    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)

@@ -10,12 +10,10 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pipeline.cohort import generate_cohort
 
+from pipeline.bootstrap import bootstrap_ci, bootstrap_indices, bootstrap_replicates
 from pipeline.metrics import (
     auroc,
     binary_metrics,
-    bootstrap_ci,
-    bootstrap_indices,
-    bootstrap_replicates,
     brier,
     calibration_slope_intercept,
     ranking_metrics,
@@ -181,7 +179,7 @@ def test_bootstrap_auroc_brackets_estimate(small_set):
 def test_wilson_interval_is_exact_at_zero_and_all_events():
     """A calibration decile with no event gave a lower bound of 6.9e-18 > 0 = observed and
     crashed the plot (`make train SEED=1`)."""
-    from pipeline.evidence import _wilson
+    from pipeline.evidence.calibration_curve import _wilson
 
     events = np.array([0.0, 50.0, 3.0, 1.0])
     n = np.array([50.0, 50.0, 50.0, 7.0])

@@ -12,7 +12,9 @@ from scipy.special import expit, logit
 from sklearn.metrics import average_precision_score
 
 from pipeline import evidence as ev
-from pipeline.metrics import bootstrap_indices, calibration_slope_intercept
+from pipeline.bootstrap import bootstrap_indices
+from pipeline.evidence.calibration import _calibration_batch
+from pipeline.metrics import calibration_slope_intercept
 
 N = 20_000
 
@@ -108,7 +110,7 @@ def test_scaled_brier_is_zero_for_the_prevalence_and_one_for_a_perfect_predictor
 def test_vectorised_calibration_bootstrap_equals_per_resample_fits(small):
     y, p = small
     idx = bootstrap_indices(len(y), 15, 4)
-    slopes, intercepts = ev._calibration_batch(y, p, idx)
+    slopes, intercepts = _calibration_batch(y, p, idx)
     for b in range(15):
         slope, intercept = calibration_slope_intercept(y[idx[b]], p[idx[b]])
         assert slopes[b] == pytest.approx(slope, abs=1e-6)
