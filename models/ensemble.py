@@ -46,10 +46,11 @@ class MarginEnsemble:
     # children 2i+1, 2i+2; shallower leaves are repeated down to depth D), so that a walk is D
     # branch-free steps: go right iff bins[node_feature] > node_cut, where node_feature indexes
     # [bins with NaN -> -1, bins with NaN -> huge], which encodes each node's NaN direction.
-    tree_model: np.ndarray  # (T,) int32: which model the tree belongs to
-    node_feature: np.ndarray  # (T, 2^D - 1) int32
-    node_cut: np.ndarray  # (T, 2^D - 1) int32
-    leaf_value: np.ndarray  # (T, 2^D) float64: calibrated (its model's slope folded in)
+    tree_model: np.ndarray  # (T,) int32: which model the tree belongs to (sorted)
+    model_start: np.ndarray  # (B + 1,) model b's trees are model_start[b]:model_start[b+1]
+    node_feature: np.ndarray  # (2^D - 1, T) int32
+    node_cut: np.ndarray  # (2^D - 1, T) int32
+    leaf_value: np.ndarray  # (2^D, T) float64: calibrated (its model's slope folded in)
 
     @property
     def nbytes(self) -> int:
@@ -116,7 +117,9 @@ class MarginEnsemble:
             n_models=B, n_features=F, strict_less=first.strict_less, float32_inputs=first.float32_inputs,
             const=const, cuts=np.concatenate(cuts_f).astype(np.float64) if F else np.empty(0),
             cut_start=cut_start, main=main, main_start=main_start,
-            tree_model=np.asarray(tree_model, dtype=np.int32), **heap,
+            tree_model=np.asarray(tree_model, dtype=np.int32),
+            model_start=np.searchsorted(np.asarray(tree_model, dtype=np.int64), np.arange(B + 1)).astype(np.int64),
+            **heap,
         )
 
     # -- evaluation ------------------------------------------------------------------------------
@@ -146,7 +149,7 @@ class MarginEnsemble:
         X = self._inputs(X)
         n = len(X)
         lo, hi, change = np.empty(n), np.empty(n), np.empty(n)
-        kernel = _summary_parallel if parallel and n >= 256 else _summary
+        kernel = _summary_blocks if n >= 64 else _summary
         kernel(X, self.strict_less, *self._args(), np.ascontiguousarray(log_odds, dtype=np.float64),
                float(low_logit), float(high_logit), INTERVAL[0] / 100, INTERVAL[1] / 100, lo, hi, change)
         return lo, hi, change
@@ -167,7 +170,8 @@ class MarginEnsemble:
                    float32_inputs=bool(meta[3]), **arrays)
 
 
-_ARRAYS = ("const", "cuts", "cut_start", "main", "main_start", "tree_model", "node_feature", "node_cut", "leaf_value")
+_ARRAYS = ("const", "cuts", "cut_start", "main", "main_start", "tree_model", "model_start", "node_feature", "node_cut",
+           "leaf_value")
 MAX_DEPTH = 8  # deeper trees would make the complete layout too large: no instability analysis then
 _FAR = np.iinfo(np.int32).max  # a cut no bin exceeds (padding nodes go left)
 
@@ -178,9 +182,9 @@ def _heap_layout(walk: list[tuple[np.ndarray, ...]], cuts_f: list[np.ndarray], F
     if depth > MAX_DEPTH:
         raise ValueError(f"trees of depth {depth} (> {MAX_DEPTH}) are too deep for the instability ensemble")
     n_inner, n_leaves = (1 << depth) - 1, 1 << depth
-    node_feature = np.zeros((len(walk), n_inner), dtype=np.int32)
-    node_cut = np.full((len(walk), n_inner), _FAR, dtype=np.int32)
-    leaf_value = np.zeros((len(walk), n_leaves))
+    node_feature = np.zeros((n_inner, len(walk)), dtype=np.int32)
+    node_cut = np.full((n_inner, len(walk)), _FAR, dtype=np.int32)
+    leaf_value = np.zeros((n_leaves, len(walk)))
     for t, (feat, cut, left, right, missing_left, value) in enumerate(walk):
         stack = [(0, 0, 0)]  # (local node, heap position, level)
         while stack:
@@ -192,12 +196,12 @@ def _heap_layout(walk: list[tuple[np.ndarray, ...]], cuts_f: list[np.ndarray], F
                     for _ in range(depth - level):
                         lo = 2 * lo + 1
                     span = 1 << (depth - level)
-                    leaf_value[t, lo - n_inner: lo - n_inner + span] = value[node]
+                    leaf_value[lo - n_inner: lo - n_inner + span, t] = value[node]
                 else:
-                    leaf_value[t, first] = value[node]
+                    leaf_value[first, t] = value[node]
                 continue
-            node_feature[t, pos] = feat[node] + (0 if missing_left[node] else F)
-            node_cut[t, pos] = cut[node]
+            node_feature[pos, t] = feat[node] + (0 if missing_left[node] else F)
+            node_cut[pos, t] = cut[node]
             stack.append((int(left[node]), 2 * pos + 1, level + 1))
             stack.append((int(right[node]), 2 * pos + 2, level + 1))
     return {"node_feature": node_feature, "node_cut": node_cut, "leaf_value": leaf_value}
@@ -242,16 +246,56 @@ def _bin(x: float, cuts: np.ndarray, lo: int, hi: int, strict_less: bool) -> int
     return a - lo
 
 
+# The kernels take the ensemble's arrays in _ARRAYS order (A = const, cuts, cut_start, main,
+# main_start, tree_model, model_start, node_feature, node_cut, leaf_value).
+
+@njit(cache=True, fastmath=True)
+def _segment_d2(bins, nf, nc, lv, lo, hi):
+    """Sum over trees lo:hi (complete, depth 2) of the leaf each reaches; vectorised over trees."""
+    s = 0.0
+    for t in range(lo, hi):
+        right = lv[3, t] if bins[nf[2, t]] > nc[2, t] else lv[2, t]
+        left = lv[1, t] if bins[nf[1, t]] > nc[1, t] else lv[0, t]
+        s += right if bins[nf[0, t]] > nc[0, t] else left
+    return s
+
+
+@njit(cache=True, fastmath=True)
+def _segment_d3(bins, nf, nc, lv, lo, hi):
+    s = 0.0
+    for t in range(lo, hi):
+        v3 = lv[1, t] if bins[nf[3, t]] > nc[3, t] else lv[0, t]
+        v4 = lv[3, t] if bins[nf[4, t]] > nc[4, t] else lv[2, t]
+        v5 = lv[5, t] if bins[nf[5, t]] > nc[5, t] else lv[4, t]
+        v6 = lv[7, t] if bins[nf[6, t]] > nc[6, t] else lv[6, t]
+        v1 = v4 if bins[nf[1, t]] > nc[1, t] else v3
+        v2 = v6 if bins[nf[2, t]] > nc[2, t] else v5
+        s += v2 if bins[nf[0, t]] > nc[0, t] else v1
+    return s
+
+
 @njit(cache=True)
-def _row(x, strict_less, const, cuts, cut_start, main, main_start, tree_model, node_feature, node_cut, leaf_value,
-         out):
+def _segment_walk(bins, nf, nc, lv, lo, hi):
+    n_inner = nf.shape[0]
+    s = 0.0
+    for t in range(lo, hi):
+        node = 0
+        while node < n_inner:
+            node = 2 * node + 1 + (1 if bins[nf[node, t]] > nc[node, t] else 0)
+        s += lv[node - n_inner, t]
+    return s
+
+
+@njit(cache=True)
+def _row(x, strict_less, const, cuts, cut_start, main, main_start, tree_model, model_start, nf, nc, lv, out):
+    """The B calibrated margins of one row into out."""
     F = x.shape[0]
     B = const.shape[0]
-    bins = np.empty(2 * F, dtype=np.int64)  # [NaN -> -1 (goes left), NaN -> huge (goes right)]
+    bins = np.empty(2 * F, dtype=np.int32)  # [NaN -> -1 (goes left), NaN -> huge (goes right)]
     for f in range(F):
         g = _bin(x[f], cuts, cut_start[f], cut_start[f + 1], strict_less)
         bins[f] = g
-        bins[F + f] = g if g >= 0 else 1 << 40
+        bins[F + f] = g if g >= 0 else _HUGE
     for b in range(B):
         out[b] = const[b]
     for f in range(F):
@@ -262,22 +306,30 @@ def _row(x, strict_less, const, cuts, cut_start, main, main_start, tree_model, n
         base = start + row * B
         for b in range(B):
             out[b] += main[base + b]
-    n_inner = node_feature.shape[1]
-    for t in range(tree_model.shape[0]):
-        node = 0
-        while node < n_inner:
-            node = 2 * node + 1 + (1 if bins[node_feature[t, node]] > node_cut[t, node] else 0)
-        out[tree_model[t]] += leaf_value[t, node - n_inner]
+    if tree_model.shape[0] == 0:
+        return
+    n_inner = nf.shape[0]
+    for b in range(B):
+        lo, hi = model_start[b], model_start[b + 1]
+        if n_inner == 3:
+            out[b] += _segment_d2(bins, nf, nc, lv, lo, hi)
+        elif n_inner == 7:
+            out[b] += _segment_d3(bins, nf, nc, lv, lo, hi)
+        else:
+            out[b] += _segment_walk(bins, nf, nc, lv, lo, hi)
+
+
+_HUGE = 2147483647  # the bin of NaN at a node that sends NaN right: above every cut
 
 
 @njit(cache=True)
-def _margins(X, strict_less, const, cuts, cut_start, main, main_start, tree_model, node_feature, node_cut, leaf_value, out):
+def _margins(X, strict_less, const, cuts, cut_start, main, main_start, tree_model, model_start, nf, nc, lv, out):
     for i in range(X.shape[0]):
-        _row(X[i], strict_less, const, cuts, cut_start, main, main_start, tree_model, node_feature, node_cut, leaf_value, out[i])
+        _row(X[i], strict_less, const, cuts, cut_start, main, main_start, tree_model, model_start, nf, nc, lv, out[i])
 
 
 @njit(cache=True, inline="always")
-def _risk_quantile(sorted_log_odds: np.ndarray, q: float) -> float:
+def _risk_quantile(sorted_log_odds, q):
     """numpy's default ('linear') percentile of the risks, from the sorted log-odds (the order is
     the same; the interpolation is done on the risk scale, as np.percentile of the risks does)."""
     pos = q * (sorted_log_odds.shape[0] - 1)
@@ -290,7 +342,7 @@ def _risk_quantile(sorted_log_odds: np.ndarray, q: float) -> float:
 
 
 @njit(cache=True, inline="always")
-def _group(z: float, low: float, high: float) -> int:
+def _group(z, low, high):
     return (1 if z >= low else 0) + (1 if z >= high else 0)
 
 
@@ -306,19 +358,107 @@ def _summarise_row(buf, z0, low, high, q_lo, q_hi):
 
 
 @njit(cache=True)
-def _summary(X, strict_less, const, cuts, cut_start, main, main_start, tree_model, node_feature, node_cut, leaf_value, log_odds, low, high, q_lo, q_hi, lo, hi, change):
+def _summary(X, strict_less, const, cuts, cut_start, main, main_start, tree_model, model_start, nf, nc, lv, log_odds,
+             low, high, q_lo, q_hi, lo, hi, change):
     buf = np.empty(const.shape[0])
     for i in range(X.shape[0]):
-        _row(X[i], strict_less, const, cuts, cut_start, main, main_start, tree_model, node_feature, node_cut, leaf_value, buf)
+        _row(X[i], strict_less, const, cuts, cut_start, main, main_start, tree_model, model_start, nf, nc, lv, buf)
         lo[i], hi[i], change[i] = _summarise_row(buf, log_odds[i], low, high, q_lo, q_hi)
 
 
+# -- batches: the trees that mix features evaluated for a block of patients at a time -------------
+# Every inner node of a complete depth-2 or depth-3 tree is compared for all the block's patients
+# (contiguous rows of the bins matrix), and the leaf is chosen by selects: no data-dependent loads,
+# so the compiler vectorises the loop over patients. Deeper trees take the per-row walk.
+
+BLOCK = 256
+
+
+@njit(cache=True)
+def _bins_block(X, lo, hi, strict_less, cuts, cut_start, bins):
+    """bins[f, p] and bins[F + f, p] (NaN -> -1 and NaN -> huge) of rows lo:hi."""
+    F = X.shape[1]
+    for p in range(hi - lo):
+        for f in range(F):
+            g = _bin(X[lo + p, f], cuts, cut_start[f], cut_start[f + 1], strict_less)
+            bins[f, p] = g
+            bins[F + f, p] = g if g >= 0 else _HUGE
+
+
+@njit(cache=True, fastmath=True)
+def _block_d2(bins, n, tree_model, nf, nc, lv, acc):
+    for t in range(tree_model.shape[0]):
+        a = acc[tree_model[t]]
+        x0, x1, x2 = bins[nf[0, t]], bins[nf[1, t]], bins[nf[2, t]]
+        k0, k1, k2 = nc[0, t], nc[1, t], nc[2, t]
+        l0, l1, l2, l3 = lv[0, t], lv[1, t], lv[2, t], lv[3, t]
+        for p in range(n):
+            right = l3 if x2[p] > k2 else l2
+            left = l1 if x1[p] > k1 else l0
+            a[p] += right if x0[p] > k0 else left
+
+
+@njit(cache=True, fastmath=True)
+def _block_d3(bins, n, tree_model, nf, nc, lv, acc):
+    for t in range(tree_model.shape[0]):
+        a = acc[tree_model[t]]
+        x0, x1, x2, x3 = bins[nf[0, t]], bins[nf[1, t]], bins[nf[2, t]], bins[nf[3, t]]
+        x4, x5, x6 = bins[nf[4, t]], bins[nf[5, t]], bins[nf[6, t]]
+        k0, k1, k2, k3, k4, k5, k6 = nc[0, t], nc[1, t], nc[2, t], nc[3, t], nc[4, t], nc[5, t], nc[6, t]
+        for p in range(n):
+            v3 = lv[1, t] if x3[p] > k3 else lv[0, t]
+            v4 = lv[3, t] if x4[p] > k4 else lv[2, t]
+            v5 = lv[5, t] if x5[p] > k5 else lv[4, t]
+            v6 = lv[7, t] if x6[p] > k6 else lv[6, t]
+            v1 = v4 if x1[p] > k1 else v3
+            v2 = v6 if x2[p] > k2 else v5
+            a[p] += v2 if x0[p] > k0 else v1
+
+
+@njit(cache=True)
+def _block_walk(bins, n, tree_model, nf, nc, lv, acc):
+    n_inner = nf.shape[0]
+    for t in range(tree_model.shape[0]):
+        a = acc[tree_model[t]]
+        for p in range(n):
+            node = 0
+            while node < n_inner:
+                node = 2 * node + 1 + (1 if bins[nf[node, t], p] > nc[node, t] else 0)
+            a[p] += lv[node - n_inner, t]
+
+
 @njit(cache=True, parallel=True)
-def _summary_parallel(X, strict_less, const, cuts, cut_start, main, main_start, tree_model, node_feature, node_cut, leaf_value, log_odds, low, high, q_lo, q_hi, lo, hi, change):
-    n = X.shape[0]
-    chunk = 64
-    for c in prange((n + chunk - 1) // chunk):
-        buf = np.empty(const.shape[0])
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            _row(X[i], strict_less, const, cuts, cut_start, main, main_start, tree_model, node_feature, node_cut, leaf_value, buf)
+def _summary_blocks(X, strict_less, const, cuts, cut_start, main, main_start, tree_model, model_start, nf, nc, lv,
+                    log_odds, low, high, q_lo, q_hi, lo, hi, change):
+    n, F = X.shape
+    B = const.shape[0]
+    n_blocks = (n + BLOCK - 1) // BLOCK
+    for blk in prange(n_blocks):
+        start = blk * BLOCK
+        stop = min(n, start + BLOCK)
+        m = stop - start
+        bins = np.empty((2 * F, BLOCK), dtype=np.int32)
+        _bins_block(X, start, stop, strict_less, cuts, cut_start, bins)
+        acc = np.zeros((B, BLOCK))
+        if tree_model.shape[0] > 0:
+            if nf.shape[0] == 3:
+                _block_d2(bins, m, tree_model, nf, nc, lv, acc)
+            elif nf.shape[0] == 7:
+                _block_d3(bins, m, tree_model, nf, nc, lv, acc)
+            else:
+                _block_walk(bins, m, tree_model, nf, nc, lv, acc)
+        buf = np.empty(B)
+        for p in range(m):
+            for b in range(B):
+                buf[b] = const[b] + acc[b, p]
+            for f in range(F):
+                s = main_start[f]
+                if s < 0:
+                    continue
+                g = bins[f, p]
+                row = g if g >= 0 else cut_start[f + 1] - cut_start[f] + 1
+                base = s + row * B
+                for b in range(B):
+                    buf[b] += main[base + b]
+            i = start + p
             lo[i], hi[i], change[i] = _summarise_row(buf, log_odds[i], low, high, q_lo, q_hi)

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 
 def score_frame(bundle: ModelBundle, df: pd.DataFrame) -> pd.DataFrame:
-    """risk, risk_group, log_odds and one shap_<feature> column per feature, in chunks."""
+    """risk, risk_group, the 95% model-development interval (risk_low, risk_high) and
+    risk_group_change_probability when the bundle carries its bootstrap models, log_odds and one
+    shap_<feature> column per feature, in chunks."""
     n = len(df)
     if n == 0:
         return pd.DataFrame()
@@ -33,19 +35,23 @@ def score_frame(bundle: ModelBundle, df: pd.DataFrame) -> pd.DataFrame:
     log_odds = np.empty(n)
     base = np.empty(n)
     contributions = np.empty((n, len(FEATURE_NAMES)))
+    unc = np.empty((3, n)) if bundle.instability is not None else None
     for start in range(0, n, CHUNK):
         stop = min(start + CHUNK, n)
         ex = bundle.explain(X[start:stop])
+        if unc is not None:
+            unc[:, start:stop] = bundle.uncertainty(X[start:stop], ex.log_odds)
         risk[start:stop] = ex.risk
         log_odds[start:stop] = ex.log_odds
         base[start:stop] = ex.base
         contributions[start:stop] = ex.contributions
-    columns = {
-        "risk": risk,
-        "risk_group": bundle.risk_group(risk),
-        "log_odds": log_odds,
-        "shap_base": base,
-    }
+    columns: dict[str, np.ndarray] = {"risk": risk}
+    if unc is not None:
+        columns.update({"risk_low": unc[0], "risk_high": unc[1]})
+    columns["risk_group"] = bundle.risk_group(risk)
+    if unc is not None:
+        columns["risk_group_change_probability"] = unc[2]
+    columns.update({"log_odds": log_odds, "shap_base": base})
     columns.update({f"shap_{f}": contributions[:, j] for j, f in enumerate(FEATURE_NAMES)})
     return pd.DataFrame(columns, index=df.index)
 
@@ -110,6 +116,11 @@ def answers(df: pd.DataFrame, scored: pd.DataFrame, model: dict) -> list[dict]:
             "risk": float(scored["risk"].iloc[i]),
             "risk_group": str(scored["risk_group"].iloc[i]),
             "log_odds": float(scored["log_odds"].iloc[i]),
+            "uncertainty": {
+                "interval": (float(scored["risk_low"].iloc[i]), float(scored["risk_high"].iloc[i])),
+                "level": 0.95,
+                "risk_group_change_probability": float(scored["risk_group_change_probability"].iloc[i]),
+            } if "risk_low" in scored else None,
             "explanation": {"base_log_odds": float(scored["shap_base"].iloc[i]), "contributions": contributions},
             "model": model,
         })

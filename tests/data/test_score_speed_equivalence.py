@@ -90,16 +90,17 @@ def reference_score_frame(bundle, df: pd.DataFrame) -> pd.DataFrame:
     parts = []
     for start in range(0, len(df), score.CHUNK):
         chunk = df.iloc[start : start + score.CHUNK]
-        ex = bundle.explain(reference_encode_frame(chunk))
-        out = pd.DataFrame(
-            {
-                "risk": ex.risk,
-                "risk_group": bundle.risk_group(ex.risk),
-                "log_odds": ex.log_odds,
-                "shap_base": ex.base,
-            },
-            index=chunk.index,
-        )
+        X = reference_encode_frame(chunk)
+        ex = bundle.explain(X)
+        columns = {"risk": ex.risk}
+        unc = bundle.uncertainty(X, ex.log_odds)
+        if unc is not None:
+            columns.update({"risk_low": unc[0], "risk_high": unc[1]})
+        columns["risk_group"] = bundle.risk_group(ex.risk)
+        if unc is not None:
+            columns["risk_group_change_probability"] = unc[2]
+        columns.update({"log_odds": ex.log_odds, "shap_base": ex.base})
+        out = pd.DataFrame(columns, index=chunk.index)
         shap_cols = pd.DataFrame(
             ex.contributions, columns=[f"shap_{f}" for f in FEATURE_NAMES], index=chunk.index
         )
@@ -377,6 +378,13 @@ class _RowWiseBundle:
 
     def risk_group(self, risk: np.ndarray) -> np.ndarray:
         return np.asarray(["low", "intermediate", "high"], dtype=object)[(risk >= 0.2).astype(int) + (risk >= 0.4)]
+
+    instability = "row-wise"  # present: score_frame adds the interval columns
+
+    def uncertainty(self, X: np.ndarray, log_odds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        spread = 0.1 + np.nan_to_num(X[:, 0], nan=1.0) / 100.0  # from the row's own cells, as the B models do
+        return (1 / (1 + np.exp(-(log_odds - spread))), 1 / (1 + np.exp(-(log_odds + spread))),
+                np.clip(spread, 0, 1))
 
 
 @pytest.mark.parametrize("n", [0, 1, score.CHUNK, 2 * score.CHUNK + 3])
