@@ -1,0 +1,66 @@
+"""Every answer carries the model-development interval of its risk, from the bundle's bootstrap models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from pipeline.contract import example_request
+from pipeline.features import N_MATRIX, encode_record
+from serving.app import create_app
+from tests.conftest import random_records
+from tests.service.test_api import _wait_ready
+
+
+@pytest.fixture(scope="module")
+def client(trained, tokens):
+    settings, _ = trained
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {tokens['score']}"}) as c:
+        _wait_ready(c)
+        yield c
+
+
+def _expected(bundle, record: dict) -> tuple[float, float, float]:
+    X = np.empty((1, N_MATRIX))
+    encode_record(record, X[0])
+    ex = bundle.explain(X)
+    lo, hi, change = bundle.uncertainty(X, ex.log_odds)
+    return float(lo[0]), float(hi[0]), float(change[0])
+
+
+def test_single_answer_carries_the_bootstrap_interval(client, bundle) -> None:
+    assert bundle.instability is not None and bundle.instability.n_models == 20
+    r = client.post("/v1/risk", json=example_request())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    u = body["uncertainty"]
+    lo, hi, change = _expected(bundle, example_request())
+    assert u["interval"] == pytest.approx([lo, hi], abs=1e-12)
+    assert u["risk_group_change_probability"] == pytest.approx(change)
+    assert u["level"] == 0.95 and u["bootstrap_models"] == 20
+    assert 0 <= u["interval"][0] <= u["interval"][1] <= 1
+    # the explanation is still the final model's, and still adds up exactly
+    ex = body["explanation"]
+    assert abs(ex["base_log_odds"] + sum(c["log_odds"] for c in ex["contributions"]) - body["log_odds"]) < 1e-6
+
+
+def test_batch_answers_carry_their_own_intervals(client, bundle) -> None:
+    records = random_records(40, seed=3)
+    r = client.post("/v1/risk/batch", json={"patients": records})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    widths = []
+    for rec, res in zip(records, results):
+        lo, hi, change = _expected(bundle, rec)
+        assert res["uncertainty"]["interval"] == pytest.approx([lo, hi], abs=1e-12)
+        assert res["uncertainty"]["risk_group_change_probability"] == pytest.approx(change)
+        widths.append(hi - lo)
+    assert len(set(np.round(widths, 9))) > 1  # each patient its own interval, not one width for all
+
+
+def test_the_api_description_says_what_the_interval_is(client) -> None:
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["Uncertainty"]
+    text = schema["properties"]["interval"]["description"]
+    assert "not a confidence interval for the patient's outcome" in text.lower()
+    assert "bootstrap" in text
