@@ -27,7 +27,7 @@ from sklearn.model_selection import train_test_split
 
 from pipeline import train_log
 from pipeline.assessment import assess
-from pipeline.compare import CALIBRATION_SLOPE_BAND, comparison_notes, fair_comparison, quality_gate
+from pipeline.compare import comparison_notes, quality_gate
 from pipeline.contract import FEATURES, OUTCOMES
 from pipeline.features import encode_frame
 from pipeline.io import Cohort
@@ -37,18 +37,15 @@ from pipeline.registry import champion
 from pipeline.runs import end_interrupted, heartbeat, mark_alive, sweep
 from pipeline.settings import Settings
 from pipeline.tracking import git_commit, log_bundle_version, setup_mlflow
-from pipeline.tuning import build_bundle, choose, choose_thresholds, tune_candidates
+from pipeline.tuning import build_bundle, choose, tune_candidates
 from pipeline.validation import SPLIT, Design, check_trainable, choose_design
 
 log = logging.getLogger(__name__)
 
-# Re-exported: callers (update, monitor, cli, tests) have long imported these from here.
+# Re-exported for pipeline.update, pipeline.monitor and pipeline.cli, which import them from here
+# (their homes: pipeline.tracking, pipeline.compare, pipeline.promote).
 _promote = promote
-_fair_comparison = fair_comparison
-__all__ = [
-    "CALIBRATION_SLOPE_BAND", "TrainResult", "choose_thresholds", "git_commit", "log_bundle_version",
-    "quality_gate", "setup_mlflow", "train",
-]
+__all__ = ["TrainResult", "git_commit", "log_bundle_version", "quality_gate", "setup_mlflow", "train"]
 
 
 @dataclass
