@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.calibration import calibrated_explanation, calibrated_log_odds, risk_of
 from models.ensemble import ENSEMBLE_FILE, MarginEnsemble
 from models.explain import TreeExplainer
 from pipeline.contract import CONTRACT_VERSION, FEATURE_NAMES
@@ -88,19 +89,18 @@ class ModelBundle:
     def explain(self, X: np.ndarray) -> Explained:
         """Calibrated risk with its SHAP explanation, for a matrix in MATRIX_NAMES order."""
         contribs, bias = self.explainer.contributions(X)
-        slope, intercept = self.calibration_slope, self.calibration_intercept
-        grouped = (contribs @ GROUP) * slope
-        base = intercept + slope * bias
+        base, grouped = calibrated_explanation(
+            contribs @ GROUP, bias, self.calibration_intercept, self.calibration_slope
+        )
         raw = bias + contribs.sum(axis=1)
         log_odds = base + grouped.sum(axis=1)
-        risk = 1.0 / (1.0 + np.exp(-log_odds))
-        return Explained(log_odds, risk, base, grouped, raw)
+        return Explained(log_odds, risk_of(log_odds), base, grouped, raw)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Calibrated risk without the explanation (bulk evaluation), from the library's own margin."""
         self.estimator  # noqa: B018 - loads (and attaches to the explainer) a lazily loaded estimator
-        log_odds = self.calibration_intercept + self.calibration_slope * self.explainer.margin(X)
-        return 1.0 / (1.0 + np.exp(-log_odds))
+        margin = self.explainer.margin(X)
+        return risk_of(calibrated_log_odds(margin, self.calibration_intercept, self.calibration_slope))
 
     def uncertainty(self, X: np.ndarray, log_odds: np.ndarray, parallel: bool = False
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

@@ -12,32 +12,23 @@ from mlflow import MlflowClient
 
 from models.baselines import SCORES
 from pipeline import plots
+from pipeline.assessment import add_oracle
 from pipeline.evidence import build_evidence
 from pipeline.features import N_MATRIX, encode_frame
-from pipeline.report import render_validation_report, save_plots
-from pipeline.io import read_cohort
+from pipeline.loading import load_cohort
 from pipeline.metrics import binary_metrics, ranking_metrics
 from pipeline.registry import load_bundle, resolve
+from pipeline.report import render_validation_report, save_plots
 from pipeline.settings import Settings
-from pipeline.train import git_commit, setup_mlflow
+from pipeline.tracking import git_commit, setup_mlflow
 
 
 def evaluate(
     settings: Settings, data: Path | None = None, outcome: str | None = None, on_invalid: str = "refuse"
 ) -> dict[str, Any]:
     outcome = outcome or settings.outcome
-    synthetic = data is None
-    if synthetic:
-        # An independent synthetic centre: another seed than any training default.
-        from pipeline.cohort import generate_cohort
-        from pipeline.data import write_synthetic_cohort
-
-        seed = settings.seed + 1000
-        data = write_synthetic_cohort(
-            generate_cohort(settings.default_cohort_size, seed), settings.data_dir,
-            settings.default_cohort_size, seed,
-        )
-    cohort = read_cohort(Path(data), outcome, on_invalid=on_invalid)
+    # without a file: an independent synthetic centre, another seed than any training default
+    cohort, data, synthetic = load_cohort(settings, data, outcome, on_invalid, seed=settings.seed + 1000)
     experiment_id = setup_mlflow(settings, settings.evaluation_experiment)
     resolved = resolve(MlflowClient(), settings.resolved_model_uri)
     bundle = load_bundle(resolved)
@@ -57,9 +48,7 @@ def evaluate(
         s = fn(df)
         out.update({f"external_{name}_{k}": v for k, v in ranking_metrics(y, s).items() if k in ("auroc", "auprc")})
         scores[name] = s
-    if "p_true" in df and df["p_true"].notna().all() and outcome == "severe_icans":
-        out["external_oracle_auroc"] = ranking_metrics(y, df["p_true"].to_numpy(float))["auroc"]
-        scores["oracle (p_true)"] = df["p_true"].to_numpy(float)
+    add_oracle(y, df, outcome, out, "external_oracle_auroc", scores)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate-{resolved.name}-v{resolved.version}") as run:
         mlflow.set_tags(
             {
@@ -67,7 +56,7 @@ def evaluate(
                 "model_name": resolved.name,
                 "model_version": resolved.version,
                 "model_run_id": resolved.run_id or "",
-                "data_source": "synthetic" if synthetic else Path(data).name,
+                "data_source": "synthetic" if synthetic else data.name,
             }
         )
         mlflow.log_params({"data_sha256": cohort.sha256, "outcome": outcome, "model_uri": settings.resolved_model_uri})

@@ -22,9 +22,11 @@ patients and another centre's.
 
 from __future__ import annotations
 
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -35,6 +37,11 @@ from models.calibration import PlattOnMargin
 from models.candidates import CANDIDATES
 from models.ensemble import MarginEnsemble
 from models.trees import FlatTrees, from_hist_gradient_boosting, from_xgboost
+
+if TYPE_CHECKING:
+    from models.artifact import ModelBundle
+    from pipeline.settings import Settings
+    from pipeline.validation import Fitted
 
 # A model card warns when a typical patient's risk moves by this share of the mean risk or more
 # across development samples (e.g. MAPE 0.04 at a mean risk of 0.16): the individual risks are then
@@ -161,6 +168,39 @@ def metrics(summary: dict[str, Any]) -> dict[str, float]:
         out[f"instability_mape_{g}"] = v["mape"]
         out[f"instability_group_change_{g}"] = v["group_change"]
     return out
+
+
+def analyse(bundle: ModelBundle, fitted: Fitted, X: np.ndarray, y: np.ndarray, settings: Settings,
+            n_jobs: int) -> dict[str, float]:
+    """Refit the chosen configuration on B bootstrap samples; keep the B models in the bundle (the
+    service's uncertainty intervals) and log the instability analysis (pipeline.instability)."""
+    if settings.instability_models <= 0:
+        print("NOTE: ICANS_INSTABILITY_MODELS=0: no instability analysis, and answers carry no uncertainty interval.")
+        return {}
+    import mlflow
+
+    from pipeline.runs import heartbeat
+
+    heartbeat()
+    t0 = time.perf_counter()
+    ensemble, redraws = bootstrap_ensemble(
+        fitted.chosen, fitted.params, X, y, settings.instability_models, settings.cv_folds, settings.seed, n_jobs
+    )
+    inst = summarise(ensemble, X, bundle.explain(X).log_odds, bundle.low_threshold, bundle.high_threshold, len(y))
+    inst.summary["redrawn_samples"] = redraws
+    inst.summary["seconds"] = round(time.perf_counter() - t0, 1)
+    bundle.instability = ensemble
+    bundle.metadata["instability"] = inst.summary
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifact(str(instability_plot(inst, bundle.low_threshold, bundle.high_threshold,
+                                                             Path(tmp) / "instability.png")), "plots")
+    s = inst.summary
+    print(f"instability: {s['models']} bootstrap models in {s['seconds']} s: MAPE {s['mape']:.3f} (mean risk "
+          f"{s['mean_risk']:.3f}), median 95% interval width {s['median_interval_width']:.3f}, risk group changes "
+          f"{s['group_change']:.0%}")
+    if s["warning"]:
+        print(f"WARNING: {warning_text(s)}")
+    return {**metrics(s), "instability_seconds": s["seconds"]}
 
 
 def instability_plot(inst: Instability, low: float, high: float, path: Path, max_models: int = 200) -> Path:

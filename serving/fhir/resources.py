@@ -23,6 +23,7 @@ from typing import Any
 
 from pipeline.contract import FEATURES_BY_NAME, INTENDED_USE, OUTCOMES
 from serving.fhir import codes as C
+from serving.fhir.datatypes import FHIR_ID
 
 FHIR_JSON = "application/fhir+json"
 REQUEST_ID_SYSTEM = "urn:icans-risk:request-id"
@@ -30,7 +31,6 @@ RUN_ID_SYSTEM = "urn:icans-risk:mlflow-run-id"
 OVERRIDE_SYSTEM = "urn:icans-risk:override-reasons"
 CARD_EXTENSION = "icans-risk.prediction"
 TOP_FACTORS = 5
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 # The HL7 risk-probability code for each risk group of the model.
 QUALITATIVE = {
@@ -195,7 +195,7 @@ def risk_assessment(
         ra["basis"] = basis
     if request_id:
         ra["identifier"] = [{"system": REQUEST_ID_SYSTEM, "value": request_id}]
-        if _FHIR_ID.match(request_id):
+        if FHIR_ID.match(request_id):
             ra["id"] = request_id
     return ra
 

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 WRAPPER = """
 import sys, time, pathlib
 stage, marker = sys.argv[1], pathlib.Path(sys.argv[2])
-import pipeline.train as t
+import pipeline.promote as promote
+import pipeline.tuning as tuning
 
 def hold(real):
     def held(*args, **kwargs):
@@ -33,12 +34,12 @@ def hold(real):
     return held
 
 if stage == "tune":
-    t.tune = hold(t.tune)
+    tuning.tune = hold(tuning.tune)
 elif stage == "log_model":  # the logged model exists, PENDING, its artifacts not yet uploaded
     from mlflow import MlflowClient
     MlflowClient.log_model_artifacts = hold(MlflowClient.log_model_artifacts)
 elif stage == "promote":
-    t._promote = hold(t._promote)
+    promote.promote = hold(promote.promote)
 from pipeline.cli import main
 sys.argv = ["icans-risk", "train", "--data", sys.argv[3]]
 main()

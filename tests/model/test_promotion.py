@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from pipeline.cohort import generate_cohort
 from pipeline.features import encode_frame
 from pipeline.metrics import ranking_metrics
-from pipeline.train import _promote
+from pipeline.promote import promote as _promote
 
 
 def test_worse_candidate_stays_registered_without_the_alias(trained):
@@ -94,7 +94,7 @@ def test_training_result_records_the_decision(trained):
 
 
 def test_quality_gate_refuses_only_what_is_clearly_bad():
-    from pipeline.train import quality_gate
+    from pipeline.compare import quality_gate
 
     good = {"auroc": 0.74, "m_easix_auroc": 0.68, "calibration_slope_ci_low": 0.6,
             "calibration_slope_ci_high": 1.1, "auroc_minus_m_easix_ci_low": 0.01, "auroc_minus_m_easix_ci_high": 0.11}
@@ -209,7 +209,7 @@ def test_allow_ungated_is_read_from_the_environment(monkeypatch):
 def test_a_champion_that_may_have_seen_the_patients_is_held_to_its_own_validated_figure():
     from types import SimpleNamespace
 
-    from pipeline.train import _fair_comparison
+    from pipeline.compare import fair_comparison as _fair_comparison
 
     validated = {"auroc": 0.70, "auroc_ci_low": 0.64, "auroc_ci_high": 0.76}
     paired = {"auroc_other": 0.83, "difference": -0.13, "ci_low": -0.18, "ci_high": -0.08}

@@ -1,0 +1,125 @@
+"""MLflow plumbing shared by training, evaluation, updating and monitoring.
+
+The experiment (created where the settings say its artifacts go), the commit a run records,
+the registered pyfunc model (signature, input example, pinned requirements) and the inputs a
+run records about its data (a dataset's schema and digest, never its rows).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from pipeline.contract import FEATURE_NAMES, FEATURES
+from pipeline.io import Cohort
+from pipeline.registry import BUNDLE_ARTIFACT
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def setup_mlflow(settings: Settings, experiment: str) -> str:
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    # A tracking server decides where artifacts go (with --serve-artifacts: mlflow-artifacts:/<id>,
+    # proxied to its --artifacts-destination) unless ICANS_ARTIFACT_ROOT is set explicitly.
+    remote = settings.tracking_uri.startswith(("http://", "https://"))
+    location = (
+        None
+        if remote and "artifact_root" not in settings.model_fields_set
+        else f"{settings.artifact_root.rstrip('/')}/{experiment}"
+    )
+    try:
+        return client.create_experiment(experiment, artifact_location=location)
+    except MlflowException as exc:  # another training created it between the lookup and here
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(experiment).experiment_id
+
+
+def model_signature() -> ModelSignature:
+    kinds = {"float": "double", "bool": "boolean", "category": "string"}
+    inputs = Schema([ColSpec(kinds[f.kind], f.name, required=f.required) for f in FEATURES])
+    outputs = Schema(
+        [ColSpec("double", "risk"), ColSpec("string", "risk_group"), ColSpec("double", "log_odds")]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def input_example() -> pd.DataFrame:
+    """The contract's example patient (never a real row: no patient data goes to MLflow)."""
+    record = {f.name: f.example for f in FEATURES}
+    return pd.DataFrame([record]).astype({f.name: float for f in FEATURES if f.kind == "float"})
+
+
+def log_bundle_version(bundle_dir: Path, model_name: str) -> str:
+    """Log a bundle directory as the active run's pyfunc model and register it; returns the version."""
+    from models.pyfunc import model_code_path
+
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=model_code_path(),
+        artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+        signature=model_signature(),
+        input_example=input_example(),
+        registered_model_name=model_name,
+        pip_requirements=pip_requirements(),
+    )
+    return str(info.registered_model_version)
+
+
+def pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for pkg in ("mlflow", "numpy", "pandas", "scikit-learn", "xgboost", "shap", "pandera", "pydantic"):
+        try:
+            reqs.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            continue
+    return reqs
+
+
+def log_quarantine(cohort: Cohort) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rejected_rows.csv"
+        cohort.rejected.to_csv(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path="quarantine")
+    mlflow.set_tag("quarantine", "quarantine/rejected_rows.csv")
+
+
+def log_dataset(frame: pd.DataFrame, outcome: str, source: str, context: str, name: str) -> None:
+    """The cohort as an MLflow dataset input: its schema, size and digest, never its rows."""
+    from mlflow.data import from_pandas
+
+    columns = [c for c in (*FEATURE_NAMES, outcome) if c in frame]
+    try:
+        with warnings.catch_warnings():  # mlflow's "source can be interpreted in multiple ways" on a file name
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = from_pandas(frame[columns], source=source, targets=outcome, name=name)
+        mlflow.log_input(dataset, context=context)
+    except Exception as exc:  # the Datasets panel is a convenience; never fail a training on it
+        log.warning("dataset input not logged: %s", exc)

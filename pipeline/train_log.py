@@ -1,0 +1,258 @@
+"""What a training records in its MLflow run and on its registered version.
+
+Its inputs (tags, parameters, counts, dataset digests), its figures and the verdicts (the bundle's
+metadata says the same), its artifacts (plots, the evidence report, the model card that ships in
+the bundle), the version's description, and the run's description in the UI.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+
+from models.artifact import Explained, ModelBundle
+from models.candidates import CANDIDATES, SMALL_DATA_EVENTS
+from pipeline import plots
+from pipeline.assessment import Evaluation
+from pipeline.contract import CONTRACT_VERSION, FEATURE_NAMES
+from pipeline.directions import feature_directions
+from pipeline.features import N_MATRIX
+from pipeline.io import Cohort
+from pipeline.monitoring import reference_summary
+from pipeline.registry import BUNDLE_ARTIFACT
+from pipeline.report import render_validation_report, save_plots, write_model_card
+from pipeline.settings import Settings
+from pipeline.tracking import git_commit, log_dataset, log_quarantine
+from pipeline.validation import MODEL, RESAMPLING, SPLIT, Design, Fitted
+
+
+def log_inputs(
+    settings: Settings, cohort: Cohort, data: Path, synthetic: bool, outcome: str, on_invalid: str,
+    design: Design, dev: pd.DataFrame, test: pd.DataFrame | None, y_dev: np.ndarray, empty: list[str],
+) -> None:
+    """The run's tags, parameters and counts, the datasets it used, and the rows it rejected."""
+    mlflow.set_tags(
+        {
+            "mlflow.source.git.commit": git_commit(),
+            "outcome": outcome,
+            "data_source": "synthetic" if synthetic else data.name,
+            "contract_version": CONTRACT_VERSION,
+            "validation_design": design.kind,
+            "validation_reason": design.reason,
+            "empty_columns": ", ".join(empty) if empty else "none",
+        }
+    )
+    mlflow.log_params(
+        {
+            "outcome": outcome,
+            "seed": settings.seed,
+            "data_sha256": cohort.sha256,
+            "data_file": data.name,
+            "synthetic": synthetic,
+            "on_invalid": on_invalid,
+            "cv_folds": settings.cv_folds,
+            "n_iter": settings.n_iter,
+            "validation_design": design.kind,
+            "test_fraction": settings.test_fraction if design.kind == SPLIT else 0.0,
+            "cv_repeats": design.repeats if design.kind == RESAMPLING else 0,
+            "search_space": "small-data" if y_dev.sum() < SMALL_DATA_EVENTS else "standard",
+        }
+    )
+    mlflow.log_metrics(
+        {
+            "n_rows_file": cohort.report.n_rows,
+            "n_rows_rejected": len(cohort.rejected),
+            "n_rows_used": len(cohort.data),
+            "n_dev": len(dev),
+            "n_test": 0 if test is None else len(test),
+            "events_dev": int(y_dev.sum()),
+            "events_test": 0 if test is None else int(test[outcome].sum()),
+            "n_empty_columns": len(empty),
+        }
+    )
+    source = "synthetic cohort" if synthetic else data.name
+    log_dataset(dev, outcome, source, "training", f"{data.stem}-{'development' if test is not None else 'all'}")
+    if test is not None:
+        log_dataset(test, outcome, source, "test", f"{data.stem}-held-out")
+    if empty:
+        print(f"NOTE: no value in any row for {', '.join(empty)}: every model is fitted without them "
+              "(the trees never split on them, the logistic model imputes them); they change no answer.")
+    if len(cohort.rejected):
+        log_quarantine(cohort)
+
+
+def add_reference(bundle: ModelBundle, dev: pd.DataFrame, X_dev: np.ndarray) -> None:
+    """The development patients' summary that monitoring compares the served patients with."""
+    development = bundle.explain(X_dev)
+    bundle.metadata["reference"] = reference_summary(
+        dev, development.risk, dict(zip(bundle.feature_names, np.mean(np.abs(development.contributions), axis=0)))
+    )
+
+
+def collect_metrics(
+    ev: Evaluation, bundle: ModelBundle, fitted: Fitted, tuned: dict[str, dict[str, Any]], explained: Explained,
+) -> dict[str, float]:
+    """Every figure of the parent run: the design's, the validated estimates, calibration and thresholds."""
+    metrics = ev.metrics
+    metrics.update({f"validated_{k}": v for k, v in ev.validated.items()})
+    metrics["calibration_platt_slope"] = fitted.platt.slope_
+    metrics["calibration_platt_intercept"] = fitted.platt.intercept_
+    metrics["threshold_low"] = bundle.low_threshold
+    metrics["threshold_high"] = bundle.high_threshold
+    metrics["explanation_max_additivity_error"] = float(
+        np.max(np.abs(explained.raw_margin - bundle.explainer.margin(ev.X)))
+    )
+    for name in CANDIDATES:
+        metrics[f"cv_log_loss_{name}"] = tuned[name]["cv_log_loss"]
+    return metrics
+
+
+def record_verdicts(
+    ev: Evaluation, bundle: ModelBundle, metrics: dict[str, float], gate_ok: bool, gate_reason: str,
+    ungated: bool, empty: list[str],
+) -> None:
+    """The figures and the gate's verdict in the bundle's metadata, the evidence and the run."""
+    design = ev.design
+    bundle.metadata["test_metrics"] = {k: round(float(v), 4) for k, v in metrics.items() if np.isfinite(v)}
+    bundle.metadata["gate"] = {"passed": gate_ok, "reason": gate_reason, "ungated": ungated}
+    bundle.metadata["validation"] = {
+        "design": design.kind,
+        "description": design.reason,
+        "estimates": {k: round(float(v), 4) for k, v in ev.validated.items() if np.isfinite(v)},
+        "optimism": ({k: round(v, 4) for k, v in ev.resampled.optimism(MODEL).items()} if ev.resampled else {}),
+    }
+    ev.evidence.validation = validation_section(ev)
+    if empty:
+        ev.evidence.notes.append(f"no value in any row for {', '.join(empty)}: every model was fitted without "
+                                 "them, and they change no answer of this model")
+    ev.evidence.directions = feature_directions(ev.X, bundle.predict_proba)
+    contradictions = ev.evidence.directions.loc[ev.evidence.directions["contradiction"], "feature"].tolist()
+    metrics["direction_contradictions"] = len(contradictions)
+    if contradictions:
+        mlflow.set_tag("direction_contradictions", ", ".join(contradictions))
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
+    mlflow.set_tags({"quality_gate": "passed" if gate_ok else ("failed, ungated" if ungated else "failed"),
+                     "quality_gate_reason": gate_reason})
+
+
+def write_artifacts(
+    tmp_path: Path, ev: Evaluation, bundle: ModelBundle, explained: Explained, outcome: str,
+    card_info: dict[str, Any], provenance: dict[str, Any],
+) -> Path:
+    """Plots, the evidence report and the model card logged to the run; returns the saved bundle's directory."""
+    plots.roc_plot(ev.y, ev.plot_scores, tmp_path / "roc.png", f"ROC, {ev.label} ({outcome})")
+    plots.shap_summary_plot(
+        explained.contributions, explained.base, ev.frame, list(FEATURE_NAMES), tmp_path / "shap_summary.png"
+    )
+    save_plots(ev.evidence, tmp_path)
+    mlflow.log_artifacts(str(tmp_path), artifact_path="plots")
+    report_dir = tmp_path / "evidence"
+    report_dir.mkdir()
+    report_path = render_validation_report(ev.evidence, tmp_path, tmp_path / "report" / "validation_report.html")
+    (report_dir / "evidence.json").write_text(json.dumps(ev.evidence.to_dict(), default=str))
+
+    bundle_dir = bundle.save(tmp_path / BUNDLE_ARTIFACT)
+    write_model_card(ev.evidence, card_info, provenance, bundle_dir)  # ships with the model
+    write_model_card(ev.evidence, card_info, provenance, report_dir)
+    mlflow.log_artifacts(str(report_dir), artifact_path="evidence")
+    mlflow.log_artifact(str(report_path))
+    return bundle_dir
+
+
+def card_info(bundle: ModelBundle, model_name: str, run_id: str) -> dict[str, Any]:
+    """What the model card says about the model itself."""
+    return {
+        "name": model_name,
+        "version": None,  # numbered by the registry after the card is written: the card says where to look
+        "run_id": run_id,
+        "trained_at": bundle.metadata["trained_at"],
+        "kind": bundle.kind,
+        "params": bundle.metadata["params"],
+        "thresholds": {"low": bundle.low_threshold, "high": bundle.high_threshold},
+        "contract_version": CONTRACT_VERSION,
+        "git_commit": git_commit(),
+        "n_params": N_MATRIX,
+        "gate": bundle.metadata["gate"],
+    }
+
+
+def provenance(
+    settings: Settings, cohort: Cohort, data: Path, synthetic: bool, dev: pd.DataFrame, test: pd.DataFrame | None,
+    empty: list[str],
+) -> dict[str, Any]:
+    """What the model card says about the data the model was fitted on."""
+    return {
+        "synthetic": synthetic,
+        "sha256": cohort.sha256,
+        "file": data.name,
+        "n_rows": len(cohort.data),
+        "n_dev": len(dev),
+        "n_test": len(test) if test is not None else "none (repeated cross-validation on all patients)",
+        "seed": settings.seed,
+        "n_rows_rejected": len(cohort.rejected),
+        "empty_columns": ", ".join(empty) if empty else "none",
+    }
+
+
+def describe_version(
+    client: MlflowClient, model_name: str, version: str, ev: Evaluation, outcome: str, chosen: str, gate_ok: bool,
+    ungated: bool, run_id: str,
+) -> None:
+    """The registered version's description and tags: what it is and how it was validated."""
+    design = ev.design
+    client.set_model_version_tag(model_name, version, "outcome", outcome)
+    v = ev.validated
+    client.update_model_version(model_name, version, description=(
+        f"{chosen} for {outcome}: {design.kind} AUROC {fmt_ci(v, 'auroc')}, calibration slope "
+        f"{fmt_ci(v, 'calibration_slope', 2)}, Brier {v.get('brier', np.nan):.4f}; m-EASIX AUROC "
+        f"{v.get('m_easix_auroc', np.nan):.3f}. Quality gate: {'passed' if gate_ok else 'failed'}. Model card: "
+        f"artifact model/artifacts/{BUNDLE_ARTIFACT}/model_card.html of run {run_id} (also GET /v1/model/card). "
+        "Research use only."))
+    client.set_model_version_tag(model_name, version, "validation_design", design.kind)
+    client.set_model_version_tag(model_name, version, "validated_auroc", f"{ev.validated['auroc']:.4f}")
+    client.set_model_version_tag(model_name, version, "quality_gate", "passed" if gate_ok else "failed")
+    if ungated:
+        client.set_model_version_tag(model_name, version, "ungated", "true")
+
+
+def validation_section(ev: Evaluation) -> dict[str, Any]:
+    """The evidence report's statement of the design and of the figures the gate used."""
+    out: dict[str, Any] = {"design": ev.design.kind, "reason": ev.design.reason, "estimates": ev.validated,
+                           "evaluated_on": ev.label}
+    if ev.resampled is not None:
+        out["resampling"] = ev.resampled.to_dict()
+    return out
+
+
+def fmt_ci(v: dict[str, float], key: str, digits: int = 3) -> str:
+    lo, hi = v.get(f"{key}_ci_low", np.nan), v.get(f"{key}_ci_high", np.nan)
+    ci = f" (95% CI {lo:.{digits}f}-{hi:.{digits}f})" if np.isfinite(lo) and np.isfinite(hi) else ""
+    return f"{v.get(key, np.nan):.{digits}f}{ci}"
+
+
+def run_description(ev: Evaluation, chosen: str, gate_ok: bool, ungated: bool, gate_reason: str, promoted: bool,
+                    reason: str, empty: list[str], notes: list[str], seconds: float) -> str:
+    """The parent run's description in the MLflow UI (Markdown): what happened, without opening a metric."""
+    v = ev.validated
+    kind = "cross-validated (whole procedure, repeated)" if ev.design.kind == RESAMPLING else "held-out"
+    lines = [
+        f"**{chosen}**, {kind} AUROC {fmt_ci(v, 'auroc')}, calibration slope {fmt_ci(v, 'calibration_slope', 2)}, "
+        f"intercept {fmt_ci(v, 'calibration_intercept', 2)}, Brier {fmt_ci(v, 'brier', 4)}; "
+        f"m-EASIX AUROC {v.get('m_easix_auroc', np.nan):.3f}.",
+        "",
+        f"Validation: **{ev.design.kind}**: {ev.design.reason}.",
+        "",
+        f"Quality gate: {'passed' if gate_ok else ('FAILED, registered ungated' if ungated else 'FAILED')}"
+        f"{'' if gate_ok else f' ({gate_reason})'}. Promotion: {'champion' if promoted else 'not promoted'}: {reason}.",
+    ]
+    if empty:
+        lines += ["", f"Columns with no value in any row (ignored by every model): {', '.join(empty)}."]
+    lines += [""] + notes if notes else []
+    lines += ["", f"Training took {seconds:.0f} s. Research use only; not a medical device."]
+    return "\n".join(lines)
