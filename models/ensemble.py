@@ -122,6 +122,14 @@ class MarginEnsemble:
             **heap,
         )
 
+    def recalibrated(self, intercept: float, slope: float) -> MarginEnsemble:
+        """Every model's log-odds z mapped to intercept + slope * z (a local recalibration, applied to
+        the bootstrap models as to the final one)."""
+        import dataclasses
+
+        return dataclasses.replace(self, const=intercept + slope * self.const, main=slope * self.main,
+                                   leaf_value=slope * self.leaf_value)
+
     # -- evaluation ------------------------------------------------------------------------------
 
     def _inputs(self, X: np.ndarray) -> np.ndarray:

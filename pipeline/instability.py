@@ -41,7 +41,6 @@ from models.trees import FlatTrees, from_hist_gradient_boosting, from_xgboost
 if TYPE_CHECKING:
     from models.artifact import ModelBundle
     from pipeline.settings import Settings
-    from pipeline.validation import Fitted
 
 # A model card warns when a typical patient's risk moves by this share of the mean risk or more
 # across development samples (e.g. MAPE 0.04 at a mean risk of 0.16): the individual risks are then
@@ -170,37 +169,42 @@ def metrics(summary: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def analyse(bundle: ModelBundle, fitted: Fitted, X: np.ndarray, y: np.ndarray, settings: Settings,
-            n_jobs: int) -> dict[str, float]:
-    """Refit the chosen configuration on B bootstrap samples; keep the B models in the bundle (the
-    service's uncertainty intervals) and log the instability analysis (pipeline.instability)."""
+def analyse(bundle: ModelBundle, kind: str, params: dict[str, Any], X: np.ndarray, y: np.ndarray,
+            settings: Settings, n_jobs: int) -> Instability | None:
+    """Refit the configuration on B bootstrap samples of (X, y) and keep the B models in the bundle
+    (the service's uncertainty intervals), with the summary in its metadata; None when turned off."""
     if settings.instability_models <= 0:
         print("NOTE: ICANS_INSTABILITY_MODELS=0: no instability analysis, and answers carry no uncertainty interval.")
-        return {}
-    import mlflow
-
+        return None
     from pipeline.runs import heartbeat
 
     heartbeat()
     t0 = time.perf_counter()
-    ensemble, redraws = bootstrap_ensemble(
-        fitted.chosen, fitted.params, X, y, settings.instability_models, settings.cv_folds, settings.seed, n_jobs
-    )
+    ensemble, redraws = bootstrap_ensemble(kind, params, X, y, settings.instability_models, settings.cv_folds,
+                                           settings.seed, n_jobs)
     inst = summarise(ensemble, X, bundle.explain(X).log_odds, bundle.low_threshold, bundle.high_threshold, len(y))
     inst.summary["redrawn_samples"] = redraws
     inst.summary["seconds"] = round(time.perf_counter() - t0, 1)
     bundle.instability = ensemble
     bundle.metadata["instability"] = inst.summary
-    with tempfile.TemporaryDirectory() as tmp:
-        mlflow.log_artifact(str(instability_plot(inst, bundle.low_threshold, bundle.high_threshold,
-                                                             Path(tmp) / "instability.png")), "plots")
     s = inst.summary
     print(f"instability: {s['models']} bootstrap models in {s['seconds']} s: MAPE {s['mape']:.3f} (mean risk "
           f"{s['mean_risk']:.3f}), median 95% interval width {s['median_interval_width']:.3f}, risk group changes "
           f"{s['group_change']:.0%}")
     if s["warning"]:
         print(f"WARNING: {warning_text(s)}")
-    return {**metrics(s), "instability_seconds": s["seconds"]}
+    return inst
+
+
+def log_to_mlflow(inst: Instability | None, low: float, high: float) -> dict[str, float]:
+    """The instability plot as an artifact of the active run; the figures to log as its metrics."""
+    if inst is None:
+        return {}
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifact(str(instability_plot(inst, low, high, Path(tmp) / "instability.png")), "plots")
+    return {**metrics(inst.summary), "instability_seconds": inst.summary["seconds"]}
 
 
 def instability_plot(inst: Instability, low: float, high: float, path: Path, max_models: int = 200) -> Path:

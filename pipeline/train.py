@@ -137,7 +137,8 @@ def _train_in_run(
     train_log.add_reference(bundle, dev, X_dev)
     explained = bundle.explain(ev.X)
     metrics = train_log.collect_metrics(ev, bundle, fitted, tuned, explained)
-    metrics.update(instability.analyse(bundle, fitted, X_dev, y_dev, settings, n_jobs))  # how stable each risk is
+    inst = instability.analyse(bundle, fitted.chosen, fitted.params, X_dev, y_dev, settings, n_jobs)  # instability
+    metrics.update(instability.log_to_mlflow(inst, bundle.low_threshold, bundle.high_threshold))
 
     gate_ok, gate_reason = quality_gate(ev.validated)  # compare: the gate
     # ALLOW_UNGATED serves a refused model only where nothing else could be served

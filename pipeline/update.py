@@ -27,6 +27,7 @@ contribution is scaled by b'b; nothing else changes.
 from __future__ import annotations
 
 import copy
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from models.artifact import ModelBundle
 from models.baselines import SCORES
+from pipeline import instability
 from pipeline.contract import OUTCOMES
 from pipeline.evidence import build_evidence, paired_difference
 from pipeline.features import N_MATRIX, encode_frame
@@ -118,6 +120,11 @@ def updated_bundle(parent: ModelBundle, test: ClosedTest, info: dict[str, Any]) 
     new.calibration_intercept = test.intercept + test.slope * parent.calibration_intercept
     new.calibration_slope = test.slope * parent.calibration_slope
     new.metadata = {**copy.deepcopy(parent.metadata), "update": info}
+    if parent.instability is not None:  # the parent's bootstrap models, recalibrated by the same map
+        new.instability = parent.instability.recalibrated(test.intercept, test.slope)
+        new.metadata["instability"]["note"] = (
+            "intervals from the parent version's bootstrap models, recalibrated by this update's map; the "
+            "uncertainty of the local recalibration itself is not included")
     new.documents = {}
     return new
 
@@ -223,12 +230,16 @@ def _update(settings: Settings, data: Path, outcome: str | None, on_invalid: str
             "local_data_sha256": cohort.sha256, "n_local": int(len(y)), "events_local": events,
             "alpha": settings.update_alpha, "updated_at": now_text(),
             "statistics": {k: round(float(v), 6) for k, v in test.statistics.items()}}
+    inst = None
     if test.method == NONE:
         new_bundle, p1 = None, p0
         validated, judged_risk, after = {}, p0, before
     else:
         if test.method == REVISION:
             new_bundle = _revision_bundle(parent, revision, df, info, cohort.sha256)
+            # the revision's own instability: the same refit on bootstrap samples of the local patients
+            inst = instability.analyse(new_bundle, parent.kind, dict(parent.metadata.get("params") or {}), X, y,
+                                       settings, max(1, os.cpu_count() or 1))
         else:
             new_bundle = updated_bundle(parent, test, info)
         p1 = new_bundle.predict_proba(X)
@@ -252,6 +263,8 @@ def _update(settings: Settings, data: Path, outcome: str | None, on_invalid: str
         mlflow.log_metrics({f"update_{k}": float(v) for k, v in test.statistics.items() if np.isfinite(v)})
         mlflow.log_metrics({f"before_{k}": float(v) for k, v in before.items() if np.isfinite(v)})
         mlflow.log_metrics({f"after_{k}": float(v) for k, v in after.items() if np.isfinite(v)})
+        if new_bundle is not None:
+            mlflow.log_metrics(instability.log_to_mlflow(inst, new_bundle.low_threshold, new_bundle.high_threshold))
         evidence = build_evidence(
             None, None, None, y, judged_risk, df, {"low": parent.low_threshold, "high": parent.high_threshold},
             N_MATRIX, outcome, other_predictions={f"original v{parent_ref.version}": p0}, seed=settings.seed,

@@ -69,3 +69,11 @@ def test_warning_text_only_when_unstable() -> None:
     assert instability.warning_text({**base, "warning": False}) is None
     text = instability.warning_text({**base, "warning": True})
     assert "unstable" in text and "150 development patients" in text and "0.060" in text
+
+
+def test_a_recalibrated_update_maps_every_bootstrap_model_as_the_final_one(cohort) -> None:
+    X, y = cohort
+    ens, _ = instability.bootstrap_ensemble("xgboost", PARAMS, X, y, 5, 3, seed=3, n_jobs=1)
+    again = ens.recalibrated(-0.4, 0.7)
+    np.testing.assert_allclose(again.margins(X), -0.4 + 0.7 * ens.margins(X), atol=1e-12)
+    assert ens.margins(X[:1])[0, 0] != again.margins(X[:1])[0, 0]  # the original is left as it was
