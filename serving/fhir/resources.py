@@ -11,6 +11,10 @@ RiskAssessment (FHIR R4; validated against the R4B models of `fhir.resources` in
   with the model's own group name as text); `rationale`: the exact SHAP explanation as text;
 - `basis`: the inputs used (contained Observations, one per feature, with LOINC and UCUM where the
   contract has them);
+- `prediction[0].extension` (INTERVAL_EXTENSION): the 95% model-development interval of the
+  probability and the probability of another risk group. Not `probabilityRange`: `probability[x]`
+  is a choice type, so a range would replace `probabilityDecimal`, which every consumer reads; an
+  extension (not a modifier) leaves the point estimate where it is and can be ignored safely;
 - `performer`: a contained Device carrying the model name and version (and MLflow run id);
 - `note`: the intended-use notice and the answer's warnings.
 """
@@ -27,6 +31,11 @@ from serving.fhir.datatypes import FHIR_ID
 
 FHIR_JSON = "application/fhir+json"
 REQUEST_ID_SYSTEM = "urn:icans-risk:request-id"
+INTERVAL_EXTENSION = "urn:icans-risk:fhir:extension:model-development-interval"
+INTERVAL_WORDS = (
+    "95% model-development interval: the range of the probability that models developed by the same procedure "
+    "on other samples of the development cohort give; not a range for the patient's outcome"
+)
 RUN_ID_SYSTEM = "urn:icans-risk:mlflow-run-id"
 OVERRIDE_SYSTEM = "urn:icans-risk:override-reasons"
 CARD_EXTENSION = "icans-risk.prediction"
@@ -191,6 +200,20 @@ def risk_assessment(
         ],
         "note": notes,
     }
+    unc = answer.get("uncertainty")
+    if unc:
+        lo, hi = unc["interval"]
+        ra["prediction"][0]["extension"] = [{
+            "url": INTERVAL_EXTENSION,
+            "extension": [
+                {"url": "low", "valueDecimal": float(lo)},
+                {"url": "high", "valueDecimal": float(hi)},
+                {"url": "level", "valueDecimal": float(unc["level"])},
+                {"url": "riskGroupChangeProbability", "valueDecimal": float(unc["risk_group_change_probability"])},
+                {"url": "bootstrapModels", "valueInteger": int(unc["bootstrap_models"])},
+            ],
+        }]
+        notes.insert(2, {"text": f"{INTERVAL_WORDS}: {float(lo):.4f}-{float(hi):.4f} (extension {INTERVAL_EXTENSION})."})
     if basis:
         ra["basis"] = basis
     if request_id:
@@ -212,9 +235,21 @@ def _md(text: Any) -> str:
 
 def summary(answer: dict[str, Any], outcome: str) -> str:
     group = answer["risk_group"]
-    s = f"{group.capitalize()} risk of {OUTCOME_SHORT.get(outcome, outcome)}: {percent(answer['risk'])} (research estimate)"
+    head = f"{group.capitalize()} risk of {OUTCOME_SHORT.get(outcome, outcome)}: {percent(answer['risk'])}"
+    unc = answer.get("uncertainty")
+    if unc:
+        s = f"{head} (interval {interval_text(unc)}, research estimate)"
+        if len(s) < 140:
+            return s
+    s = f"{head} (research estimate)"
     assert len(s) < 140, s
     return s
+
+
+def interval_text(unc: dict[str, Any]) -> str:
+    """"12-25%": the interval in the card's own rounding."""
+    lo, hi = (percent(float(v)) for v in unc["interval"])
+    return f"{lo.rstrip('%')}-{hi}" if not lo.startswith("<") else f"{lo}-{hi}"
 
 
 def card(
@@ -235,6 +270,14 @@ def card(
         f"**Estimated probability of {OUTCOMES[outcome].description}: {percent(answer['risk'])}** "
         f"(risk group: **{group}**).",
     ]
+    unc = answer.get("uncertainty")
+    if unc:
+        lines.append(
+            f"How sure: {unc['level']:.0%} model-development interval **{interval_text(unc)}**; "
+            f"{unc['risk_group_change_probability']:.0%} of {unc['bootstrap_models']} models developed on bootstrap "
+            "samples of the development cohort would put this patient in another risk group. This is the uncertainty "
+            "of the model, not a range for the patient's outcome."
+        )
     if thresholds is not None:
         low, high = thresholds
         lines.append(

@@ -64,3 +64,46 @@ def test_the_api_description_says_what_the_interval_is(client) -> None:
     text = schema["properties"]["interval"]["description"]
     assert "not a confidence interval for the patient's outcome" in text.lower()
     assert "bootstrap" in text
+
+
+def test_fhir_riskassessment_carries_the_interval_in_its_extension(client) -> None:
+    from fhir.resources.R4B.riskassessment import RiskAssessment
+
+    from serving.fhir.resources import INTERVAL_EXTENSION
+
+    plain = client.post("/v1/risk", json=example_request()).json()
+    r = client.post("/v1/risk", json=example_request(), headers={"Accept": "application/fhir+json"})
+    assert r.status_code == 200, r.text
+    ra = r.json()
+    RiskAssessment.model_validate(ra)  # valid R4(B): an extension beside probabilityDecimal
+    prediction = ra["prediction"][0]
+    assert prediction["probabilityDecimal"] == pytest.approx(plain["risk"])
+    (ext,) = [e for e in prediction["extension"] if e["url"] == INTERVAL_EXTENSION]
+    parts = {e["url"]: next(v for k, v in e.items() if k.startswith("value")) for e in ext["extension"]}
+    assert [parts["low"], parts["high"]] == pytest.approx(plain["uncertainty"]["interval"])
+    assert parts["riskGroupChangeProbability"] == pytest.approx(plain["uncertainty"]["risk_group_change_probability"])
+    assert parts["bootstrapModels"] == 20 and parts["level"] == 0.95
+    assert any("not a range for the patient's outcome" in n["text"] for n in ra["note"])
+
+
+@pytest.mark.parametrize("risk,lo,hi", [(0.18, 0.15, 0.21), (0.18, 0.05, 0.45), (0.0004, 0.0001, 0.002),
+                                        (0.999, 0.97, 0.9999)])
+def test_card_states_the_interval_without_directing(risk: float, lo: float, hi: float) -> None:
+    from serving.fhir.resources import card, summary
+
+    answer = {
+        "risk": risk, "risk_group": "intermediate", "log_odds": float(np.log(risk / (1 - risk))),
+        "uncertainty": {"interval": (lo, hi), "level": 0.95, "risk_group_change_probability": 0.31,
+                        "bootstrap_models": 200},
+        "explanation": {"base_log_odds": -1.5, "contributions": []},
+        "model": {"name": "icans-risk", "version": "3", "run_id": None}, "warnings": [],
+    }
+    s = summary(answer, "severe_icans")
+    assert len(s) < 140 and "interval" in s
+    detail = card(answer, outcome="severe_icans", card_uuid="u", source_url=None)["detail"]
+    assert "95% model-development interval" in detail and "31% of 200 models" in detail
+    assert "not a range for the patient's outcome" in detail
+    from pipeline.contract import INTENDED_USE
+
+    for directive in ("should", "must", "recommend", "administer", "give "):
+        assert directive not in detail.replace(INTENDED_USE, "").lower()
