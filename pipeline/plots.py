@@ -1,6 +1,7 @@
-"""The run's ROC and SHAP summary figures, in the project's one visual language (pipeline.style).
+"""The run's ROC and SHAP summary figures, in the project's one visual language (pipeline.style),
+and `save`, how every figure of the pipeline is laid out, captioned and written.
 
-The calibration figure is the validation report's (`calibration_curve.png`, pipeline.report);
+The calibration figure is the validation report's (`calibration_curve.png`, pipeline.report.figures);
 there is no second one here.
 """
 
@@ -54,7 +55,7 @@ def roc_plot(y: np.ndarray, scores: dict[str, np.ndarray], path: Path, title: st
     ax.set_ylabel("sensitivity (true-positive rate)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7.5, loc="lower right")
-    return _save(fig, path, ROC_CAPTION)
+    return save(fig, path, ROC_CAPTION)
 
 
 def shap_summary_plot(
@@ -81,7 +82,7 @@ def shap_summary_plot(
     fig.set_size_inches(9, 8)
     fig.axes[0].set_xlabel("SHAP contribution to the log-odds (right raises the risk)")
     plt.title("SHAP contributions to the log-odds of the outcome, one dot per patient", fontsize=10)
-    return _save(fig, path, SHAP_CAPTION)
+    return save(fig, path, SHAP_CAPTION)
 
 
 def _colour_values(col: pd.Series, name: str) -> pd.Series:
@@ -93,9 +94,19 @@ def _colour_values(col: pd.Series, name: str) -> pd.Series:
     return pd.to_numeric(col.astype("Float64"), errors="coerce")
 
 
-def _save(fig: plt.Figure, path: Path, caption: str) -> Path:
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    style.caption(fig, caption)
+def save(fig: plt.Figure, path: Path, caption: str | None = None, bottom: float = 0.1,
+         tight: bool = True) -> Path:
+    """Lay the figure out (leaving `bottom` of its height for the caption), caption it, write it
+    as PNG at style.DPI (creating the directory) and close it. tight=False keeps the caller's own
+    subplots_adjust."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if tight and caption:
+        fig.tight_layout(rect=(0, bottom, 1, 1))
+    elif tight:
+        fig.tight_layout()
+    if caption:
+        style.caption(fig, caption)
     fig.savefig(path, dpi=style.DPI)
     plt.close(fig)
-    return Path(path)
+    return path

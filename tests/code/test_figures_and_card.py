@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 
 import matplotlib.pyplot as plt
@@ -12,6 +13,7 @@ from matplotlib.colors import to_hex
 from pipeline import evidence as ev
 from pipeline import plots, report, style
 from pipeline.contract import FEATURES
+from pipeline.report.sections import headline
 from tests.code.test_report import evidence  # noqa: F401  (the module's fixture)
 
 
@@ -20,12 +22,11 @@ def captured(monkeypatch):
     """The figures the plotting functions draw, kept open instead of saved."""
     figures: dict[str, plt.Figure] = {}
 
-    def keep(fig, path, caption=None):
+    def keep(fig, path, caption=None, **layout):
         figures[path.name] = fig
         return path
 
-    monkeypatch.setattr(report, "_save", keep)
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(plots, "save", keep)  # every figure is saved by pipeline.plots.save
     yield figures
     for fig in figures.values():
         plt.close(fig)
@@ -124,7 +125,7 @@ def test_card_says_the_sample_size_warning_once_and_shows_no_backticks(evidence)
     assert warning  # 600 development patients for 24 parameters: too few
     markdown, page = _card(evidence)
     assert markdown.count(warning) == 1
-    assert page.count(report.html.escape(warning)) == 1
+    assert page.count(html.escape(warning)) == 1
     assert "`" not in page
     assert "<code>make evaluate</code>" in page
 
@@ -135,10 +136,10 @@ def test_report_says_when_a_comparator_beats_the_model_and_shows_no_circular_cal
     better = copy.deepcopy(evidence)
     model_auroc = better.discrimination[ev.MODEL]["auroc"]
     better.discrimination["logistic"] = {**better.discrimination[ev.MODEL], "auroc": model_auroc + 0.02}
-    lines = report._headline(better)
+    lines = headline(better)
     assert any(line.startswith("NOTE: logistic regression reaches a higher AUROC than the model") for line in lines)
     beaten_by = [n for n, d in evidence.discrimination.items() if n not in (ev.MODEL, ev.ORACLE) and d["auroc"] > model_auroc]
-    assert sum("reaches a higher AUROC" in line for line in report._headline(evidence)) == len(beaten_by)
+    assert sum("reaches a higher AUROC" in line for line in headline(evidence)) == len(beaten_by)
     page = report.render_validation_report(better, tmp_path, tmp_path / "r.html").read_text()
     dev_section = page.split("Development data (out-of-fold predictions)")[1].split("<h2>")[0]
     assert "calibration slope</td>" not in dev_section and "by construction" in dev_section

@@ -1,0 +1,149 @@
+"""The model card (Mitchell et al., FAT* 2019) of one run, as Markdown and HTML from one document:
+the run's facts and evidence here, its prose in pipeline/templates/model_card.txt.j2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipeline.contract import FEATURES_BY_NAME, INTENDED_USE, ORACLE_COLUMN
+from pipeline.evidence import DEFAULT_SUBGROUPS, MODEL, Evidence
+from pipeline.report import sections as s
+from pipeline.report.document import BANNER, Section, ci, lines, num, prose, to_html, to_markdown
+
+MODEL_CARD_MD = "model_card.md"
+MODEL_CARD_HTML = "model_card.html"
+MODEL_CARD_SECTIONS = (
+    "Model details",
+    "Intended use",
+    "Factors",
+    "Metrics",
+    "Evaluation data",
+    "Training data",
+    "Quantitative analyses",
+    "Ethical considerations",
+    "Caveats and recommendations",
+)
+
+
+def _get(d: Mapping[str, Any], key: str, default: str = "not recorded") -> str:
+    v = d.get(key)
+    return default if v is None or v == "" else str(v)
+
+
+def _levels(subgroup: str, unit: str = "") -> str:
+    """'< 18 / >= 18' from the subgroup the evidence evaluates (pipeline.evidence.DEFAULT_SUBGROUPS)."""
+    spec = next(g for g in DEFAULT_SUBGROUPS if g.name == subgroup)
+    return " / ".join(label.removesuffix(unit) for _, label in spec.levels)
+
+
+def _factors() -> str:
+    """The factors paragraph, its subgroups and categories as the evidence and the contract define them."""
+    return prose("model_card").factors(
+        age_levels=_levels("age", " y"),
+        domains=" / ".join(FEATURES_BY_NAME["costimulatory_domain"].categories),
+        blasts_levels=_levels("marrow_blasts"),
+        antigens=", ".join(FEATURES_BY_NAME["target_antigen"].categories),
+    )
+
+
+def render_model_card(
+    evidence: Evidence,
+    model_info: Mapping[str, Any],
+    data_provenance: Mapping[str, Any],
+) -> tuple[str, str]:
+    """The model card (Mitchell et al., FAT* 2019) as (markdown, html), from one run's evidence.
+
+    model_info (all optional): name, version, run_id, trained_at, kind, params, thresholds,
+      calibration, contract_version, git_commit, n_params.
+    data_provenance (all optional): synthetic (bool), sha256, file, n_rows, n_dev, n_test, seed,
+      n_rows_rejected, description.
+    Missing entries show as "not recorded". The HTML is self-contained and escaped.
+    """
+    ev = evidence
+    text = prose("model_card")
+    d = ev.discrimination[MODEL]
+    synthetic = bool(data_provenance.get("synthetic"))
+    outcome = s.outcome_text(ev.outcome)
+    name = _get(model_info, "name", "icans-risk")
+    # The card is written before the registry numbers the version that will carry it.
+    version = _get(model_info, "version", f"see the model registry (models:/{name}) or GET /v1/model")
+    params = model_info.get("params")
+    thresholds = model_info.get("thresholds") or {r["name"]: r["threshold"] for r in ev.thresholds.to_dict(orient="records")}
+
+    details = ("table", ["item", "value"], [
+        ["name", name], ["registered version", version], ["MLflow run id", _get(model_info, "run_id")],
+        ["date", _get(model_info, "trained_at")],
+        ["model type", _get(model_info, "kind")],
+        ["hyper-parameters", ", ".join(f"{k}={v}" for k, v in params.items()) if isinstance(params, Mapping) else _get(model_info, "params")],
+        ["calibration", _get(model_info, "calibration", "Platt scaling on out-of-fold margins of the development data")],
+        ["risk-group thresholds", ", ".join(f"{k} {num(v, 4)}" for k, v in thresholds.items()) or "not recorded"],
+        ["data contract version", _get(model_info, "contract_version")],
+        ["code version (git commit)", _get(model_info, "git_commit")],
+        ["outcome", outcome],
+    ])
+    source = ("synthetic cohort from pipeline.cohort.generate_cohort"
+              + (f" (seed {data_provenance['seed']})" if data_provenance.get("seed") is not None else "")
+              if synthetic else f"cohort file {_get(data_provenance, 'file')}")
+    provenance_rows = [
+        ["source", source],
+        ["file sha256", _get(data_provenance, "sha256")],
+        ["rows used", _get(data_provenance, "n_rows")],
+        ["rows rejected by the contract", _get(data_provenance, "n_rows_rejected")],
+        ["development / held-out patients", f"{_get(data_provenance, 'n_dev')} / {_get(data_provenance, 'n_test', str(d['n']))}"],
+    ]
+    if data_provenance.get("description"):
+        provenance_rows.append(["description", str(data_provenance["description"])])
+
+    subgroup_lines = []
+    for r in ev.subgroups.to_dict(orient="records"):
+        flag = f" [SMALL: {r['small_reason']}]" if r["small"] else ""
+        subgroup_lines.append(f"{r['group_label']} {r['level_label']}: n = {r['n']}, events = {r['events']}, "
+                              f"AUROC {ci(r, 'auroc')}, CITL {num(r['calibration_in_the_large'], 4)}{flag}")
+
+    gate = model_info.get("gate") or {}
+    if gate and not gate.get("passed", True):
+        details[2].append(["quality gate", f"FAILED: {gate.get('reason')}"
+                           + ("; registered as champion with ALLOW_UNGATED=1 (ungated)" if gate.get("ungated") else "")])
+    caveats = lines(text.caveats(synthetic, ORACLE_COLUMN))
+    # the sample-size warning is said once, in "Training data" (sections.sample_size_blocks)
+    said_elsewhere = {ev.sample_size.get("warning")} if ev.sample_size is not None else set()
+    learning = ([("p", "Learning curve (synthetic):")] + s.learning_curve_blocks(ev, None)[1:2]
+                if ev.learning_curve is not None and len(ev.learning_curve) else [])
+
+    sections: list[Section] = [
+        ("Model details", [details]),
+        ("Intended use", [("p", INTENDED_USE),
+                          ("ul", lines(text.intended_use(outcome, _get(model_info, "contract_version", "1"))))]),
+        ("Factors", [("p", _factors())]),
+        ("Metrics", [("ul", lines(text.metrics(ev.n_boot)))]),
+        ("Evaluation data", [s.evaluation_text(ev, d, synthetic)] + s.validation_blocks(ev)),
+        ("Training data", [("table", ["item", "value"], provenance_rows)] + s.sample_size_blocks(ev)),
+        ("Quantitative analyses", [
+            ("ul", s.headline(ev)),
+            s.discrimination_table(ev),
+            s.calibration_table(ev),
+            s.net_benefit_table(ev),
+            s.thresholds_table(ev),
+            ("p", "Subgroups (held-out set):" if not s.resampled(ev) else "Subgroups (out-of-fold risks):"),
+            ("ul", subgroup_lines),
+        ] + s.direction_blocks(ev)[1:] + learning),
+        ("Ethical considerations", [("ul", lines(text.ethics(synthetic)))]),
+        ("Caveats and recommendations", [("ul", caveats)]
+         + [("note", n) for n in ev.notes if n not in caveats and n not in said_elsewhere]),
+    ]
+    title = f"Model card: {name}"
+    return to_markdown(title, sections, BANNER), to_html(title, sections, BANNER)
+
+
+def write_model_card(evidence: Evidence, model_info: Mapping[str, Any], data_provenance: Mapping[str, Any],
+                     out_dir: Path) -> tuple[Path, Path]:
+    """render_model_card, written to out_dir/model_card.md and out_dir/model_card.html."""
+    markdown, page = render_model_card(evidence, model_info, data_provenance)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_path, html_path = out_dir / MODEL_CARD_MD, out_dir / MODEL_CARD_HTML
+    md_path.write_text(markdown, encoding="utf-8")
+    html_path.write_text(page, encoding="utf-8")
+    return md_path, html_path
