@@ -28,9 +28,20 @@ from pipeline.settings import Settings
 from serving.auth import Principal
 from serving.cds_auth import require_cds_client
 from serving.routes import explanation_page
-from serving.routes.model import current_predictor
+from serving.audit_rows import audit_record
+from serving.deps import (
+    LogThrottleDep,
+    ModelStateDep,
+    SettingsDep,
+    StoreDep,
+    audit_of,
+    metrics_of,
+    served_predictor,
+)
+from serving.observability import LogThrottle
 from serving.routes.risk import audit_failed
 from serving.schemas import ErrorResponse, PatientFeatures
+from serving.store import Store
 
 log = logging.getLogger("icans_risk.serving")
 
@@ -39,7 +50,6 @@ DISCOVERY_PATH = "/cds-services"
 SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
 FEEDBACK_PATH = f"{SERVICE_PATH}/feedback"
 MODEL_CARD_PATH = "/v1/model/card"
-TOP_CONTRIBUTIONS = 5
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
@@ -188,8 +198,8 @@ def _service_description(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _base_url(request: Request) -> str:
-    configured = request.app.state.settings.cds_service_url
+def _base_url(settings: Settings, request: Request) -> str:
+    configured = settings.cds_service_url
     return (configured or str(request.base_url)).rstrip("/")
 
 
@@ -259,8 +269,8 @@ def build_router(settings: Settings) -> APIRouter:
         summary="CDS Hooks discovery: the icans-risk service on patient-view, with its prefetch templates",
         responses={200: {"model": Discovery}, 401: _ERRORS[401], 503: _ERRORS[503]},
     )
-    def discovery(request: Request, principal: Principal = Depends(require_cds_client(DISCOVERY_PATH))) -> dict:
-        return {"services": [_service_description(request.app.state.settings)]}
+    def discovery(settings: SettingsDep, principal: Principal = Depends(require_cds_client(DISCOVERY_PATH))) -> dict:
+        return {"services": [_service_description(settings)]}
 
     @router.post(
         SERVICE_PATH,
@@ -273,7 +283,11 @@ def build_router(settings: Settings) -> APIRouter:
         },
     )
     def icans_risk(
-        body: CdsRequest, request: Request, principal: Principal = Depends(require_cds_client(SERVICE_PATH))
+        body: CdsRequest,
+        request: Request,
+        s: SettingsDep,
+        model: ModelStateDep,
+        principal: Principal = Depends(require_cds_client(SERVICE_PATH)),
     ) -> Any:
         from serving.errors import sanitize_errors
         from serving.fhir.mapping import PrefetchError, map_prefetch
@@ -281,10 +295,9 @@ def build_router(settings: Settings) -> APIRouter:
         from serving.fhir.resources import prune
 
         started = time.perf_counter()
-        s = request.app.state.settings
         if body.hook != "patient-view":
             raise HTTPException(400, "this service answers the patient-view hook only")
-        predictor = current_predictor(request)
+        predictor = served_predictor(model)
         data, fetch_notes = _prefetch_data(body, s, request)
         try:
             mapped = map_prefetch(
@@ -322,7 +335,7 @@ def build_router(settings: Settings) -> APIRouter:
             answer,
             outcome=b.outcome,
             card_uuid=card_uuid,
-            source_url=_base_url(request) + MODEL_CARD_PATH,
+            source_url=_base_url(s, request) + MODEL_CARD_PATH,
             thresholds=(float(b.low_threshold), float(b.high_threshold)),
             sources=mapped.sources,
             notes=mapped.notes + fetch_notes,
@@ -331,7 +344,7 @@ def build_router(settings: Settings) -> APIRouter:
         # the card's picture: a page of this service, linked by the card's uuid and a signed, expiring token
         card["links"] = [{
             "label": "Why this estimate (picture of the explanation)",
-            "url": explanation_page.link(request.app, _base_url(request), card_uuid),
+            "url": explanation_page.link(request.app, _base_url(s, request), card_uuid),
             "type": "absolute",
         }]
         return {"cards": [prune(card)]}
@@ -355,7 +368,11 @@ def build_router(settings: Settings) -> APIRouter:
         },
     )
     async def feedback(
-        request: Request, principal: Principal = Depends(require_cds_client(FEEDBACK_PATH, SERVICE_PATH))
+        request: Request,
+        store: StoreDep,
+        settings: SettingsDep,
+        throttle: LogThrottleDep,
+        principal: Principal = Depends(require_cds_client(FEEDBACK_PATH, SERVICE_PATH)),
     ) -> dict:
         from serving.errors import sanitize_errors
 
@@ -367,16 +384,18 @@ def build_router(settings: Settings) -> APIRouter:
                 status_code=400,
                 content={"detail": sanitize_errors(exc.errors()), "request_id": request.state.request_id},
             )
-        return await run_in_threadpool(_store_feedback, request, principal, body)
+        return await run_in_threadpool(_store_feedback, request, store, settings, throttle, principal, body)
 
     return router
 
 
-def _store_feedback(request: Request, principal: Principal, body: FeedbackRequest) -> dict:
+def _store_feedback(
+    request: Request, store: Store, settings: Settings, throttle: LogThrottle, principal: Principal,
+    body: FeedbackRequest,
+) -> dict:
     from serving.store import FeedbackRecord
 
-    store = request.app.state.store
-    auth_on = request.app.state.settings.auth != "off"
+    auth_on = settings.auth != "off"
     records = []
     for entry in body.feedback:
         row = store.card_audit(entry.card.lower())
@@ -402,7 +421,7 @@ def _store_feedback(request: Request, principal: Principal, body: FeedbackReques
         n = store.record_feedback_many(records)
     except Exception as exc:
         kind = type(exc).__name__
-        request.app.state.log_throttle(
+        throttle(
             log, logging.ERROR, ("feedback", kind), "feedback write failed (request %s): %s", request.state.request_id, kind
         )
         raise HTTPException(503, "the feedback could not be stored") from None
@@ -419,26 +438,17 @@ def _audit_card(
     started: float,
 ) -> None:
     """The card's audit record (request_id = card uuid); 503 and no card if it cannot be written."""
-    from serving.store import AuditRecord
-
-    row = AuditRecord(
+    row = audit_record(
+        answer,
+        record,
         request_id=card_uuid,
         client_id=principal.client,
         endpoint=SERVICE_PATH,
-        model_name=answer["model"]["name"],
-        model_version=answer["model"]["version"],
-        inputs=record,
-        patient_id=patient_id,
-        risk=answer["risk"],
-        risk_group=answer["risk_group"],
-        top_contributions=[
-            {"feature": c["feature"], "log_odds": c["log_odds"]}
-            for c in answer["explanation"]["contributions"][:TOP_CONTRIBUTIONS]
-        ],
         latency_ms=(time.perf_counter() - started) * 1000,
+        patient_id=patient_id,
     )
     try:
-        request.app.state.audit.write([row])
+        audit_of(request.app).write([row])
     except Exception as exc:
         raise audit_failed(request, exc, 1, "no card was given") from None
-    request.app.state.metrics.patients.inc()
+    metrics_of(request.app).patients.inc()
