@@ -39,6 +39,7 @@ from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
 
 from serving.auth import DEVELOPMENT, Principal
+from serving.deps import settings_of, store_of
 
 log = logging.getLogger("icans_risk.serving")
 
@@ -224,13 +225,13 @@ def authenticator(app: Any) -> CdsAuthenticator:
         with _init_lock:
             auth = getattr(app.state, "cds_auth", None)
             if auth is None:
-                s = app.state.settings
+                s = settings_of(app)
                 auth = CdsAuthenticator(
                     s.cds_issuers,
                     algorithms=s.cds_jwt_algorithms,
                     leeway_s=s.cds_jwt_leeway_s,
                     jti_ttl_s=s.cds_jti_ttl_s,
-                    claim_jti=lambda key, expires: app.state.store.claim_jti(key, expires),
+                    claim_jti=lambda key, expires: store_of(app).claim_jti(key, expires),
                 )
                 app.state.cds_auth = auth
     return auth
@@ -257,7 +258,7 @@ class CdsClient(SecurityBase):
         self.scheme_name = "cdsClientJwt"
 
     def __call__(self, request: Request) -> Principal:
-        settings = request.app.state.settings
+        settings = settings_of(request.app)
         if settings.auth == "off":
             return DEVELOPMENT
         if not settings.cds_service_url:

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from pipeline.registry import ResolvedModel
+from pipeline.settings import Settings
 from serving.predictor import Predictor
 
 log = logging.getLogger("icans_risk.serving")
@@ -25,14 +27,14 @@ def describe(exc: BaseException) -> str:
     return _CREDENTIALS.sub("://***@", f"{type(exc).__name__}: {exc}")
 
 
-def resolve_current(settings: Any):
+def resolve_current(settings: Settings) -> ResolvedModel:
     """The configured model URI as one concrete version (no mlflow import for a local registry)."""
     from pipeline.registry import resolve_configured
 
     return resolve_configured(settings.tracking_uri, settings.resolved_model_uri)
 
 
-def load_predictor(settings: Any, resolved: Any = None) -> Predictor:
+def load_predictor(settings: Settings, resolved: ResolvedModel | None = None) -> Predictor:
     """Resolve the configured model URI to a concrete version, load its bundle and verify it."""
     from pipeline.registry import load_bundle
 
@@ -55,7 +57,7 @@ def verify(predictor: Predictor) -> None:
         raise RuntimeError("model verification failed: the explanation does not add up to the answer")
 
 
-Loader = Callable[..., Predictor]
+Loader = Callable[[Settings, ResolvedModel | None], Predictor]  # load_predictor, or a test's stand-in
 
 
 @dataclass
@@ -89,7 +91,7 @@ class ModelState:
 
     # -- start-up -----------------------------------------------------------------------------
 
-    def load_in_background(self, settings: Any, loader: Loader = load_predictor) -> threading.Thread:
+    def load_in_background(self, settings: Settings, loader: Loader = load_predictor) -> threading.Thread:
         """Load with exponential backoff; /readyz reports the reason while it is not ready."""
 
         def run() -> None:
@@ -129,7 +131,12 @@ class ModelState:
 
     # -- live updates ---------------------------------------------------------------------------
 
-    def reload(self, settings: Any, loader: Loader = load_predictor, resolver: Callable = resolve_current) -> dict:
+    def reload(
+        self,
+        settings: Settings,
+        loader: Loader = load_predictor,
+        resolver: Callable[[Settings], ResolvedModel] = resolve_current,
+    ) -> dict[str, Any]:
         """Load the current @champion beside the served model, verify it, swap it in atomically."""
         if not self._reload_lock.acquire(blocking=False):
             return self._record("busy", "another reload is in progress")
@@ -153,7 +160,9 @@ class ModelState:
         finally:
             self._reload_lock.release()
 
-    def poll_in_background(self, settings: Any, interval_s: float, loader: Loader = load_predictor) -> threading.Thread:
+    def poll_in_background(
+        self, settings: Settings, interval_s: float, loader: Loader = load_predictor
+    ) -> threading.Thread:
         def run() -> None:
             while not self._stop.wait(interval_s):
                 if self.predictor is None and not self._loader_gave_up.is_set():
@@ -166,7 +175,7 @@ class ModelState:
         thread.start()
         return thread
 
-    def _record(self, result: str, reason: str) -> dict:
+    def _record(self, result: str, reason: str) -> dict[str, Any]:
         self.last_reload = {"result": result, "reason": reason, "at": time.time()}
         level = logging.WARNING if result == "failed" else logging.INFO
         log.log(level, "reload %s: %s", result, reason)

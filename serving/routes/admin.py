@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving.auth import Principal, require
+from serving.deps import LoaderDep, MetricsDep, ModelStateDep, SettingsDep
 from serving.schemas import ErrorResponse
 
 router = APIRouter(tags=["admin"])
@@ -20,9 +21,10 @@ router = APIRouter(tags=["admin"])
         413: {"model": ErrorResponse, "description": "The body is larger than ICANS_MAX_BODY_BYTES"},
     },
 )
-def reload_model(request: Request, principal: Principal = Depends(require("admin"))) -> dict:
-    state = request.app.state.model
-    outcome = state.reload(request.app.state.settings, request.app.state.loader)
+def reload_model(
+    state: ModelStateDep, settings: SettingsDep, loader: LoaderDep, principal: Principal = Depends(require("admin"))
+) -> dict:
+    outcome = state.reload(settings, loader)
     current = state.predictor
     outcome["serving"] = (
         {"name": current.model.name, "version": current.model.version} if current is not None else None
@@ -31,8 +33,8 @@ def reload_model(request: Request, principal: Principal = Depends(require("admin
 
 
 @router.get("/metrics", summary="Prometheus metrics of this process", include_in_schema=False)
-def metrics(request: Request) -> Response:
+def metrics(request: Request, state: ModelStateDep, metrics: MetricsDep) -> Response:
     from serving.routes.model import latest_monitoring
 
-    request.app.state.metrics.set_monitoring(latest_monitoring(request))
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    metrics.set_monitoring(latest_monitoring(request.app, state.predictor))
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

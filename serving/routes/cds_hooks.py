@@ -7,30 +7,49 @@ predictor, writes the audit record (request_id = the card's uuid, endpoint
 412 with the list of what is missing and why.
 
 Wiring (serving/app.py): `app.include_router(cds_hooks.build_router(settings))`.
+The request and response models are in serving/cds_schemas.py.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
-from datetime import UTC, datetime
-from typing import Any, Literal
+from datetime import UTC
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from pipeline.contract import INTENDED_USE
 from pipeline.settings import Settings
 from serving.auth import Principal
 from serving.cds_auth import require_cds_client
 from serving.routes import explanation_page
-from serving.routes.model import current_predictor
+from serving.audit_rows import audit_record
+from serving.cds_schemas import (
+    CdsRequest,
+    CdsResponse,
+    Discovery,
+    FeedbackRequest,
+    FeedbackStored,
+    PreconditionFailed,
+)
+from serving.deps import (
+    LogThrottleDep,
+    ModelStateDep,
+    SettingsDep,
+    StoreDep,
+    audit_of,
+    metrics_of,
+    served_predictor,
+)
+from serving.observability import LogThrottle
 from serving.routes.risk import audit_failed
 from serving.schemas import ErrorResponse, PatientFeatures
+from serving.store import Store
 
 log = logging.getLogger("icans_risk.serving")
 
@@ -39,125 +58,6 @@ DISCOVERY_PATH = "/cds-services"
 SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
 FEEDBACK_PATH = f"{SERVICE_PATH}/feedback"
 MODEL_CARD_PATH = "/v1/model/card"
-TOP_CONTRIBUTIONS = 5
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-
-
-# --------------------------------------------------------------------------------------------------
-# Request and response models (CDS Hooks 2.0)
-
-
-class FhirAuthorization(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    access_token: str = Field(min_length=1, max_length=8192)
-    token_type: str = "Bearer"
-    expires_in: int | None = None
-    scope: str | None = None
-    subject: str | None = None
-
-
-class PatientViewContext(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    userId: str | None = None
-    patientId: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9\-.]{1,64}$")
-    encounterId: str | None = None
-
-
-class CdsRequest(BaseModel):
-    """A CDS Hooks call. `prefetch` values are FHIR resources, searchset Bundles or null (no data)."""
-
-    model_config = ConfigDict(extra="allow")
-    hook: str
-    hookInstance: str = Field(min_length=1, max_length=128)
-    fhirServer: str | None = Field(default=None, max_length=2048)
-    fhirAuthorization: FhirAuthorization | None = None
-    context: PatientViewContext
-    prefetch: dict[str, Any] | None = None
-
-
-class Coding(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    system: str | None = Field(default=None, max_length=512)
-    code: str = Field(min_length=1, max_length=256)
-    display: str | None = Field(default=None, max_length=512)
-
-
-class OverrideReason(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    reason: Coding | None = None
-    userComment: str | None = Field(default=None, max_length=2000)
-
-
-class AcceptedSuggestion(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    id: str = Field(min_length=1, max_length=128)
-
-
-class Feedback(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    card: str = Field(pattern=_UUID.pattern)
-    outcome: Literal["accepted", "overridden"]
-    acceptedSuggestions: list[AcceptedSuggestion] | None = Field(default=None, max_length=50)
-    overrideReason: OverrideReason | None = None
-    outcomeTimestamp: datetime  # ISO 8601; without an offset it is taken as UTC
-
-
-class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    feedback: list[Feedback] = Field(min_length=1, max_length=100)
-
-
-class CardSource(BaseModel):
-    label: str
-    url: str | None = None
-
-
-class Card(BaseModel):
-    """A CDS Hooks 2.0 card (optional fields without a value are omitted from the JSON)."""
-
-    model_config = ConfigDict(extra="allow")
-    uuid: str = Field(description="Identifies the card in feedback; equal to the request_id of its audit record")
-    summary: str = Field(max_length=139, description="Risk in words and numbers, under 140 characters")
-    indicator: Literal["info", "warning", "critical"] = Field(description="low -> info, intermediate -> warning, high -> critical")
-    detail: str | None = Field(default=None, description="GitHub-flavoured Markdown: top factors, data used, model version")
-    source: CardSource
-    overrideReasons: list[Coding] | None = None
-    extension: dict[str, Any] | None = Field(
-        default=None, description="'icans-risk.prediction': risk (0-1), risk_group, log_odds, model"
-    )
-
-
-class CdsResponse(BaseModel):
-    cards: list[Card]
-
-
-class CdsService(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    hook: str
-    id: str
-    title: str | None = None
-    description: str
-    prefetch: dict[str, str] | None = None
-
-
-class Discovery(BaseModel):
-    services: list[CdsService]
-
-
-class FeedbackStored(BaseModel):
-    stored: int
-    request_id: str | None = None
-
-
-class MissingItem(BaseModel):
-    feature: str
-    reason: str
-
-
-class PreconditionFailed(BaseModel):
-    detail: str
-    missing: list[MissingItem]
-    request_id: str | None = None
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -188,8 +88,8 @@ def _service_description(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _base_url(request: Request) -> str:
-    configured = request.app.state.settings.cds_service_url
+def _base_url(settings: Settings, request: Request) -> str:
+    configured = settings.cds_service_url
     return (configured or str(request.base_url)).rstrip("/")
 
 
@@ -259,8 +159,8 @@ def build_router(settings: Settings) -> APIRouter:
         summary="CDS Hooks discovery: the icans-risk service on patient-view, with its prefetch templates",
         responses={200: {"model": Discovery}, 401: _ERRORS[401], 503: _ERRORS[503]},
     )
-    def discovery(request: Request, principal: Principal = Depends(require_cds_client(DISCOVERY_PATH))) -> dict:
-        return {"services": [_service_description(request.app.state.settings)]}
+    def discovery(settings: SettingsDep, principal: Principal = Depends(require_cds_client(DISCOVERY_PATH))) -> dict:
+        return {"services": [_service_description(settings)]}
 
     @router.post(
         SERVICE_PATH,
@@ -273,7 +173,11 @@ def build_router(settings: Settings) -> APIRouter:
         },
     )
     def icans_risk(
-        body: CdsRequest, request: Request, principal: Principal = Depends(require_cds_client(SERVICE_PATH))
+        body: CdsRequest,
+        request: Request,
+        s: SettingsDep,
+        model: ModelStateDep,
+        principal: Principal = Depends(require_cds_client(SERVICE_PATH)),
     ) -> Any:
         from serving.errors import sanitize_errors
         from serving.fhir.mapping import PrefetchError, map_prefetch
@@ -281,10 +185,9 @@ def build_router(settings: Settings) -> APIRouter:
         from serving.fhir.resources import prune
 
         started = time.perf_counter()
-        s = request.app.state.settings
         if body.hook != "patient-view":
             raise HTTPException(400, "this service answers the patient-view hook only")
-        predictor = current_predictor(request)
+        predictor = served_predictor(model)
         data, fetch_notes = _prefetch_data(body, s, request)
         try:
             mapped = map_prefetch(
@@ -322,7 +225,7 @@ def build_router(settings: Settings) -> APIRouter:
             answer,
             outcome=b.outcome,
             card_uuid=card_uuid,
-            source_url=_base_url(request) + MODEL_CARD_PATH,
+            source_url=_base_url(s, request) + MODEL_CARD_PATH,
             thresholds=(float(b.low_threshold), float(b.high_threshold)),
             sources=mapped.sources,
             notes=mapped.notes + fetch_notes,
@@ -331,7 +234,7 @@ def build_router(settings: Settings) -> APIRouter:
         # the card's picture: a page of this service, linked by the card's uuid and a signed, expiring token
         card["links"] = [{
             "label": "Why this estimate (picture of the explanation)",
-            "url": explanation_page.link(request.app, _base_url(request), card_uuid),
+            "url": explanation_page.link(request.app, _base_url(s, request), card_uuid),
             "type": "absolute",
         }]
         return {"cards": [prune(card)]}
@@ -355,7 +258,11 @@ def build_router(settings: Settings) -> APIRouter:
         },
     )
     async def feedback(
-        request: Request, principal: Principal = Depends(require_cds_client(FEEDBACK_PATH, SERVICE_PATH))
+        request: Request,
+        store: StoreDep,
+        settings: SettingsDep,
+        throttle: LogThrottleDep,
+        principal: Principal = Depends(require_cds_client(FEEDBACK_PATH, SERVICE_PATH)),
     ) -> dict:
         from serving.errors import sanitize_errors
 
@@ -367,16 +274,18 @@ def build_router(settings: Settings) -> APIRouter:
                 status_code=400,
                 content={"detail": sanitize_errors(exc.errors()), "request_id": request.state.request_id},
             )
-        return await run_in_threadpool(_store_feedback, request, principal, body)
+        return await run_in_threadpool(_store_feedback, request, store, settings, throttle, principal, body)
 
     return router
 
 
-def _store_feedback(request: Request, principal: Principal, body: FeedbackRequest) -> dict:
+def _store_feedback(
+    request: Request, store: Store, settings: Settings, throttle: LogThrottle, principal: Principal,
+    body: FeedbackRequest,
+) -> dict:
     from serving.store import FeedbackRecord
 
-    store = request.app.state.store
-    auth_on = request.app.state.settings.auth != "off"
+    auth_on = settings.auth != "off"
     records = []
     for entry in body.feedback:
         row = store.card_audit(entry.card.lower())
@@ -402,7 +311,7 @@ def _store_feedback(request: Request, principal: Principal, body: FeedbackReques
         n = store.record_feedback_many(records)
     except Exception as exc:
         kind = type(exc).__name__
-        request.app.state.log_throttle(
+        throttle(
             log, logging.ERROR, ("feedback", kind), "feedback write failed (request %s): %s", request.state.request_id, kind
         )
         raise HTTPException(503, "the feedback could not be stored") from None
@@ -419,26 +328,17 @@ def _audit_card(
     started: float,
 ) -> None:
     """The card's audit record (request_id = card uuid); 503 and no card if it cannot be written."""
-    from serving.store import AuditRecord
-
-    row = AuditRecord(
+    row = audit_record(
+        answer,
+        record,
         request_id=card_uuid,
         client_id=principal.client,
         endpoint=SERVICE_PATH,
-        model_name=answer["model"]["name"],
-        model_version=answer["model"]["version"],
-        inputs=record,
-        patient_id=patient_id,
-        risk=answer["risk"],
-        risk_group=answer["risk_group"],
-        top_contributions=[
-            {"feature": c["feature"], "log_odds": c["log_odds"]}
-            for c in answer["explanation"]["contributions"][:TOP_CONTRIBUTIONS]
-        ],
         latency_ms=(time.perf_counter() - started) * 1000,
+        patient_id=patient_id,
     )
     try:
-        request.app.state.audit.write([row])
+        audit_of(request.app).write([row])
     except Exception as exc:
         raise audit_failed(request, exc, 1, "no card was given") from None
-    request.app.state.metrics.patients.inc()
+    metrics_of(request.app).patients.inc()

@@ -23,7 +23,8 @@ from starlette.concurrency import run_in_threadpool
 
 from pipeline import style, waterfall
 from pipeline.contract import INTENDED_USE
-from serving.routes.model import current_predictor
+from serving.deps import ModelStateDep, StoreDep, served_predictor, settings_of
+from serving.store import Store
 
 PAGE_PATH = "/v1/explanations/{card_uuid}"
 LINK_TTL_S = 24 * 3600  # a card is read during the visit it was shown in
@@ -38,7 +39,7 @@ router = APIRouter(tags=["cds-hooks"])
 
 def _key(request_or_app) -> bytes:
     app = getattr(request_or_app, "app", request_or_app)
-    secret = app.state.settings.audit_hmac_key.get_secret_value().encode()
+    secret = settings_of(app).audit_hmac_key.get_secret_value().encode()
     return hmac.new(secret, b"icans-risk explanation page link v1", hashlib.sha256).digest()
 
 
@@ -67,13 +68,12 @@ def verify(app, card_uuid: str, token: str, now: float | None = None) -> bool:
     return hmac.compare_digest(mac, _mac(_key(app), card_uuid.lower(), expires))
 
 
-def _audited(request: Request, card_uuid: str) -> dict | None:
+def _audited(store: Store, card_uuid: str) -> dict | None:
     """The card's audit record: validated inputs, model version and risk (never the patient hash)."""
     import sqlalchemy as sa
 
     from serving.store import CDS_CARD_ENDPOINT, audit_log
 
-    store = request.app.state.store
     q = (
         sa.select(audit_log.c.inputs, audit_log.c.model_name, audit_log.c.model_version, audit_log.c.risk,
                   audit_log.c.time)
@@ -110,13 +110,15 @@ figure{{margin:1em 0}}svg{{max-width:100%;height:auto}}p.small{{font-size:.9em;c
 )
 async def explanation_page(
     request: Request,
+    model: ModelStateDep,
+    store: StoreDep,
     card_uuid: str = Path(pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"),
     token: str = Query(max_length=200, description="The signed, expiring token of the card's link"),
 ) -> HTMLResponse:
     if not verify(request.app, card_uuid, token):
         raise HTTPException(403, "this link is invalid or has expired; open the card again")
-    predictor = current_predictor(request)
-    row = await run_in_threadpool(_audited, request, card_uuid.lower())
+    predictor = served_predictor(model)  # after the link's check: a bad link is 403 even with no model
+    row = await run_in_threadpool(_audited, store, card_uuid.lower())
     if row is None:
         raise HTTPException(404, "no card with this uuid")
     model = predictor.model

@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from serving.deps import ModelStateDep, SettingsDep
+
 router = APIRouter(tags=["health"])
 
 
@@ -18,18 +20,17 @@ def healthz() -> dict[str, str]:
     summary="A model is loaded and the audit store can be written (503 otherwise, with the reason)",
     responses={503: {"description": "No model loaded yet, or the audit store cannot be written; `reason` says why"}},
 )
-def readyz(request: Request) -> JSONResponse:
-    state = request.app.state.model
+def readyz(request: Request, state: ModelStateDep, settings: SettingsDep) -> JSONResponse:
     body = {
         "status": state.status,
         "attempts": state.attempts,
-        "auth": request.app.state.settings.auth,
+        "auth": settings.auth,
     }
-    if request.app.state.settings.auth == "off":
+    if settings.auth == "off":
         body["warning"] = "authentication is off (development mode)"
     if state.last_reload:
         body["last_reload"] = state.last_reload
-    audit = getattr(request.app.state, "audit", None)
+    audit = getattr(request.app.state, "audit", None)  # not a dependency: absent until the lifespan starts it
     audit_reason = audit.reason if audit is not None else None
     if state.ready:
         p = state.predictor

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import html
 
+from typing import Any
+
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from pipeline.contract import FEATURES, INTENDED_USE
+from serving.deps import PredictorDep, store_of
+from serving.predictor import Predictor
 
 router = APIRouter(tags=["model"])
-
-
-def current_predictor(request: Request):
-    state = request.app.state.model
-    predictor = state.predictor
-    if predictor is None:
-        raise HTTPException(503, "model not loaded yet; see /readyz", headers={"Retry-After": "5"})
-    return predictor
 
 
 @router.get(
@@ -25,8 +21,7 @@ def current_predictor(request: Request):
     summary="The served model: version, metrics, features, thresholds",
     responses={503: {"description": "No model loaded yet"}},
 )
-def model_info(request: Request) -> dict:
-    p = current_predictor(request)
+def model_info(request: Request, p: PredictorDep) -> dict:
     b = p.bundle
     meta = b.metadata
     return {
@@ -50,7 +45,7 @@ def model_info(request: Request) -> dict:
         # a local update (make update): method, parent version, local data hash, closed-test statistics
         "update": meta.get("update"),
         # the newest monitoring of this version (make monitor, or ICANS_MONITOR_INTERVAL_S): verdict and figures
-        "monitoring": latest_monitoring(request),
+        "monitoring": latest_monitoring(request.app, p),
         "features": [
             {
                 "name": f.name,
@@ -74,8 +69,7 @@ def model_info(request: Request) -> dict:
     summary="The served model's model card (HTML, or Markdown with Accept: text/markdown)",
     responses={200: {"content": {"text/html": {}, "text/markdown": {}}}, 404: {}, 503: {}},
 )
-def model_card(request: Request):
-    p = current_predictor(request)
+def model_card(request: Request, p: PredictorDep):
     accept = request.headers.get("accept", "")
     wants_markdown = "text/markdown" in accept and "text/html" not in accept.split("text/markdown")[0]
     name = "model_card.md" if wants_markdown else "model_card.html"
@@ -91,15 +85,14 @@ def model_card(request: Request):
     return HTMLResponse(document.replace("<body>", f"<body>{banner}", 1))
 
 
-def latest_monitoring(request: Request) -> dict | None:
-    """The newest monitoring summary of the served version, from the service's store (None when
+def latest_monitoring(app: Any, predictor: Predictor | None) -> dict | None:
+    """The newest monitoring summary of the served version, from the app's store (None when
     there is none, no model yet, or the store cannot be read: monitoring never fails an answer)."""
     from serving.monitoring_runs import latest
 
-    predictor = request.app.state.model.predictor
     if predictor is None:
         return None
     try:
-        return latest(request.app.state.store, predictor.model.name, predictor.model.version)
+        return latest(store_of(app), predictor.model.name, predictor.model.version)
     except Exception:
         return None

@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from serving.auth import Principal, require
+from serving.deps import StoreDep
 from serving.schemas import ErrorResponse
+from serving.store import Store
 
 log = logging.getLogger("icans_risk.serving")
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
@@ -130,9 +132,9 @@ def observation_to_outcome(obs: Any) -> dict[str, Any]:
                409: {"model": ErrorResponse, "description": "outcome_id already used for another outcome"},
                422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
 )
-async def post_outcome(body: OutcomeRequest, request: Request,
+async def post_outcome(body: OutcomeRequest, store: StoreDep,
                        principal: Annotated[Principal, Depends(require("outcomes"))]) -> JSONResponse:
-    return await _record(body, request, principal)
+    return await _record(body, store, principal)
 
 
 @router.post(
@@ -152,7 +154,7 @@ async def post_outcome(body: OutcomeRequest, request: Request,
                413: {"model": ErrorResponse, "description": "The body is larger than ICANS_MAX_BODY_BYTES"},
                422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
 )
-async def post_outcome_fhir(request: Request,
+async def post_outcome_fhir(request: Request, store: StoreDep,
                             principal: Annotated[Principal, Depends(require("outcomes"))]) -> JSONResponse:
     import orjson
     from pydantic import ValidationError
@@ -174,7 +176,7 @@ async def post_outcome_fhir(request: Request,
     except ValidationError as exc:
         return JSONResponse({"detail": sanitize_errors(exc.errors()), "request_id": request.state.request_id},
                             status_code=422)
-    return await _record(body, request, principal)
+    return await _record(body, store, principal)
 
 
 def _not_utf8(raw: bytes) -> bool:
@@ -185,12 +187,12 @@ def _not_utf8(raw: bytes) -> bool:
     return False
 
 
-async def _record(body: OutcomeRequest, request: Request, principal: Principal) -> JSONResponse:
+async def _record(body: OutcomeRequest, store: Store, principal: Principal) -> JSONResponse:
     from serving.outcomes import OutcomeConflict, OutcomeRecord, UnknownTarget, record_outcome
 
     rec = OutcomeRecord(**body.model_dump(), client_id=principal.client)
     try:
-        row, created = await run_in_threadpool(record_outcome, request.app.state.store, rec)
+        row, created = await run_in_threadpool(record_outcome, store, rec)
     except UnknownTarget as exc:
         raise HTTPException(404, str(exc)) from None
     except OutcomeConflict as exc:

@@ -2,6 +2,9 @@
 which costs less than the two threadpool hops it would take to move it off (measured in
 bench/results.md); a batch's larger work runs in the threadpool so that it cannot stall the loop.
 
+The app's state is read through serving.deps' accessors, not FastAPI dependencies: on this path
+each dependency would cost ~15 us to resolve (see serving/deps.py).
+
 Every scored patient is written to the audit trail before the answer leaves; if the audit
 record cannot be written, the caller gets 503 and no risk (an unaudited answer is not given).
 """
@@ -19,10 +22,11 @@ from starlette.concurrency import run_in_threadpool
 from pipeline import waterfall
 from pipeline.contract import INTENDED_USE
 from pipeline.settings import Settings
+from serving.audit_rows import audit_record
 from serving.auth import Principal, require
+from serving.deps import audit_of, log_throttle_of, metrics_of, model_of, served_predictor
 from serving.jsonbody import StrictJSONRoute
 from serving.fhir.resources import FHIR_JSON, openapi_fhir_response, risk_assessment, wants_fhir
-from serving.routes.model import current_predictor
 from serving.schemas import BatchResult, ErrorResponse, PatientFeatures, RiskResponse, batch_request_model
 
 log = logging.getLogger("icans_risk.serving")
@@ -34,7 +38,6 @@ _ERRORS = {
     413: {"model": ErrorResponse, "description": "The body is larger than ICANS_MAX_BODY_BYTES"},
     503: {"model": ErrorResponse},
 }
-TOP_CONTRIBUTIONS = 5
 
 
 def _json(content: dict) -> Response:
@@ -45,43 +48,33 @@ def _json(content: dict) -> Response:
 
 
 async def _audit(request: Request, principal: Principal, endpoint: str, records: list[dict], answers: list[dict], started: float) -> None:
-    from serving.store import AuditRecord
-
     latency_ms = (time.perf_counter() - started) * 1000
     now = datetime.now(UTC)  # one request, one time
     rows = [
-        AuditRecord(
+        audit_record(
+            a,
+            rec,  # the store hashes the patient id and keeps it out of the inputs
             request_id=request.state.request_id,
             client_id=principal.client,
             endpoint=endpoint,
-            model_name=a["model"]["name"],
-            model_version=a["model"]["version"],
-            inputs=rec,  # the store hashes the patient id and keeps it out of the inputs
-            risk=a["risk"],
-            risk_group=a["risk_group"],
-            top_contributions=[
-                {"feature": c["feature"], "log_odds": c["log_odds"]}
-                for c in a["explanation"]["contributions"][:TOP_CONTRIBUTIONS]
-            ],
             latency_ms=latency_ms,
             time=now,
         )
         for rec, a in zip(records, answers)
     ]
     try:
-        await request.app.state.audit.submit(rows)
+        await audit_of(request.app).submit(rows)
     except Exception as exc:
         raise audit_failed(request, exc, len(rows), "no answer was given") from None
-    request.app.state.metrics.patients.inc(len(rows))
+    metrics_of(request.app).patients.inc(len(rows))
 
 
 def audit_failed(request: Request, exc: Exception, n: int, what: str) -> HTTPException:
     """The 503 of an answer withheld because its audit record was not written (counted; logged once
     per interval and kind of failure, with the number of repeats)."""
-    app = request.app
-    app.state.metrics.audit_failures.inc(n)
+    metrics_of(request.app).audit_failures.inc(n)
     kind = type(exc).__name__
-    app.state.log_throttle(
+    log_throttle_of(request.app)(
         log, logging.ERROR, ("audit", kind), "audit write failed (request %s): %s", request.state.request_id, kind
     )
     return HTTPException(503, f"the audit trail could not be written; {what}", headers={"Retry-After": "1"})
@@ -99,7 +92,7 @@ def build_router(settings: Settings) -> APIRouter:
     )
     async def risk(body: PatientFeatures, request: Request, principal: Principal = Depends(require("score"))):  # type: ignore[valid-type]
         started = time.perf_counter()
-        predictor = current_predictor(request)
+        predictor = served_predictor(model_of(request.app))
         record = body.model_dump()  # type: ignore[attr-defined]
         answer = predictor.predict([record])[0]
         await _audit(request, principal, "/v1/risk", [record], [answer], started)
@@ -121,7 +114,7 @@ def build_router(settings: Settings) -> APIRouter:
     )
     async def risk_batch(body: BatchRequest, request: Request, principal: Principal = Depends(require("score"))):  # type: ignore[valid-type]
         started = time.perf_counter()
-        predictor = current_predictor(request)
+        predictor = served_predictor(model_of(request.app))
         records = [p.model_dump() for p in body.patients]  # type: ignore[attr-defined]
         results = await run_in_threadpool(predictor.predict, records)
         await _audit(request, principal, "/v1/risk/batch", records, results, started)
@@ -155,7 +148,7 @@ def build_router(settings: Settings) -> APIRouter:
         if fmt is None:
             raise HTTPException(406, "this endpoint answers image/svg+xml or image/png")
         started = time.perf_counter()
-        predictor = current_predictor(request)
+        predictor = served_predictor(model_of(request.app))
         record = body.model_dump()  # type: ignore[attr-defined]
         answer = predictor.predict([record])[0]
         await _audit(request, principal, "/v1/risk/explanation", [record], [answer], started)
