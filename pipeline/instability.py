@@ -196,14 +196,16 @@ def analyse(bundle: ModelBundle, kind: str, params: dict[str, Any], X: np.ndarra
     return inst
 
 
-def log_to_mlflow(inst: Instability | None, low: float, high: float) -> dict[str, float]:
-    """The instability plot as an artifact of the active run; the figures to log as its metrics."""
+def log_to_mlflow(inst: Instability | None, low: float, high: float, plot: bool = True) -> dict[str, float]:
+    """The instability plot as an artifact of the active run (unless the caller logs it); the
+    figures to log as its metrics."""
     if inst is None:
         return {}
-    import mlflow
+    if plot:
+        import mlflow
 
-    with tempfile.TemporaryDirectory() as tmp:
-        mlflow.log_artifact(str(instability_plot(inst, low, high, Path(tmp) / "instability.png")), "plots")
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifact(str(instability_plot(inst, low, high, Path(tmp) / "instability.png")), "plots")
     return {**metrics(inst.summary), "instability_seconds": inst.summary["seconds"]}
 
 

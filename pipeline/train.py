@@ -138,7 +138,7 @@ def _train_in_run(
     explained = bundle.explain(ev.X)
     metrics = train_log.collect_metrics(ev, bundle, fitted, tuned, explained)
     inst = instability.analyse(bundle, fitted.chosen, fitted.params, X_dev, y_dev, settings, n_jobs)  # instability
-    metrics.update(instability.log_to_mlflow(inst, bundle.low_threshold, bundle.high_threshold))
+    metrics.update(instability.log_to_mlflow(inst, bundle.low_threshold, bundle.high_threshold, plot=False))
 
     gate_ok, gate_reason = quality_gate(ev.validated)  # compare: the gate
     # ALLOW_UNGATED serves a refused model only where nothing else could be served
@@ -146,6 +146,8 @@ def _train_in_run(
     train_log.record_verdicts(ev, bundle, metrics, gate_ok, gate_reason, ungated, empty)  # log
     notes = comparison_notes(ev.validated, metrics, design.kind)  # compare: the simpler models
     with tempfile.TemporaryDirectory() as tmp:
+        if inst is not None:  # into the run's plots and the validation report
+            instability.instability_plot(inst, bundle.low_threshold, bundle.high_threshold, Path(tmp) / "instability.png")
         bundle_dir = train_log.write_artifacts(
             Path(tmp), ev, bundle, explained, outcome, train_log.card_info(bundle, model_name, run_id),
             train_log.provenance(settings, cohort, data, synthetic, dev, test, empty),

@@ -154,7 +154,8 @@ def write_artifacts(
     mlflow.log_artifacts(str(tmp_path), artifact_path="plots")
     report_dir = tmp_path / "evidence"
     report_dir.mkdir()
-    report_path = render_validation_report(ev.evidence, tmp_path, tmp_path / "report" / "validation_report.html")
+    report_path = render_validation_report(ev.evidence, tmp_path, tmp_path / "report" / "validation_report.html",
+                                           instability=bundle.metadata.get("instability"))
     (report_dir / "evidence.json").write_text(json.dumps(ev.evidence.to_dict(), default=str))
 
     bundle_dir = bundle.save(tmp_path / BUNDLE_ARTIFACT)
@@ -179,6 +180,7 @@ def card_info(bundle: ModelBundle, model_name: str, run_id: str) -> dict[str, An
         "git_commit": git_commit(),
         "n_params": N_MATRIX,
         "gate": bundle.metadata["gate"],
+        "instability": bundle.metadata.get("instability"),
     }
 
 

@@ -309,7 +309,7 @@ def _update(settings: Settings, data: Path, outcome: str | None, on_invalid: str
                     "params": new_bundle.metadata.get("params", {}),
                     "thresholds": {"low": new_bundle.low_threshold, "high": new_bundle.high_threshold},
                     "contract_version": new_bundle.contract_version, "git_commit": "", "n_params": N_MATRIX,
-                    "gate": new_bundle.metadata["gate"]}
+                    "gate": new_bundle.metadata["gate"], "instability": new_bundle.metadata.get("instability")}
             provenance = {"synthetic": False, "sha256": cohort.sha256, "file": Path(data).name, "n_rows": len(df),
                           "n_dev": len(df), "n_test": "none (the local data fit and judge the update)",
                           "seed": settings.seed, "n_rows_rejected": len(cohort.rejected)}

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from pipeline.contract import FEATURES_BY_NAME, INTENDED_USE, ORACLE_COLUMN
 from pipeline.evidence import DEFAULT_SUBGROUPS, MODEL, Evidence
+from pipeline.instability import warning_text
 from pipeline.report import sections as s
 from pipeline.report.document import BANNER, Section, ci, lines, num, prose, to_html, to_markdown
 
@@ -56,7 +57,7 @@ def render_model_card(
     """The model card (Mitchell et al., FAT* 2019) as (markdown, html), from one run's evidence.
 
     model_info (all optional): name, version, run_id, trained_at, kind, params, thresholds,
-      calibration, contract_version, git_commit, n_params.
+      calibration, contract_version, git_commit, n_params, instability (pipeline.instability's summary).
     data_provenance (all optional): synthetic (bool), sha256, file, n_rows, n_dev, n_test, seed,
       n_rows_rejected, description.
     Missing entries show as "not recorded". The HTML is self-contained and escaped.
@@ -107,6 +108,9 @@ def render_model_card(
         details[2].append(["quality gate", f"FAILED: {gate.get('reason')}"
                            + ("; registered as champion with ALLOW_UNGATED=1 (ungated)" if gate.get("ungated") else "")])
     caveats = lines(text.caveats(synthetic, ORACLE_COLUMN))
+    unstable = warning_text(model_info.get("instability") or {})
+    if unstable:
+        caveats.insert(0, unstable)
     # the sample-size warning is said once, in "Training data" (sections.sample_size_blocks)
     said_elsewhere = {ev.sample_size.get("warning")} if ev.sample_size is not None else set()
     learning = ([("p", "Learning curve (synthetic):")] + s.learning_curve_blocks(ev, None)[1:2]
@@ -128,7 +132,7 @@ def render_model_card(
             s.thresholds_table(ev),
             ("p", "Subgroups (held-out set):" if not s.resampled(ev) else "Subgroups (out-of-fold risks):"),
             ("ul", subgroup_lines),
-        ] + s.direction_blocks(ev)[1:] + learning),
+        ] + s.direction_blocks(ev)[1:] + learning + s.instability_blocks(model_info.get("instability"))),
         ("Ethical considerations", [("ul", lines(text.ethics(synthetic)))]),
         ("Caveats and recommendations", [("ul", caveats)]
          + [("note", n) for n in ev.notes if n not in caveats and n not in said_elsewhere]),

@@ -23,7 +23,7 @@ from pipeline.evidence import (
     Evidence,
     learning_curve_summary,
 )
-from pipeline.report.document import Block, ci, num, pct, prose
+from pipeline.report.document import Block, ci, lines, num, pct, prose
 
 _name = style.name
 
@@ -222,4 +222,24 @@ def direction_blocks(ev: Evidence) -> list[Block]:
     ]
     if n_bad:
         blocks.append(("note", prose("evidence").contradictions(n_bad)))
+    return blocks
+
+
+def instability_blocks(instability: Mapping[str, Any] | None) -> list[Block]:
+    """The instability analysis (pipeline.instability) of the model, if it has one: a paragraph, the
+    figures by risk group, and its warning."""
+    if not instability:
+        return []
+    i = instability
+    text = prose("model_card").instability(
+        i["models"], i["n_dev"], num(i["mape"], 3), num(i["mean_risk"], 3), num(i["median_interval_width"], 3),
+        pct(i["group_change"]))
+    rows = [[g, str(v["patients"]), num(v["mape"], 3), num(v["median_width"], 3), pct(v["group_change"])]
+            for g, v in i["by_group"].items()]
+    blocks: list[Block] = [("p", "Prediction instability (bootstrap models of the development data):"),
+                           ("ul", lines(text)),
+                           ("table", ["risk group", "patients", "MAPE", "median 95% interval width",
+                                      "group changes"], rows)]
+    if i.get("note"):
+        blocks.append(("note", str(i["note"])))
     return blocks

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any, Mapping
 
 from pipeline.contract import INTENDED_USE
 from pipeline.evidence import SMALL_SUBGROUP_EVENTS, SMALL_SUBGROUP_N, Evidence
@@ -17,6 +18,7 @@ from pipeline.report.figures import CAPTIONS, save_plots
 REPORT_FILE = "validation_report.html"
 # The figures other modules draw (pipeline.plots) that the report names, when they are all there is.
 NAMED_OTHER_FIGURES = {"roc.png", "shap_summary.png"}
+INSTABILITY_PNG = "instability.png"  # drawn by pipeline.instability
 REFERENCES = (
     "Collins GS et al. TRIPOD+AI statement. BMJ 2024;385:e078378.",
     "Mitchell M et al. Model cards for model reporting. FAT* 2019:220-229.",
@@ -42,19 +44,24 @@ def render_validation_report(
     plots_dir: Path,
     out_path: Path,
     title: str | None = None,
+    instability: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ONE self-contained HTML validation report to out_path (usually
     `<dir>/validation_report.html`) and the evidence's PNG figures to plots_dir.
 
     Figures are embedded as base64 data URIs; any other PNG already in plots_dir (e.g. the ROC and
     SHAP plots of `pipeline.plots`) is embedded under "Other figures". No script, no external
-    resource. Returns out_path.
+    resource. Returns out_path. `instability`: the model's instability summary (pipeline.instability),
+    shown with `<plots_dir>/instability.png` when given.
     """
     plots_dir = Path(plots_dir)
     figures = save_plots(evidence, plots_dir)
     ours = {p.name for p in figures.values()}
+    unstable_png = plots_dir / INSTABILITY_PNG
+    ours |= {INSTABILITY_PNG} if instability else set()
     others = sorted(p for p in plots_dir.glob("*.png") if p.name not in ours)
-    images = {str(p): _b64(p) for p in list(figures.values()) + others}
+    images = {str(p): _b64(p) for p in list(figures.values()) + others
+              + ([unstable_png] if instability and unstable_png.exists() else [])}
     ev = evidence
     text = prose("validation_report")
     meta_rows = [[k.replace("_", " "), str(v)] for k, v in ev.meta.items()]
@@ -75,6 +82,9 @@ def render_validation_report(
         ("Learning curve (synthetic data)", s.learning_curve_blocks(ev, figures.get("learning_curve"))),
         ("Directions of effect", s.direction_blocks(ev)),
     ]
+    if instability:
+        picture: list[Block] = [("img", "instability plot", str(unstable_png))] if unstable_png.exists() else []
+        sections.append(("Prediction instability", s.instability_blocks(instability) + picture))
     if ev.development is not None:
         dv = ev.development
         sections.append(("Development data (out-of-fold predictions)", [("table", ["quantity", "value"], [
