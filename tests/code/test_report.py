@@ -113,3 +113,31 @@ def test_write_model_card(evidence, tmp_path):
     assert md_path.name == report.MODEL_CARD_MD and html_path.name == report.MODEL_CARD_HTML
     assert md_path.read_text().startswith("# Model card")
     assert html_path.read_text().startswith("<!DOCTYPE html>")
+
+
+def _instability(mape: float, warning: bool) -> dict:
+    return {"models": 200, "n_dev": 150, "mape": mape, "mape_p90": 2 * mape, "max_ape": 0.4, "mean_risk": 0.16,
+            "median_interval_width": 0.21, "group_change": 0.34, "warning": warning,
+            "by_group": {"low": {"patients": 60, "mape": 0.03, "group_change": 0.2, "median_width": 0.1},
+                         "high": {"patients": 30, "mape": 0.09, "group_change": 0.5, "median_width": 0.35}}}
+
+
+@pytest.mark.parametrize("warning", [True, False])
+def test_model_card_shows_instability_and_warns_only_when_unstable(evidence, tmp_path, warning):
+    from pipeline.instability import MAPE_WARNING_RATIO
+
+    mape = 0.16 * MAPE_WARNING_RATIO * (1.5 if warning else 0.5)
+    info = _instability(mape, warning)
+    markdown, page = report.render_model_card(evidence, {"name": "icans-risk", "instability": info}, {"n_dev": 150})
+    assert "Prediction instability" in markdown and "Riley" in markdown
+    assert f"{mape:.3f}" in markdown and "not a range for the patient's outcome" in markdown
+    caveats = markdown.split("## Caveats and recommendations", 1)[1]
+    assert ("Individual risks are unstable" in caveats) is warning
+    assert "| high | 30 |" in markdown  # the figures by risk group
+    out = report.render_validation_report(evidence, tmp_path, tmp_path / "r.html", instability=info)
+    assert "Prediction instability" in out.read_text()
+
+
+def test_model_card_without_instability_says_nothing_of_it(evidence):
+    markdown, _ = report.render_model_card(evidence, {"name": "icans-risk"}, {})
+    assert "Prediction instability" not in markdown
