@@ -1,13 +1,16 @@
 """The B bootstrap models of the development-instability analysis, compiled for serving.
 
-Why a form of its own: B >= 200 refits of a 300-tree model are 60,000 trees, and walking them for
-each patient (or computing their leaf tables) costs milliseconds. Most of those trees split on one
-feature only (stumps, or depth-2 trees that split the same feature twice); their sum is a step
-function of that feature, so all of them, for all B models, collapse into one table per feature:
+Why a form of its own: B >= 200 refits of a 300-tree model are 60,000 trees; walking them node
+by node, or keeping B leaf tables, costs milliseconds a patient. Here every tree that splits on one
+feature only (every stump, and the deeper trees that split one feature twice) is a step function of
+that feature, so all of them, for all B models, collapse into one table per feature:
 `main[f][bin, b]`, where `bin` is the patient's position among every threshold any model uses on
-that feature. A patient then costs one binary search per feature, F rows of B additions, and a
-walk of only the trees that mix features. Each model's Platt calibration (a_b + s_b * margin) is
-folded into the tables, so the kernel returns calibrated log-odds directly.
+that feature. The trees that mix features (most trees of depth 2 or 3) stay trees, stored as
+complete trees in heap order so that the kernels (`models.ensemble_kernels`) evaluate them without
+branches: for one patient, vectorised over each model's trees; for a batch, over blocks of
+patients. Each model's Platt calibration (a_b + s_b * margin) is folded into the values, so the
+kernels return calibrated log-odds directly. With depth-1 models a patient costs F binary searches
+and F rows of B additions; with deeper models the mixed trees dominate (bench/instability.md).
 
 Decisions follow the library's rule exactly as `models.trees` does (xgboost: x < t in float32;
 scikit-learn: x <= t) and NaN follows each node's default branch: `margins` equals each model's
@@ -21,8 +24,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from numba import njit, prange
 
+from models.ensemble_kernels import ARRAYS as _ARRAYS
+from models.ensemble_kernels import margins as _margins
+from models.ensemble_kernels import summary as _summary
+from models.ensemble_kernels import summary_blocks as _summary_blocks
 from models.trees import FlatTrees
 
 ENSEMBLE_FILE = "instability.npz"
@@ -178,8 +184,6 @@ class MarginEnsemble:
                    float32_inputs=bool(meta[3]), **arrays)
 
 
-_ARRAYS = ("const", "cuts", "cut_start", "main", "main_start", "tree_model", "model_start", "node_feature", "node_cut",
-           "leaf_value")
 MAX_DEPTH = 8  # deeper trees would make the complete layout too large: no instability analysis then
 _FAR = np.iinfo(np.int32).max  # a cut no bin exceeds (padding nodes go left)
 
@@ -236,237 +240,3 @@ def _leaf_of(bins: np.ndarray, feat: np.ndarray, cut: np.ndarray, left: np.ndarr
         go_left = np.where(bins < 0, missing_left[node].astype(bool), bins <= cut[node])
         node = np.where(inner, np.where(go_left, left[node], right[node]), node)
     return node
-
-
-@njit(cache=True, inline="always")
-def _bin(x: float, cuts: np.ndarray, lo: int, hi: int, strict_less: bool) -> int:
-    """How many of cuts[lo:hi] lie below x (<= x for xgboost's x < t rule): a node with threshold
-    index k sends x left iff bin <= k. NaN -> -1."""
-    if x != x:
-        return -1
-    a, b = lo, hi
-    while a < b:
-        mid = (a + b) >> 1
-        if (cuts[mid] <= x) if strict_less else (cuts[mid] < x):
-            a = mid + 1
-        else:
-            b = mid
-    return a - lo
-
-
-# The kernels take the ensemble's arrays in _ARRAYS order (A = const, cuts, cut_start, main,
-# main_start, tree_model, model_start, node_feature, node_cut, leaf_value).
-
-@njit(cache=True, fastmath=True)
-def _segment_d2(bins, nf, nc, lv, lo, hi):
-    """Sum over trees lo:hi (complete, depth 2) of the leaf each reaches; vectorised over trees."""
-    s = 0.0
-    for t in range(lo, hi):
-        right = lv[3, t] if bins[nf[2, t]] > nc[2, t] else lv[2, t]
-        left = lv[1, t] if bins[nf[1, t]] > nc[1, t] else lv[0, t]
-        s += right if bins[nf[0, t]] > nc[0, t] else left
-    return s
-
-
-@njit(cache=True, fastmath=True)
-def _segment_d3(bins, nf, nc, lv, lo, hi):
-    s = 0.0
-    for t in range(lo, hi):
-        v3 = lv[1, t] if bins[nf[3, t]] > nc[3, t] else lv[0, t]
-        v4 = lv[3, t] if bins[nf[4, t]] > nc[4, t] else lv[2, t]
-        v5 = lv[5, t] if bins[nf[5, t]] > nc[5, t] else lv[4, t]
-        v6 = lv[7, t] if bins[nf[6, t]] > nc[6, t] else lv[6, t]
-        v1 = v4 if bins[nf[1, t]] > nc[1, t] else v3
-        v2 = v6 if bins[nf[2, t]] > nc[2, t] else v5
-        s += v2 if bins[nf[0, t]] > nc[0, t] else v1
-    return s
-
-
-@njit(cache=True)
-def _segment_walk(bins, nf, nc, lv, lo, hi):
-    n_inner = nf.shape[0]
-    s = 0.0
-    for t in range(lo, hi):
-        node = 0
-        while node < n_inner:
-            node = 2 * node + 1 + (1 if bins[nf[node, t]] > nc[node, t] else 0)
-        s += lv[node - n_inner, t]
-    return s
-
-
-@njit(cache=True)
-def _row(x, strict_less, const, cuts, cut_start, main, main_start, tree_model, model_start, nf, nc, lv, out):
-    """The B calibrated margins of one row into out."""
-    F = x.shape[0]
-    B = const.shape[0]
-    bins = np.empty(2 * F, dtype=np.int32)  # [NaN -> -1 (goes left), NaN -> huge (goes right)]
-    for f in range(F):
-        g = _bin(x[f], cuts, cut_start[f], cut_start[f + 1], strict_less)
-        bins[f] = g
-        bins[F + f] = g if g >= 0 else _HUGE
-    for b in range(B):
-        out[b] = const[b]
-    for f in range(F):
-        start = main_start[f]
-        if start < 0:
-            continue
-        row = bins[f] if bins[f] >= 0 else cut_start[f + 1] - cut_start[f] + 1
-        base = start + row * B
-        for b in range(B):
-            out[b] += main[base + b]
-    if tree_model.shape[0] == 0:
-        return
-    n_inner = nf.shape[0]
-    for b in range(B):
-        lo, hi = model_start[b], model_start[b + 1]
-        if n_inner == 3:
-            out[b] += _segment_d2(bins, nf, nc, lv, lo, hi)
-        elif n_inner == 7:
-            out[b] += _segment_d3(bins, nf, nc, lv, lo, hi)
-        else:
-            out[b] += _segment_walk(bins, nf, nc, lv, lo, hi)
-
-
-_HUGE = 2147483647  # the bin of NaN at a node that sends NaN right: above every cut
-
-
-@njit(cache=True)
-def _margins(X, strict_less, const, cuts, cut_start, main, main_start, tree_model, model_start, nf, nc, lv, out):
-    for i in range(X.shape[0]):
-        _row(X[i], strict_less, const, cuts, cut_start, main, main_start, tree_model, model_start, nf, nc, lv, out[i])
-
-
-@njit(cache=True, inline="always")
-def _risk_quantile(sorted_log_odds, q):
-    """numpy's default ('linear') percentile of the risks, from the sorted log-odds (the order is
-    the same; the interpolation is done on the risk scale, as np.percentile of the risks does)."""
-    pos = q * (sorted_log_odds.shape[0] - 1)
-    k = int(np.floor(pos))
-    below = 1.0 / (1.0 + np.exp(-sorted_log_odds[k]))
-    if k + 1 >= sorted_log_odds.shape[0]:
-        return below
-    above = 1.0 / (1.0 + np.exp(-sorted_log_odds[k + 1]))
-    return below + (pos - k) * (above - below)
-
-
-@njit(cache=True, inline="always")
-def _group(z, low, high):
-    return (1 if z >= low else 0) + (1 if z >= high else 0)
-
-
-@njit(cache=True)
-def _summarise_row(buf, z0, low, high, q_lo, q_hi):
-    own = _group(z0, low, high)
-    other = 0
-    for b in range(buf.shape[0]):
-        if _group(buf[b], low, high) != own:
-            other += 1
-    buf.sort()
-    return _risk_quantile(buf, q_lo), _risk_quantile(buf, q_hi), other / buf.shape[0]
-
-
-@njit(cache=True)
-def _summary(X, strict_less, const, cuts, cut_start, main, main_start, tree_model, model_start, nf, nc, lv, log_odds,
-             low, high, q_lo, q_hi, lo, hi, change):
-    buf = np.empty(const.shape[0])
-    for i in range(X.shape[0]):
-        _row(X[i], strict_less, const, cuts, cut_start, main, main_start, tree_model, model_start, nf, nc, lv, buf)
-        lo[i], hi[i], change[i] = _summarise_row(buf, log_odds[i], low, high, q_lo, q_hi)
-
-
-# -- batches: the trees that mix features evaluated for a block of patients at a time -------------
-# Every inner node of a complete depth-2 or depth-3 tree is compared for all the block's patients
-# (contiguous rows of the bins matrix), and the leaf is chosen by selects: no data-dependent loads,
-# so the compiler vectorises the loop over patients. Deeper trees take the per-row walk.
-
-BLOCK = 256
-
-
-@njit(cache=True)
-def _bins_block(X, lo, hi, strict_less, cuts, cut_start, bins):
-    """bins[f, p] and bins[F + f, p] (NaN -> -1 and NaN -> huge) of rows lo:hi."""
-    F = X.shape[1]
-    for p in range(hi - lo):
-        for f in range(F):
-            g = _bin(X[lo + p, f], cuts, cut_start[f], cut_start[f + 1], strict_less)
-            bins[f, p] = g
-            bins[F + f, p] = g if g >= 0 else _HUGE
-
-
-@njit(cache=True, fastmath=True)
-def _block_d2(bins, n, tree_model, nf, nc, lv, acc):
-    for t in range(tree_model.shape[0]):
-        a = acc[tree_model[t]]
-        x0, x1, x2 = bins[nf[0, t]], bins[nf[1, t]], bins[nf[2, t]]
-        k0, k1, k2 = nc[0, t], nc[1, t], nc[2, t]
-        l0, l1, l2, l3 = lv[0, t], lv[1, t], lv[2, t], lv[3, t]
-        for p in range(n):
-            right = l3 if x2[p] > k2 else l2
-            left = l1 if x1[p] > k1 else l0
-            a[p] += right if x0[p] > k0 else left
-
-
-@njit(cache=True, fastmath=True)
-def _block_d3(bins, n, tree_model, nf, nc, lv, acc):
-    for t in range(tree_model.shape[0]):
-        a = acc[tree_model[t]]
-        x0, x1, x2, x3 = bins[nf[0, t]], bins[nf[1, t]], bins[nf[2, t]], bins[nf[3, t]]
-        x4, x5, x6 = bins[nf[4, t]], bins[nf[5, t]], bins[nf[6, t]]
-        k0, k1, k2, k3, k4, k5, k6 = nc[0, t], nc[1, t], nc[2, t], nc[3, t], nc[4, t], nc[5, t], nc[6, t]
-        for p in range(n):
-            v3 = lv[1, t] if x3[p] > k3 else lv[0, t]
-            v4 = lv[3, t] if x4[p] > k4 else lv[2, t]
-            v5 = lv[5, t] if x5[p] > k5 else lv[4, t]
-            v6 = lv[7, t] if x6[p] > k6 else lv[6, t]
-            v1 = v4 if x1[p] > k1 else v3
-            v2 = v6 if x2[p] > k2 else v5
-            a[p] += v2 if x0[p] > k0 else v1
-
-
-@njit(cache=True)
-def _block_walk(bins, n, tree_model, nf, nc, lv, acc):
-    n_inner = nf.shape[0]
-    for t in range(tree_model.shape[0]):
-        a = acc[tree_model[t]]
-        for p in range(n):
-            node = 0
-            while node < n_inner:
-                node = 2 * node + 1 + (1 if bins[nf[node, t], p] > nc[node, t] else 0)
-            a[p] += lv[node - n_inner, t]
-
-
-@njit(cache=True, parallel=True)
-def _summary_blocks(X, strict_less, const, cuts, cut_start, main, main_start, tree_model, model_start, nf, nc, lv,
-                    log_odds, low, high, q_lo, q_hi, lo, hi, change):
-    n, F = X.shape
-    B = const.shape[0]
-    n_blocks = (n + BLOCK - 1) // BLOCK
-    for blk in prange(n_blocks):
-        start = blk * BLOCK
-        stop = min(n, start + BLOCK)
-        m = stop - start
-        bins = np.empty((2 * F, BLOCK), dtype=np.int32)
-        _bins_block(X, start, stop, strict_less, cuts, cut_start, bins)
-        acc = np.zeros((B, BLOCK))
-        if tree_model.shape[0] > 0:
-            if nf.shape[0] == 3:
-                _block_d2(bins, m, tree_model, nf, nc, lv, acc)
-            elif nf.shape[0] == 7:
-                _block_d3(bins, m, tree_model, nf, nc, lv, acc)
-            else:
-                _block_walk(bins, m, tree_model, nf, nc, lv, acc)
-        buf = np.empty(B)
-        for p in range(m):
-            for b in range(B):
-                buf[b] = const[b] + acc[b, p]
-            for f in range(F):
-                s = main_start[f]
-                if s < 0:
-                    continue
-                g = bins[f, p]
-                row = g if g >= 0 else cut_start[f + 1] - cut_start[f] + 1
-                base = s + row * B
-                for b in range(B):
-                    buf[b] += main[base + b]
-            i = start + p
-            lo[i], hi[i], change[i] = _summarise_row(buf, log_odds[i], low, high, q_lo, q_hi)
