@@ -7,7 +7,7 @@
   the queries announced, reading a prefetch value), `datatypes` (ids, dates, concepts, references),
   `medications` (CAR T product, dose, lymphodepletion), `conditions` (the yes/no features) and
   `mapped` (what a mapping gives back).
-- `resources`: the answer -> a FHIR RiskAssessment, and the CDS Hooks card.
+- `resources`: the answer -> a FHIR RiskAssessment; `card`: the answer -> the CDS Hooks card.
 - `fetch`: optional retrieval of missing prefetch data from an allow-listed FHIR server.
 
 The prediction itself is never here: both faces call the app's predictor with a record that has

@@ -181,7 +181,7 @@ def build_router(settings: Settings) -> APIRouter:
     ) -> Any:
         from serving.errors import sanitize_errors
         from serving.fhir.mapping import PrefetchError, map_prefetch
-        from serving.fhir.resources import card as build_card
+        from serving.fhir.card import card as build_card
         from serving.fhir.resources import prune
 
         started = time.perf_counter()

@@ -21,7 +21,8 @@ from fhir.resources.R4B.riskassessment import RiskAssessment
 from pipeline.contract import FEATURE_NAMES, FEATURES, FEATURES_BY_NAME, example_request
 from serving.fhir import codes as C
 from serving.fhir.mapping import PrefetchError, map_prefetch, parse_cell_dose_unit, prefetch_templates
-from serving.fhir.resources import card, percent, prune, risk_assessment, wants_fhir
+from serving.fhir.card import card
+from serving.fhir.resources import percent, prune, risk_assessment, wants_fhir
 from serving.schemas import PatientFeatures
 
 NOW = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)

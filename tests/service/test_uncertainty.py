@@ -89,7 +89,7 @@ def test_fhir_riskassessment_carries_the_interval_in_its_extension(client) -> No
 @pytest.mark.parametrize("risk,lo,hi", [(0.18, 0.15, 0.21), (0.18, 0.05, 0.45), (0.0004, 0.0001, 0.002),
                                         (0.999, 0.97, 0.9999)])
 def test_card_states_the_interval_without_directing(risk: float, lo: float, hi: float) -> None:
-    from serving.fhir.resources import card, summary
+    from serving.fhir.card import card, summary
 
     answer = {
         "risk": risk, "risk_group": "intermediate", "log_odds": float(np.log(risk / (1 - risk))),
