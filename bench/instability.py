@@ -14,7 +14,8 @@
 
     .venv/bin/python -m bench.instability [--sizes 150 300 2000] [--seeds 1 2 3] [--models 200]
 
-Writes bench/instability.md and bench/instability.json. About 15 minutes on 2 cores.
+Writes bench/instability.md and bench/instability.json (`--from-json` rewrites the .md only). Measured: 27
+minutes on 2 cores shared with other jobs (load average 4-10; about 15 CPU-minutes in all).
 """
 
 from __future__ import annotations
@@ -231,7 +232,15 @@ def _mean(rows: list[dict], key: str) -> float:
     return float(np.mean([r[key] for r in rows]))
 
 
-def report(rows: list[dict], spd: dict | None, args: argparse.Namespace, total_s: float) -> str:
+def _short(n: int, part: list[dict]) -> str:
+    seeds = ", ".join(f"{r['coverage_limit']:.0%}" for r in part)
+    return (f"n = {n:,}: MAPE {_mean(part, 'mape_dev'):.3f}, median width {_mean(part, 'median_width_dev'):.3f} "
+            f"(test {_mean(part, 'median_width_test'):.3f}), coverage of the limit "
+            f"{_mean(part, 'coverage_limit'):.0%} (per seed {seeds})")
+
+
+def report(rows: list[dict], spd: dict | None, args: argparse.Namespace, total_s: float,
+           finished: str | None = None) -> str:
     sizes = sorted({r["size"] for r in rows})
     out = [
         "# How sure is 18%? Development instability and the served interval (issue 17)", "",
@@ -246,7 +255,7 @@ def report(rows: list[dict], spd: dict | None, args: argparse.Namespace, total_s
         "for each test patient. Coverage = share of test patients whose limit risk lies inside the small "
         "model's 95% interval (2.5th-97.5th percentile of the B bootstrap models' risks).",
         "",
-        f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, n_jobs {args.n_jobs}, "
+        f"Run: {finished or time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, n_jobs {args.n_jobs}, "
         f"total {total_s / 60:.1f} min. The machine is shared with other jobs: the load average is recorded "
         "beside every figure, and the timings are only indicative.",
         "",
@@ -266,6 +275,9 @@ def report(rows: list[dict], spd: dict | None, args: argparse.Namespace, total_s
             f"{_mean(part, 'group_change_test'):.1%} | {_mean(part, 'coverage_limit'):.1%} | "
             f"{_mean(part, 'limit_below'):.1%} / {_mean(part, 'limit_above'):.1%} | "
             f"{_mean(part, 'coverage_p_true'):.1%} | {_mean(part, 'mean_abs_final_minus_limit'):.4f} |")
+    out += ["", "In short (means over seeds; the per-cohort table shows how much the chosen configuration, and "
+            "with it the width, varies between seeds of one size): "
+            + "; ".join(_short(n, [r for r in rows if r["size"] == n]) for n in sizes) + "."]
     out += ["", "## Per cohort", "",
             "| n | generator seed | events | design | chosen | MAPE (dev) | median width dev / test | "
             "P(group change) dev | coverage of the limit | coverage of p_true | redrawn | tune+fit s | "
@@ -348,7 +360,16 @@ def main() -> None:
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--out-dir", type=Path, default=HERE)
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--from-json", type=Path, help="rewrite the .md from a results .json, without running")
     args = ap.parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        for k in ("n_iter", "cv_folds", "seed", "models", "n_jobs"):
+            setattr(args, k, saved["settings"][k])
+        text = report(saved["cohorts"], saved["speed"], args, saved["total_s"], saved.get("finished"))
+        (args.out_dir / "instability.md").write_text(text)
+        print(text)
+        return
     settings = default
     args.n_iter, args.cv_folds, args.seed = settings.n_iter, settings.cv_folds, settings.seed
     started = time.perf_counter()
@@ -387,7 +408,8 @@ def main() -> None:
     (args.out_dir / "instability.json").write_text(json.dumps(
         {"settings": {"n_iter": args.n_iter, "cv_folds": args.cv_folds, "seed": args.seed, "models": args.models,
                       "n_jobs": args.n_jobs, "fresh_n": FRESH_N, "test_n": TEST_N, "batch_n": BATCH_N},
-         "cohorts": rows, "speed": spd, "total_s": round(total, 1)}, indent=1, default=float))
+         "cohorts": rows, "speed": spd, "total_s": round(total, 1),
+         "finished": time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, indent=1, default=float))
     text = report(rows, spd, args, total)
     (args.out_dir / "instability.md").write_text(text)
     print(text)
