@@ -112,6 +112,7 @@ bench: install
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick)
 	$(if $(QUICK),,$(BIN)/python -m bench.load_reload --seconds 60 --rate 100)
 	$(if $(QUICK),,$(BIN)/python -m bench.soak --seconds 600 --rate 60 --kill-every 60)
+	$(if $(QUICK),,$(BIN)/python -m bench.instability)
 
 clean-venv:
 	rm -rf $(VENV)
