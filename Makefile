@@ -113,6 +113,7 @@ bench: install
 	$(if $(QUICK),,$(BIN)/python -m bench.load_reload --seconds 60 --rate 100)
 	$(if $(QUICK),,$(BIN)/python -m bench.soak --seconds 600 --rate 60 --kill-every 60)
 	$(if $(QUICK),,$(BIN)/python -m bench.instability)
+	$(if $(QUICK),,$(BIN)/python -m bench.instability_speed)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -122,6 +122,9 @@ def _check(s, path: Path, outcome: str) -> None:
     assert run.data.tags["promotion_reason"]
     assert run.data.tags.get("mlflow.note.content")
     assert [d.dataset.name for d in run.inputs.dataset_inputs]  # the Datasets panel is not empty
+    # every trained model carries its bootstrap models (the served intervals) and their figures
+    assert run.data.metrics["instability_models"] == s.instability_models
+    assert 0 <= run.data.metrics["instability_mape"] < 1
 
 
 def _no_run_without_reason(s) -> None:
@@ -204,3 +207,17 @@ def test_the_same_patients_in_another_order_give_the_same_model(tmp_path):
     assert a.chosen == b.chosen
     assert a.validated["auroc"] == pytest.approx(b.validated["auroc"], abs=1e-12)
     assert a.validated["calibration_slope"] == pytest.approx(b.validated["calibration_slope"], abs=1e-12)
+
+
+def test_a_150_patient_models_card_warns_that_its_risks_are_unstable(tmp_path):
+    from pipeline.registry import load_bundle, resolve
+
+    s, path = _run(tmp_path, generate_cohort(150, 5), "severe_icans", "csv")
+    result = train(s, data=path)
+    mlflow.set_tracking_uri(s.tracking_uri)
+    bundle = load_bundle(resolve(MlflowClient(), f"models:/{result.model_name}/{result.version}"))
+    info = bundle.metadata["instability"]
+    assert info["warning"] and info["mape"] >= 0.25 * info["mean_risk"]
+    card = bundle.documents["model_card.md"]
+    assert "Individual risks are unstable" in card and "150 development patients" in card
+    assert bundle.instability is not None and bundle.instability.n_models == s.instability_models
