@@ -42,6 +42,8 @@ def model_info(request: Request, p: PredictorDep) -> dict:
         # how the figures above were estimated (held-out split or repeated cross-validation)
         "validation": meta.get("validation"),
         "quality_gate": meta.get("gate"),
+        # the bootstrap models behind every answer's uncertainty interval: MAPE, widths, group changes
+        "instability": meta.get("instability"),
         # a local update (make update): method, parent version, local data hash, closed-test statistics
         "update": meta.get("update"),
         # the newest monitoring of this version (make monitor, or ICANS_MONITOR_INTERVAL_S): verdict and figures

@@ -107,3 +107,9 @@ def test_card_states_the_interval_without_directing(risk: float, lo: float, hi: 
 
     for directive in ("should", "must", "recommend", "administer", "give "):
         assert directive not in detail.replace(INTENDED_USE, "").lower()
+
+
+def test_model_endpoint_states_the_instability_analysis(client, bundle) -> None:
+    info = client.get("/v1/model").json()["instability"]
+    assert info["models"] == 20 and info["mape"] == pytest.approx(bundle.metadata["instability"]["mape"])
+    assert "not a confidence interval for the patient's outcome" in info["meaning"]
