@@ -235,7 +235,7 @@ def runs_sweep() -> None:
     from mlflow import MlflowClient
 
     from pipeline.runs import sweep
-    from pipeline.train import setup_mlflow
+    from pipeline.tracking import setup_mlflow
 
     settings = _settings()
     client = MlflowClient(tracking_uri=settings.tracking_uri)
@@ -349,7 +349,8 @@ def _ensure_champion(settings) -> None:
     from mlflow import MlflowClient
 
     from pipeline.registry import ModelNotFound, resolve
-    from pipeline.train import setup_mlflow, train as run_training
+    from pipeline.tracking import setup_mlflow
+    from pipeline.train import train as run_training
 
     setup_mlflow(settings, settings.experiment)
     try:
