@@ -176,10 +176,12 @@ def clip(name: str, values: np.ndarray) -> np.ndarray:
     if feature.min_exclusive:
         low = np.nextafter(low, np.inf)
     high = feature.max if feature.max is not None else np.inf
-    return np.clip(values.astype(float), low, high)
+    clipped: np.ndarray = np.clip(values.astype(float), low, high)
+    return clipped
 
 
 def as_series(kind: str, values: np.ndarray) -> pd.Series:
+    """A column of the contract's kind: float64, bool, or object (categories, ids)."""
     if kind == "float":
         return pd.Series(values, dtype="float64")
     if kind == "bool":

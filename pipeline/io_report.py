@@ -39,7 +39,7 @@ class ValidationReport:
 
     @property
     def ok(self) -> bool:
-        return self.failures.empty
+        return bool(self.failures.empty)
 
     def summary(self) -> str:
         if self.ok:
