@@ -26,16 +26,14 @@ from pipeline.contract import (
     ID_COLUMN,
     OUTCOMES,
 )
-from pipeline.io_parse import BOOL_COLUMNS, NUMERIC_COLUMNS, parse, typed
+from pipeline.io_parse import parse, typed
 from pipeline.io_report import CohortError, ValidationReport
 from pipeline.io_table import file_sha256, read_table
 from pipeline.schema import cohort_schema
 
-# Re-exported: callers and tests import the reader's names from pipeline.io.
+# Re-exported: the CLI, the pipeline and the tests import the reader's names from pipeline.io.
 __all__ = [
-    "BOOL_COLUMNS",
     "KNOWN_COLUMNS",
-    "NUMERIC_COLUMNS",
     "Cohort",
     "CohortError",
     "ValidationReport",

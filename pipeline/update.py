@@ -22,6 +22,10 @@ data added to the development data) because the bundle carries no development ro
 (1) and (2) are affine maps of the log-odds, so the explanation stays exact: the new bundle's
 calibration is a' + b'(a + b m) = (a' + b'a) + (b'b) m on the trees' margin m, and every
 contribution is scaled by b'b; nothing else changes.
+
+`update` is the sequence; the steps live in the modules named for them: `pipeline.recalibration`
+(the closed test), `pipeline.update_models` (the updated models), `pipeline.update_figures` (their
+figures, corrected for the fit on the same data) and `pipeline.update_report` (report, card, note).
 """
 
 
@@ -51,7 +55,6 @@ from pipeline.recalibration import (
     LOGISTIC,
     NONE,
     REVISION,
-    ClosedTest,
     closed_test,
     fit_recalibration,
     loglik,
@@ -72,21 +75,8 @@ from pipeline.update_models import (
 from pipeline.update_report import METHOD_TEXT, log_report, run_note, save_with_card, update_evidence
 from pipeline.validation import TrainingRefused
 
-# Re-exported: the CLI names the methods (METHOD_TEXT) and the tests import the closed test from here.
-__all__ = [
-    "INTERCEPT",
-    "LOGISTIC",
-    "METHOD_TEXT",
-    "NONE",
-    "REVISION",
-    "ClosedTest",
-    "UpdateResult",
-    "closed_test",
-    "fit_recalibration",
-    "loglik",
-    "update",
-    "updated_bundle",
-]
+# Re-exported: tests/model/test_update.py imports the methods and the closed test from here.
+__all__ = ["INTERCEPT", "LOGISTIC", "NONE", "UpdateResult", "closed_test", "fit_recalibration", "update"]
 
 
 @dataclass
