@@ -80,7 +80,7 @@ def generate(n: int, seed: int, out: Path | None, overwrite: bool) -> None:
 @click.pass_context
 def train(ctx, data, outcome, seed, n_patients, n_iter, on_invalid, allow_ungated) -> None:
     """Train, validate and register; move @champion unless clearly worse than the current one."""
-    from pipeline.io import CohortError
+    from pipeline.io_report import CohortError
     from pipeline.train import train as run_training
     from pipeline.validation import TrainingRefused
 
@@ -124,8 +124,9 @@ def train(ctx, data, outcome, seed, n_patients, n_iter, on_invalid, allow_ungate
 @click.pass_context
 def update(ctx, data, outcome, on_invalid) -> None:
     """Validate @champion on a local cohort and register the smallest update it justifies."""
-    from pipeline.io import CohortError
-    from pipeline.update import METHOD_TEXT, update as run_update
+    from pipeline.io_report import CohortError
+    from pipeline.update import update as run_update
+    from pipeline.update_report import METHOD_TEXT
     from pipeline.validation import TrainingRefused
 
     from pipeline.runs import TrainingInterrupted, sigterm_interrupts
@@ -235,7 +236,7 @@ def runs_sweep() -> None:
     from mlflow import MlflowClient
 
     from pipeline.runs import sweep
-    from pipeline.train import setup_mlflow
+    from pipeline.tracking import setup_mlflow
 
     settings = _settings()
     client = MlflowClient(tracking_uri=settings.tracking_uri)
@@ -251,7 +252,7 @@ def runs_sweep() -> None:
 def evaluate(data, outcome, on_invalid) -> None:
     """Validate the served model on a cohort it has never seen (new MLflow run, no retraining)."""
     from pipeline.evaluate import evaluate as run_evaluation
-    from pipeline.io import CohortError
+    from pipeline.io_report import CohortError
     from pipeline.registry import ModelNotFound
 
     settings = _settings(outcome=outcome)
@@ -279,7 +280,7 @@ def evaluate(data, outcome, on_invalid) -> None:
 @click.option("--waterfall-format", type=click.Choice(["svg", "png"]), default="svg", show_default=True)
 def score(data, out, overwrite, on_invalid, waterfalls, waterfall_format) -> None:
     """Score a cohort file offline with the served model, with one shap_<feature> column each."""
-    from pipeline.io import CohortError
+    from pipeline.io_report import CohortError
     from pipeline.registry import ModelNotFound
     from pipeline.score import score_file
 
@@ -349,7 +350,8 @@ def _ensure_champion(settings) -> None:
     from mlflow import MlflowClient
 
     from pipeline.registry import ModelNotFound, resolve
-    from pipeline.train import setup_mlflow, train as run_training
+    from pipeline.tracking import setup_mlflow
+    from pipeline.train import train as run_training
 
     setup_mlflow(settings, settings.experiment)
     try:

@@ -8,6 +8,10 @@ plausible and modest. docs/synthetic-cohort.md describes the model in prose.
 
 Column names, ranges and categories come from `pipeline.contract`; category values used as keys
 here are checked against the contract on every call (`_check_against_contract`).
+
+The patients' characteristics (product mix, age, dose, burden, labs) are drawn by
+`pipeline.cohort_draws`; this module holds the outcome model (intercepts, effect sizes, the
+unmeasured heterogeneity), the missingness, and `generate_cohort`, which fixes the draw order.
 """
 
 from __future__ import annotations
@@ -16,6 +20,33 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from pipeline.cohort_draws import (
+    BB,
+    BREXU,
+    CD28,
+    FEMALE,
+    FLU_CY,
+    LD_OTHER,
+    MALE,
+    OBE,
+    OTHER,
+    OTHER_P_CD28,
+    OTHER_TARGET_MIX,
+    P_OVERT,
+    P_PRIOR_ALLO,
+    PRODUCT_MIX,
+    TISA,
+    USED_CATEGORIES,
+    CD19,
+    as_series,
+    choice,
+    clip,
+    draw_age,
+    draw_blasts,
+    draw_dose,
+    draw_labs,
+    per_product,
+)
 from pipeline.contract import (
     FEATURE_NAMES,
     FEATURES,
@@ -29,43 +60,6 @@ _SEVERE_ICANS = "severe_icans"
 _SEVERE_CRS = "severe_crs"
 _P_TRUE = "p_true"
 
-# --- categorical values used as parameter keys (validated against the contract) -------------
-_TISA = "tisagenlecleucel"
-_BREXU = "brexucabtagene_autoleucel"
-_OBE = "obecabtagene_autoleucel"
-_OTHER = "other"
-_BB, _CD28 = "4-1BB", "CD28"
-_CD19, _CD22, _CD19_22 = "CD19", "CD22", "CD19/CD22"
-_FLU_CY, _LD_OTHER = "flu_cy", "other"
-_FEMALE, _MALE = "female", "male"
-
-_USED_CATEGORIES: dict[str, tuple[str, ...]] = {
-    "product": (_TISA, _BREXU, _OBE, _OTHER),
-    "costimulatory_domain": (_BB, _CD28),
-    "target_antigen": (_CD19, _CD22, _CD19_22),
-    "lymphodepletion": (_FLU_CY, _LD_OTHER),
-    "sex": (_FEMALE, _MALE),
-}
-
-# --- product-level design -------------------------------------------------------------------
-# Product mix: ASSUMPTION (a mixed paediatric + adult referral cohort); the evidence gives no mix.
-_PRODUCT_MIX: dict[str, float] = {_TISA: 0.40, _BREXU: 0.30, _OBE: 0.15, _OTHER: 0.15}
-
-# Share of "other" (academic) constructs with CD28 costimulation: ASSUMPTION. The evidence lists
-# both CD28 (MSKCC 19-28z) and 4-1BB (FHCRC JCAR014, most CD22 / CD19/CD22 CARs) academic products.
-_OTHER_P_CD28 = 0.35
-# Targets of "other": ASSUMPTION; CD22 and CD19/CD22 CARs exist (evidence: Fergusson 2023).
-_OTHER_TARGET_MIX: dict[str, float] = {_CD19: 0.55, _CD22: 0.20, _CD19_22: 0.25}
-
-# Share of patients with overt marrow disease (>= 5% blasts) before lymphodepletion.
-# tisa-cel: ELIANA required >= 5% blasts at screening (evidence), bridging lowers some -> 0.80.
-# obe-cel: FELIX 7% overall, 4% at <= 20% vs 9% at > 20% blasts => ~60% had > 20% [D from evidence];
-#   0.70 overt x ~0.9 of overt above 20% gives ~0.6.
-# brexu-cel 0.75, other 0.50 (Gust 2017 cohort median 1.3%: many MRD-level): ASSUMPTION-guided.
-_P_OVERT: dict[str, float] = {_TISA: 0.80, _BREXU: 0.75, _OBE: 0.70, _OTHER: 0.50}
-
-# Prior allogeneic HCT share: ASSUMPTION (about half of relapsed/refractory B-ALL cohorts).
-_P_PRIOR_ALLO: dict[str, float] = {_TISA: 0.55, _BREXU: 0.42, _OBE: 0.44, _OTHER: 0.45}
 
 # Product-specific intercepts of the severe-ICANS logit (everything else at its reference value).
 # They carry what the covariates do not: e.g. obe-cel's fast off-rate binder (evidence: FELIX).
@@ -73,10 +67,10 @@ _P_PRIOR_ALLO: dict[str, float] = {_TISA: 0.55, _BREXU: 0.42, _OBE: 0.44, _OTHER
 # after changing any effect below) so prevalence by product lands on the
 # evidence: tisa-cel 10-13% (ELIANA / ELIANA+ENSIGN), brexu-cel 25-29% (ZUMA-3; real world
 # 28.8%), obe-cel 7% (FELIX), other in between (B-ALL meta-analysis 2.6-45%).
-_ICANS_INTERCEPT: dict[str, float] = {_TISA: -3.54, _BREXU: -3.29, _OBE: -4.31, _OTHER: -3.44}
+_ICANS_INTERCEPT: dict[str, float] = {TISA: -3.54, BREXU: -3.29, OBE: -4.31, OTHER: -3.44}
 
 # Severe-CRS intercepts: ASSUMPTION calibrated to ~10-20% overall; obe-cel lowest (fast off-rate).
-_CRS_INTERCEPT: dict[str, float] = {_TISA: -2.49, _BREXU: -2.89, _OBE: -4.26, _OTHER: -2.81}
+_CRS_INTERCEPT: dict[str, float] = {TISA: -2.49, BREXU: -2.89, OBE: -4.26, OTHER: -2.81}
 
 # --- severe-ICANS effects (conditional log-odds) --------------------------------------------
 _B_CD28 = np.log(2.5)  # CD28 vs 4-1BB: conditional OR 2-4 (evidence: Han 2024)
@@ -130,10 +124,10 @@ _RHO_RANDOM = 0.7  # shared unmeasured biology: CRS is the strongest ICANS corre
 # academic ("other") protocols measure cytokines more often. Missing completely at random given
 # product: the true value still drives risk, missingness itself carries no information.
 _P_MISSING: dict[str, dict[str, float]] = {
-    "ferritin_ng_ml": {_TISA: 0.15, _BREXU: 0.15, _OBE: 0.15, _OTHER: 0.12},
-    "il6_pg_ml": {_TISA: 0.42, _BREXU: 0.42, _OBE: 0.42, _OTHER: 0.30},
-    "ifng_pg_ml": {_TISA: 0.67, _BREXU: 0.67, _OBE: 0.67, _OTHER: 0.50},
-    "il15_pg_ml": {_TISA: 0.70, _BREXU: 0.70, _OBE: 0.70, _OTHER: 0.55},
+    "ferritin_ng_ml": {TISA: 0.15, BREXU: 0.15, OBE: 0.15, OTHER: 0.12},
+    "il6_pg_ml": {TISA: 0.42, BREXU: 0.42, OBE: 0.42, OTHER: 0.30},
+    "ifng_pg_ml": {TISA: 0.67, BREXU: 0.67, OBE: 0.67, OTHER: 0.50},
+    "il15_pg_ml": {TISA: 0.70, BREXU: 0.70, OBE: 0.70, OTHER: 0.55},
 }
 
 
@@ -148,45 +142,45 @@ def generate_cohort(n: int = 2000, seed: int = 42) -> pd.DataFrame:
     _check_against_contract()
     rng = np.random.default_rng(seed)
 
-    product = _choice(rng, _PRODUCT_MIX, n)
-    is_brexu, is_other = product == _BREXU, product == _OTHER
+    product = choice(rng, PRODUCT_MIX, n)
+    is_brexu, is_other = product == BREXU, product == OTHER
 
-    age = _draw_age(rng, product)
-    sex = np.where(rng.random(n) < 0.57, _MALE, _FEMALE).astype(object)  # ASSUMPTION: ~57% male
+    age = draw_age(rng, product)
+    sex = np.where(rng.random(n) < 0.57, MALE, FEMALE).astype(object)  # ASSUMPTION: ~57% male
 
-    costim = np.where(is_brexu, _CD28, _BB).astype(object)  # tisa-cel, obe-cel: 4-1BB
-    costim[is_other & (rng.random(n) < _OTHER_P_CD28)] = _CD28
-    target = np.full(n, _CD19, dtype=object)  # licensed products target CD19
-    target[is_other] = _choice(rng, _OTHER_TARGET_MIX, int(is_other.sum()))
-    is_cd28 = costim == _CD28
+    costim = np.where(is_brexu, CD28, BB).astype(object)  # tisa-cel, obe-cel: 4-1BB
+    costim[is_other & (rng.random(n) < OTHER_P_CD28)] = CD28
+    target = np.full(n, CD19, dtype=object)  # licensed products target CD19
+    target[is_other] = choice(rng, OTHER_TARGET_MIX, int(is_other.sum()))
+    is_cd28 = costim == CD28
 
-    dose = _draw_dose(rng, product)
+    dose = draw_dose(rng, product)
     # Flu/Cy in ~89% (evidence: PMC12571805); licensed labels specify it, so "other" LD is mostly
     # in academic protocols: 93% flu_cy for licensed, 70% for other gives ~89% overall.
     p_flu = np.where(is_other, 0.70, 0.93)
     flu_cy = rng.random(n) < p_flu
-    lymphodepletion = np.where(flu_cy, _FLU_CY, _LD_OTHER).astype(object)
+    lymphodepletion = np.where(flu_cy, FLU_CY, LD_OTHER).astype(object)
 
     # CNS involvement ~12% (34/292 in real-world brexu-cel [D]); neuro comorbidity ~20%, more
     # likely with CNS disease (Gust 2017 counts CNS involvement as neurological comorbidity).
     cns = rng.random(n) < 0.12
     neuro = rng.random(n) < np.where(cns, 0.45, 0.18)
-    prior_allo = rng.random(n) < _per_product(product, _P_PRIOR_ALLO)
+    prior_allo = rng.random(n) < per_product(product, P_PRIOR_ALLO)
 
-    blasts = _draw_blasts(rng, product)
-    labs = _draw_labs(rng, blasts, age, prior_allo)
+    blasts = draw_blasts(rng, product)
+    labs = draw_labs(rng, blasts, age, prior_allo)
     # Clip BEFORE computing risk so the recorded values are exactly the ones that drove it.
-    age = _clip("age_years", age)
-    dose = _clip("car_t_dose_10e6_per_kg", dose)
-    blasts = _clip("marrow_blasts_pct", blasts)
-    labs = {name: _clip(name, values) for name, values in labs.items()}
+    age = clip("age_years", age)
+    dose = clip("car_t_dose_10e6_per_kg", dose)
+    blasts = clip("marrow_blasts_pct", blasts)
+    labs = {name: clip(name, values) for name, values in labs.items()}
 
     # --- true risk of severe ICANS ---------------------------------------------------------
     high_burden = _sigmoid((blasts - _BLASTS_THRESHOLD) / _BLASTS_WIDTH)
     easix = labs["ldh_u_l"] * labs["creatinine_mg_dl"] / np.maximum(labs["platelets_10e9_l"], 1.0)
     u_icans, u_crs = _correlated_normals(rng, n, _SD_RANDOM, _SD_RANDOM_CRS, _RHO_RANDOM)
     logit = (
-        _per_product(product, _ICANS_INTERCEPT)
+        per_product(product, _ICANS_INTERCEPT)
         + _B_CD28 * is_cd28
         + _B_BLASTS_HIGH * high_burden
         + _B_CD28_X_BLASTS * is_cd28 * high_burden
@@ -207,7 +201,7 @@ def generate_cohort(n: int = 2000, seed: int = 42) -> pd.DataFrame:
     grade = _draw_grade(rng, severe_icans, p_true)
 
     crs_logit = (
-        _per_product(product, _CRS_INTERCEPT)
+        per_product(product, _CRS_INTERCEPT)
         + _C_BLASTS_HIGH * high_burden
         + _C_CD28 * is_cd28
         + _C_CRP_LOG2 * np.log2(np.maximum(labs["crp_mg_l"], 0.1) / _CRP_REF)
@@ -219,7 +213,7 @@ def generate_cohort(n: int = 2000, seed: int = 42) -> pd.DataFrame:
 
     # Optional labs "not measured": masked AFTER they drove the risk (the biology exists anyway).
     for name, by_product in _P_MISSING.items():
-        p_miss = _per_product(product, by_product)
+        p_miss = per_product(product, by_product)
         labs[name] = np.where(rng.random(n) < p_miss, np.nan, labs[name])
 
     features: dict[str, np.ndarray] = {
@@ -244,8 +238,8 @@ def generate_cohort(n: int = 2000, seed: int = 42) -> pd.DataFrame:
         ID_COLUMN: pd.Series([f"SYN-{i:06d}" for i in range(1, n + 1)], dtype=object)
     }
     for feature in FEATURES:
-        values = _clip(feature.name, features[feature.name])
-        columns[feature.name] = _as_series(feature.kind, values)
+        values = clip(feature.name, features[feature.name])
+        columns[feature.name] = as_series(feature.kind, values)
     columns[GRADE_COLUMN] = pd.Series(grade, dtype="int64")
     columns[_SEVERE_ICANS] = pd.Series(severe_icans, dtype=bool)
     columns[_SEVERE_CRS] = pd.Series(severe_crs, dtype=bool)
@@ -263,13 +257,13 @@ def oracle_auroc(df: pd.DataFrame) -> float:
 
 def _check_against_contract() -> None:
     """Fail loudly if the contract's categories or outcomes drift from what this generator uses."""
-    for name, used in _USED_CATEGORIES.items():
+    for name, used in USED_CATEGORIES.items():
         declared = set(FEATURES_BY_NAME[name].categories)
         if set(used) != declared:
             raise AssertionError(
                 f"{name}: generator uses {sorted(used)}, contract has {sorted(declared)}"
             )
-    for table in (_PRODUCT_MIX, _P_OVERT, _P_PRIOR_ALLO, _ICANS_INTERCEPT, _CRS_INTERCEPT):
+    for table in (PRODUCT_MIX, P_OVERT, P_PRIOR_ALLO, _ICANS_INTERCEPT, _CRS_INTERCEPT):
         if set(table) != set(FEATURES_BY_NAME["product"].categories):
             raise AssertionError("a per-product table does not cover the contract's products")
     optional = {f.name for f in FEATURES if not f.required}
@@ -277,7 +271,7 @@ def _check_against_contract() -> None:
         raise AssertionError(
             f"missingness table {sorted(_P_MISSING)} != optional features {sorted(optional)}"
         )
-    if any(set(t) != set(_PRODUCT_MIX) for t in _P_MISSING.values()):
+    if any(set(t) != set(PRODUCT_MIX) for t in _P_MISSING.values()):
         raise AssertionError("a missingness row does not cover the contract's products")
     if {_SEVERE_ICANS, _SEVERE_CRS} != set(OUTCOMES):
         raise AssertionError(f"outcomes drifted: {sorted(OUTCOMES)}")
@@ -285,116 +279,6 @@ def _check_against_contract() -> None:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
-
-
-def _choice(rng: np.random.Generator, probs: dict[str, float], size: int) -> np.ndarray:
-    """Categorical draw returning an object array of the dict's keys."""
-    keys = list(probs)
-    p = np.array([probs[k] for k in keys], dtype=float)
-    return np.array(keys, dtype=object)[rng.choice(len(keys), size=size, p=p / p.sum())]
-
-
-def _per_product(product: np.ndarray, table: dict[str, float]) -> np.ndarray:
-    """Row-wise lookup of a per-product scalar."""
-    out = np.full(product.size, np.nan)
-    for name, value in table.items():
-        out[product == name] = value
-    return out
-
-
-def _by_product(product: np.ndarray, draws: dict[str, np.ndarray]) -> np.ndarray:
-    """Row-wise pick of per-product draws (each drawn for all rows, so the stream is stable)."""
-    out = np.full(product.size, np.nan)
-    for name, values in draws.items():
-        mask = product == name
-        out[mask] = values[mask]
-    return out
-
-
-def _lognormal(rng: np.random.Generator, median: float, sigma: float, size: int) -> np.ndarray:
-    return median * np.exp(sigma * rng.standard_normal(size))
-
-
-def _draw_age(rng: np.random.Generator, product: np.ndarray) -> np.ndarray:
-    """Age by product (evidence: ELIANA median 11 y, 3-24; ZUMA-3 median 40, IQR 28-52;
-    FELIX median ~47)."""
-    n = product.size
-    paediatric = np.clip(_lognormal(rng, 11.0, 0.45, n), 1.0, 25.0)
-    brexu = np.clip(40.0 + 18.0 * rng.standard_normal(n), 18.0, 85.0)  # normal IQR +-12 = 28-52
-    obe = np.clip(47.0 + 16.0 * rng.standard_normal(n), 18.0, 85.0)
-    other_is_child = rng.random(n) < 0.35  # ASSUMPTION: academic trials enrol children and adults
-    adult = np.clip(38.0 + 16.0 * rng.standard_normal(n), 18.0, 85.0)
-    other = np.where(other_is_child, paediatric, adult)
-    age = _by_product(product, {_TISA: paediatric, _BREXU: brexu, _OBE: obe, _OTHER: other})
-    return np.round(age, 1)
-
-
-def _draw_dose(rng: np.random.Generator, product: np.ndarray) -> np.ndarray:
-    """CAR+ dose (10^6/kg) by product (evidence: Levine 2021; Shah 2021; FELIX; B-ALL
-    meta-analysis)."""
-    n = product.size
-    tisa = np.clip(_lognormal(rng, 3.0, 0.35, n), 0.2, 5.4)  # median 3.0 (0.2-5.4)
-    brexu = np.clip(_lognormal(rng, 1.0, 0.06, n), 0.8, 1.2)  # target 1e6/kg
-    # obe-cel: 410e6 cells total split dosing; per kg it varies with weight (ASSUMPTION: median
-    # 75 kg, 20% CV) -> median ~5.5e6/kg.
-    weight = _lognormal(rng, 75.0, 0.20, n)
-    obe = 410.0 / weight
-    other = np.clip(_lognormal(rng, 5.0, 0.9, n), 0.5, 67.0)  # meta-analysis median 5e6/kg (0.5-67)
-    return _by_product(product, {_TISA: tisa, _BREXU: brexu, _OBE: obe, _OTHER: other})
-
-
-def _draw_blasts(rng: np.random.Generator, product: np.ndarray) -> np.ndarray:
-    """Marrow blasts %: mixture of MRD-level (< 5%, mostly near 0) and overt disease (5-97%).
-
-    Evidence: Gust 2017 median 1.3% (range 0-97); ELIANA >= 5% at screening; FELIX ~60% > 20% [D].
-    """
-    n = product.size
-    overt = rng.random(n) < _per_product(product, _P_OVERT)
-    mrd_level = 5.0 * rng.beta(0.5, 4.0, n)
-    overt_level = 5.0 + 92.0 * rng.beta(1.3, 1.1, n)
-    return np.round(np.where(overt, overt_level, mrd_level), 2)
-
-
-def _draw_labs(
-    rng: np.random.Generator, blasts: np.ndarray, age: np.ndarray, prior_allo: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Correlated baseline labs: burden drives LDH up and platelets down; a shared latent
-    inflammation factor drives CRP, ferritin, IL-6 (and weakly IFN-g, IL-15).
-
-    Medians/IQRs follow the PrCRS day-0 table (evidence: Wei 2023, 202 B-ALL patients):
-    platelets 83.5 (26-141), LDH 163 (129-190), creatinine 46 umol/L = 0.52 mg/dL, CRP 5.7
-    (3.5-13.3), ferritin 456 (287-895), IL-6 5.2 (4.0-5.4).
-    """
-    n = blasts.size
-    # Standardised burden score: log1p(blasts) is ~0 for MRD-level, ~4.6 at 100%.
-    z_burden = (np.log1p(blasts) - 2.4) / 1.5
-    inflammation = 0.45 * z_burden + np.sqrt(1 - 0.45**2) * rng.standard_normal(n)
-
-    ldh = 165.0 * np.exp(0.28 * z_burden + 0.25 * rng.standard_normal(n))
-    platelets = np.minimum(100.0 * np.exp(-0.45 * z_burden + 0.75 * rng.standard_normal(n)), 1000.0)
-    # Creatinine: paediatric lower (ASSUMPTION: ~0.46 mg/dL at age 11, ~0.62 in adults) -> the
-    # mixed-cohort median lands near PrCRS's 0.52 mg/dL (46 umol/L / 88.42).
-    creat_median = 0.20 + 0.42 * np.clip(age, 1.0, 18.0) / 18.0
-    creatinine = creat_median * np.exp(0.22 * rng.standard_normal(n))
-    crp = 6.0 * np.exp(0.80 * inflammation + 0.45 * rng.standard_normal(n))
-    # Ferritin: inflammation plus transfusional iron after allo-HCT (ASSUMPTION: x1.4).
-    ferritin = 340.0 * np.exp(0.50 * inflammation + 0.62 * rng.standard_normal(n))
-    ferritin = ferritin * np.where(prior_allo, 1.4, 1.0)
-    il6 = 5.0 * np.exp(0.35 * inflammation + 0.30 * rng.standard_normal(n))
-    # IFN-g / IL-15 medians: ASSUMPTION (no ALL baseline values in the evidence); weak link to
-    # inflammation (and, for IL-15, to burden).
-    ifng = 8.0 * np.exp(0.15 * inflammation + 0.70 * rng.standard_normal(n))
-    il15 = 10.0 * np.exp(0.15 * inflammation + 0.10 * z_burden + 0.50 * rng.standard_normal(n))
-    return {
-        "ldh_u_l": np.round(ldh, 0),
-        "crp_mg_l": np.round(crp, 1),
-        "platelets_10e9_l": np.round(platelets, 0),
-        "creatinine_mg_dl": np.round(creatinine, 2),
-        "ferritin_ng_ml": np.round(ferritin, 0),
-        "il6_pg_ml": np.round(il6, 1),
-        "ifng_pg_ml": np.round(ifng, 1),
-        "il15_pg_ml": np.round(il15, 1),
-    }
 
 
 def _correlated_normals(
@@ -417,23 +301,3 @@ def _draw_grade(rng: np.random.Generator, severe: np.ndarray, p_true: np.ndarray
     mild = np.where(u < p_any_mild, np.where(rng.random(n) < 0.45, 2, 1), 0)
     severe_grade = np.where(rng.random(n) < 0.12 + 0.2 * p_true, 4, 3)
     return np.where(severe, severe_grade, mild).astype(np.int64)
-
-
-def _clip(name: str, values: np.ndarray) -> np.ndarray:
-    """Clip floats into the contract's hard range (NaN stays NaN); other kinds pass through."""
-    feature = FEATURES_BY_NAME[name]
-    if feature.kind != "float":
-        return values
-    low = feature.min if feature.min is not None else -np.inf
-    if feature.min_exclusive:
-        low = np.nextafter(low, np.inf)
-    high = feature.max if feature.max is not None else np.inf
-    return np.clip(values.astype(float), low, high)
-
-
-def _as_series(kind: str, values: np.ndarray) -> pd.Series:
-    if kind == "float":
-        return pd.Series(values, dtype="float64")
-    if kind == "bool":
-        return pd.Series(values, dtype=bool)
-    return pd.Series(values, dtype=object)

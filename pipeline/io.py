@@ -2,23 +2,22 @@
 
 Patient values never appear in an error report: a report names the column, the rule and the
 file rows. The rejected rows themselves go only to a quarantine file the user asked for.
+
+`read_cohort` is the sequence; each step lives in the module named for it: `pipeline.io_table`
+(the file as a table of text), `pipeline.io_parse` (text cells to typed values), `pipeline.schema`
+(the rules) and `pipeline.io_report` (the error and the report). Here: the columns, the rules'
+failures in words, and the quarantine.
 """
 
 from __future__ import annotations
 
-import codecs
-import hashlib
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as arrow
-import pyarrow.compute as pc
-import pyarrow.csv as arrow_csv
-from pandas._libs.parsers import STR_NA_VALUES
 
 from pipeline.contract import (
     FEATURES,
@@ -27,76 +26,28 @@ from pipeline.contract import (
     ID_COLUMN,
     OUTCOMES,
 )
+from pipeline.io_parse import parse, typed
+from pipeline.io_report import CohortError, ValidationReport
+from pipeline.io_table import file_sha256, read_table
 from pipeline.schema import cohort_schema
+
+# Re-exported: the CLI, the pipeline and the tests import the reader's names from pipeline.io.
+__all__ = [
+    "KNOWN_COLUMNS",
+    "Cohort",
+    "CohortError",
+    "ValidationReport",
+    "file_sha256",
+    "read_cohort",
+    "read_table",
+    "validate",
+]
 
 log = logging.getLogger(__name__)
 
 KNOWN_COLUMNS: frozenset[str] = frozenset(
     {ID_COLUMN, GRADE_COLUMN, "p_true", *OUTCOMES, *(f.name for f in FEATURES)}
 )
-BOOL_COLUMNS: tuple[str, ...] = tuple(
-    [f.name for f in FEATURES if f.kind == "bool"] + list(OUTCOMES)
-)
-NUMERIC_COLUMNS: tuple[str, ...] = tuple(
-    [f.name for f in FEATURES if f.kind == "float"] + [GRADE_COLUMN, "p_true"]
-)
-_TRUE = {"true", "t", "yes", "y", "1", "1.0"}
-_FALSE = {"false", "f", "no", "n", "0", "0.0"}
-_TRUE_TEXT = arrow.array(sorted(_TRUE), type=arrow.string())
-_FALSE_TEXT = arrow.array(sorted(_FALSE), type=arrow.string())
-MAX_REPORTED_ROWS = 5
-MAX_REPORT_LINES = 50
-
-
-class CohortError(Exception):
-    """A cohort file that cannot be used; the message is safe to show (no patient values)."""
-
-    def __init__(self, message: str, report: "ValidationReport | None" = None):
-        super().__init__(message)
-        self.report = report
-
-
-@dataclass
-class ValidationReport:
-    """Failures as (row, column, rule); `row` is the 1-based data row (file line minus header)."""
-
-    failures: pd.DataFrame = field(
-        default_factory=lambda: pd.DataFrame(columns=["row", "column", "rule"])
-    )
-    n_rows: int = 0
-    ignored_columns: list[str] = field(default_factory=list)
-
-    @property
-    def invalid_rows(self) -> np.ndarray:
-        return np.sort(self.failures["row"].unique())
-
-    @property
-    def ok(self) -> bool:
-        return self.failures.empty
-
-    def summary(self) -> str:
-        if self.ok:
-            return f"{self.n_rows} rows, all valid"
-        lines = [
-            f"{len(self.invalid_rows)} of {self.n_rows} rows are invalid "
-            f"({len(self.failures)} failures):"
-        ]
-        grouped = self.failures.groupby(["column", "rule"], sort=True)["row"]
-        for i, ((column, rule), rows) in enumerate(grouped):
-            if i >= MAX_REPORT_LINES:
-                lines.append(f"  ... and {grouped.ngroups - MAX_REPORT_LINES} more column/rule pairs")
-                break
-            shown = ", ".join(str(r) for r in sorted(rows)[:MAX_REPORTED_ROWS])
-            more = f" and {len(rows) - MAX_REPORTED_ROWS} more" if len(rows) > MAX_REPORTED_ROWS else ""
-            lines.append(f"  column '{column}': {rule}: {len(rows)} rows (rows {shown}{more})")
-        return "\n".join(lines)
-
-    def reasons_by_row(self) -> pd.Series:
-        return (
-            self.failures.assign(reason=self.failures["column"] + ": " + self.failures["rule"])
-            .groupby("row")["reason"]
-            .agg("; ".join)
-        )
 
 
 @dataclass
@@ -108,108 +59,6 @@ class Cohort:
     rejected: pd.DataFrame
     sha256: str | None = None
     source: str | None = None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """Read CSV or Parquet as strings (CSV) so that parsing is ours and every cell is checked."""
-    path = Path(path)
-    if not path.exists():
-        raise CohortError(f"cohort file not found: {path}")
-    if path.stat().st_size == 0:
-        raise CohortError(f"cohort file is empty: {path}")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".parquet", ".pq"):
-            # a stored pandas index (e.g. patient_id) becomes a column; rows count from 1 again
-            df = pd.read_parquet(path)
-            df = df.reset_index(drop=df.index.name is None)
-        elif suffix in (".csv", ".txt", ""):
-            first = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0]
-            header = first.astype(str).str.strip()
-            dupes = sorted(set(header[header.duplicated()]))
-            if dupes:
-                raise CohortError(f"duplicate column names: {', '.join(dupes)}")
-            # blank lines are kept and then dropped, so that reported rows match the file
-            df = _read_csv_arrow(path, first)
-            if df is None:
-                df = pd.read_csv(
-                    path, dtype=str, keep_default_na=True, skipinitialspace=True, skip_blank_lines=False
-                )
-            df = df.dropna(how="all")
-        else:
-            raise CohortError(f"unsupported cohort file type '{suffix}': use .csv or .parquet")
-    except CohortError:
-        raise
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
-        raise CohortError(
-            f"could not read {path.name} as {suffix.lstrip('.') or 'csv'}: {type(exc).__name__}"
-            + _delimiter_hint(path)
-        ) from None
-    if df.empty:
-        raise CohortError(f"cohort file has no data rows: {path}")
-    df.columns = [str(c).strip() for c in df.columns]
-    return df
-
-
-_NA_TEXT = sorted(STR_NA_VALUES)  # what keep_default_na=True means
-
-
-def _read_csv_arrow(path: Path, first: pd.Series) -> pd.DataFrame | None:
-    """The frame the pandas read in `read_table` gives, read by pyarrow's multi-threaded parser.
-
-    Every cell stays text (`str` dtype), pandas' default NA strings and empty cells are missing,
-    and a blank line stays an all-missing row. Returns None, and pandas reads the file instead,
-    whenever pyarrow might read it differently: a field starting with a space (pandas skips it),
-    a blank or unnamed header, a line break in a header name, rows with another number of fields
-    than the header, or anything pyarrow cannot parse (its errors are not ours to report).
-    """
-    if first.isna().any() or first.str.contains("[\r\n]", regex=True).any():
-        return None
-    data = path.read_bytes()
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8) :]
-    if data[:1] in (b"\r", b"\n"):
-        return None
-    if b" " in data and (data[:1] == b" " or b", " in data or b"\n " in data or b"\r " in data):
-        return None
-    names = [f"c{i}" for i in range(len(first))]
-    try:
-        table = arrow_csv.read_csv(
-            arrow.py_buffer(data),
-            read_options=arrow_csv.ReadOptions(column_names=names, skip_rows=1),
-            parse_options=arrow_csv.ParseOptions(newlines_in_values=True, ignore_empty_lines=False),
-            convert_options=arrow_csv.ConvertOptions(
-                column_types=dict.fromkeys(names, arrow.string()),
-                null_values=_NA_TEXT,  # quoted or not, as pandas
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=True,
-            ),
-        )
-    except (arrow.ArrowException, ValueError, OSError):
-        return None
-    df = table.to_pandas()
-    df.columns = list(first)
-    return df
-
-
-def _delimiter_hint(path: Path) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            first = fh.readline()
-    except OSError:
-        return ""
-    for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
-        if first.count(sep) > first.count(","):
-            return f" (the file seems to use {name} as the delimiter; a comma is expected)"
-    return ""
 
 
 def _check_columns(df: pd.DataFrame, outcome: str | None, require_id: bool) -> list[str]:
@@ -228,133 +77,6 @@ def _check_columns(df: pd.DataFrame, outcome: str | None, require_id: bool) -> l
             hint = " (the file seems to use another delimiter than a comma: a comma is expected)"
         raise CohortError(f"missing required columns: {', '.join(missing)}{hint}")
     return sorted(c for c in df.columns if c not in KNOWN_COLUMNS)
-
-
-def _arrow_text(col: pd.Series) -> arrow.Array | arrow.ChunkedArray | None:
-    """The column as Arrow strings if it is pandas' Arrow-backed text (every CSV read), else None."""
-    dtype = col.dtype
-    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
-        return arrow.array(col.array)
-    return None
-
-
-def _bad_rows(index: pd.Index, bad: np.ndarray, col: str, rule: str) -> list[tuple[int, str, str]]:
-    return [(int(idx), col, rule) for idx in index[bad]]
-
-
-def _parse_number(out: pd.DataFrame, col: str) -> list[tuple[int, str, str]]:
-    raw = out[col]
-    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
-        out[col] = raw.astype(float)
-        return []
-    rule = "must be a number (use '.' as the decimal separator)"
-    arr = _arrow_text(raw)
-    if arr is not None:
-        # Arrow parses every number pandas.to_numeric parses, to the same double; if a cell is
-        # not a number the cast fails and pandas below finds which (tests compare the two)
-        try:  # usually every cell is a bare number; else strip them, as pandas below
-            text = arr
-            values = pc.cast(text, arrow.float64()).to_numpy(zero_copy_only=False)
-        except (arrow.ArrowInvalid, arrow.ArrowNotImplementedError):
-            text = pc.utf8_trim_whitespace(arr)
-            text = pc.if_else(pc.equal(text, ""), arrow.scalar(None, arrow.string()), text)
-            try:
-                values = pc.cast(text, arrow.float64()).to_numpy(zero_copy_only=False)
-            except (arrow.ArrowInvalid, arrow.ArrowNotImplementedError):
-                values = None
-        if values is not None:
-            # a text like 'NaN' parses (pandas reads it as missing): not a number either way
-            bad = pc.is_valid(text).to_numpy(zero_copy_only=False) & np.isnan(values)
-            out[col] = np.array(values, dtype=float)  # Arrow's buffer may be read-only
-            return _bad_rows(out.index, bad, col, rule)
-    text = raw.astype("string").str.strip()
-    parsed = pd.to_numeric(text, errors="coerce")
-    bad = (text.notna() & (text != "") & parsed.isna()).to_numpy()
-    out[col] = parsed.astype(float)
-    return _bad_rows(out.index, bad, col, rule)
-
-
-def _parse_bool(out: pd.DataFrame, col: str) -> list[tuple[int, str, str]]:
-    raw = out[col]
-    if pd.api.types.is_bool_dtype(raw):
-        out[col] = raw.astype(object)
-        return []
-    arr = _arrow_text(raw)
-    if arr is not None:
-        text = pc.utf8_lower(pc.utf8_trim_whitespace(arr))
-        true = pc.is_in(text, value_set=_TRUE_TEXT).to_numpy(zero_copy_only=False)
-        false = pc.is_in(text, value_set=_FALSE_TEXT).to_numpy(zero_copy_only=False)
-        present = pc.and_(pc.is_valid(text), pc.not_equal(text, "")).fill_null(False)
-        bad = present.to_numpy(zero_copy_only=False) & ~true & ~false
-    else:
-        text = raw.astype("string").str.strip().str.lower()
-        true = text.isin(_TRUE).to_numpy()
-        false = text.isin(_FALSE).to_numpy()
-        bad = (text.notna() & (text != "")).to_numpy() & ~true & ~false
-    parsed = np.full(len(raw), None, dtype=object)
-    parsed[false] = False
-    parsed[true] = True
-    out[col] = pd.Series(parsed, index=out.index, dtype=object)
-    return _bad_rows(out.index, bad, col, "must be true or false")
-
-
-def _stripped_objects(col: pd.Series, few_values: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
-    """Stripped text as an object array (None where missing) and where it is empty; Arrow text only.
-
-    `few_values`: a column of a few distinct values (categories) is converted through its
-    dictionary, which makes one Python string per value rather than one per row.
-    """
-    arr = _arrow_text(col)
-    if arr is None:
-        return None
-    text = pc.utf8_trim_whitespace(arr)
-    if few_values:
-        levels = pc.unique(text).drop_null()
-        lookup = np.empty(len(levels) + 1, dtype=object)
-        lookup[: len(levels)] = levels.to_pylist()
-        lookup[len(levels)] = None  # missing
-        codes = pc.index_in(text, value_set=levels).fill_null(len(levels)).to_numpy(zero_copy_only=False)
-        values = lookup[codes]
-        empty = (lookup == "")[codes]
-        return values, empty
-    empty = pc.equal(text, "").fill_null(False).to_numpy(zero_copy_only=False)
-    return text.to_numpy(zero_copy_only=False), empty
-
-
-def _parse(df: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int, str, str]]]:
-    """Turn text cells into typed values; unparseable cells become failures (never values).
-
-    Text read from a file (pandas' Arrow-backed `str` columns) is parsed with Arrow compute;
-    anything else (frames built in code, Parquet) with pandas, to the same values and failures.
-    """
-    out = df.copy()
-    failures: list[tuple[int, str, str]] = []
-    for col in NUMERIC_COLUMNS:
-        if col in out:
-            failures.extend(_parse_number(out, col))
-    for col in BOOL_COLUMNS:
-        if col in out:
-            failures.extend(_parse_bool(out, col))
-    for f in FEATURES:
-        if f.kind == "category" and f.name in out:
-            fast = _stripped_objects(out[f.name], few_values=True)
-            if fast is not None:
-                values, empty = fast
-                values[empty] = pd.NA  # as below: an empty cell is NA, a missing one None
-                out[f.name] = pd.Series(values, index=out.index, dtype=object)
-                continue
-            text = out[f.name].astype("string").str.strip()
-            out[f.name] = text.where(text != "", pd.NA).astype(object).where(text.notna(), None)
-    if ID_COLUMN in out:
-        fast = _stripped_objects(out[ID_COLUMN])
-        if fast is not None:
-            values, empty = fast
-            values[empty] = None
-            out[ID_COLUMN] = pd.Series(values, index=out.index, dtype=object)
-        else:
-            ids = out[ID_COLUMN].astype("string").str.strip()
-            out[ID_COLUMN] = ids.astype(object).where(ids.notna() & (ids != ""), None)
-    return out, failures
 
 
 def _rule_text(column: str, check: str) -> str:
@@ -389,7 +111,7 @@ def validate(
             stacklevel=2,
         )
         df = df.drop(columns=ignored)
-    parsed, parse_failures = _parse(df)
+    parsed, parse_failures = parse(df)
     rows: list[tuple[int, str, str]] = list(parse_failures)
     rows.extend(_schema_failures(parsed, outcome, require_id))  # pandera reports every failure
     failures = pd.DataFrame(rows, columns=["idx", "column", "rule"])
@@ -401,7 +123,7 @@ def validate(
         n_rows=len(df),
         ignored_columns=ignored,
     )
-    return _typed(parsed), report
+    return typed(parsed), report
 
 
 def _schema_failures(
@@ -435,34 +157,6 @@ def _schema_failures(
                 rule = _rule_text(column, check)
             rows.append((idx, column, rule))
     return rows
-
-
-def _as_boolean(col: pd.Series) -> pd.Series:
-    """col.astype("boolean"), built directly for the parsed form (objects True / False / None)."""
-    values = col.to_numpy()
-    if col.dtype == object and pd.api.types.infer_dtype(values, skipna=True) == "boolean":
-        if pd.api.types.infer_dtype(values, skipna=False) == "boolean":  # none missing
-            return pd.Series(
-                pd.arrays.BooleanArray(values.astype(bool), np.zeros(len(values), dtype=bool)),
-                index=col.index,
-                name=col.name,
-            )
-        missing = pd.isna(values)
-        data = np.zeros(len(values), dtype=bool)
-        data[~missing] = values[~missing].astype(bool)
-        return pd.Series(pd.arrays.BooleanArray(data, missing), index=col.index, name=col.name)
-    return col.astype("boolean")
-
-
-def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    out = df.copy(deep=False)  # columns are replaced, never written into
-    for col in BOOL_COLUMNS:
-        if col in out:
-            out[col] = _as_boolean(out[col])
-    for f in FEATURES:
-        if f.kind == "float" and f.name not in out:
-            out[f.name] = np.nan  # an optional column absent from the file
-    return out
 
 
 def read_cohort(

@@ -76,7 +76,7 @@ def monitor(settings: Any, rows: Iterable[dict[str, Any]], since: datetime | Non
     from pipeline.features import encode_frame
     from pipeline.monitoring import drift_tests, explanation_drift
     from pipeline.registry import load_bundle, resolve
-    from pipeline.train import setup_mlflow
+    from pipeline.tracking import setup_mlflow
 
     mlflow.set_tracking_uri(settings.tracking_uri)
     resolved = resolve(MlflowClient(), settings.resolved_model_uri)

@@ -180,14 +180,14 @@ class Calibration:
 
 def calibration_now(y: np.ndarray, p: np.ndarray, seed: int = 0) -> Calibration:
     """O/E, intercept, slope, AUROC and Brier with 95% bootstrap intervals; the O - E CUSUM."""
+    from pipeline.bootstrap import bootstrap_indices
     from pipeline.evidence import calibration_intervals, discrimination_with_ci
     from pipeline.metrics import brier, calibration_slope_intercept
 
     y, p = np.asarray(y, dtype=int), np.asarray(p, dtype=float)
     figures: dict[str, float] = {"n": float(len(y)), "events": float(y.sum()), "expected_events": float(p.sum())}
     figures["observed_expected"] = float(y.sum() / p.sum()) if p.sum() > 0 else float("nan")
-    rng = np.random.default_rng(seed)
-    oe = [y[i].sum() / p[i].sum() for i in (rng.integers(0, len(y), len(y)) for _ in range(1000)) if p[i].sum() > 0]
+    oe = [y[i].sum() / p[i].sum() for i in bootstrap_indices(len(y), 1000, seed) if p[i].sum() > 0]
     figures["observed_expected_ci_low"], figures["observed_expected_ci_high"] = (
         (float(np.quantile(oe, 0.025)), float(np.quantile(oe, 0.975))) if len(y) else (np.nan, np.nan))
     if 0 < y.sum() < len(y):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 
 # Series keys as the evidence and training code name them (pipeline.evidence: MODEL, EASIX, ...;
-# pipeline.train: the candidate families).
+# models.candidates: the candidate families, the keys of CANDIDATES; not imported from there, which
+# would load scikit-learn into the service: tests/code/test_style_families.py checks they agree).
 MODEL = "model"
 EASIX = "easix"
 M_EASIX = "m_easix"

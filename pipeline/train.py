@@ -32,20 +32,15 @@ from pipeline.contract import FEATURES, OUTCOMES
 from pipeline.features import encode_frame
 from pipeline.io import Cohort
 from pipeline.loading import load_cohort
-from pipeline.promote import promote, promote_if_allowed
+from pipeline.promote import promote_if_allowed
 from pipeline.registry import champion
 from pipeline.runs import end_interrupted, heartbeat, mark_alive, sweep
 from pipeline.settings import Settings
-from pipeline.tracking import git_commit, log_bundle_version, setup_mlflow
+from pipeline.tracking import log_bundle_version, setup_mlflow
 from pipeline.tuning import build_bundle, choose, tune_candidates
 from pipeline.validation import SPLIT, Design, check_trainable, choose_design
 
 log = logging.getLogger(__name__)
-
-# Re-exported for pipeline.update, pipeline.monitor and pipeline.cli, which import them from here
-# (their homes: pipeline.tracking, pipeline.compare, pipeline.promote).
-_promote = promote
-__all__ = ["TrainResult", "git_commit", "log_bundle_version", "quality_gate", "setup_mlflow", "train"]
 
 
 @dataclass

@@ -35,7 +35,7 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import RandomizedSearchCV, StratifiedKFold, cross_val_predict
 
-from models.calibration import PlattOnMargin
+from models.calibration import PlattOnMargin, risk_of
 from models.candidates import (
     CANDIDATES,
     TREE_FAMILIES,
@@ -167,7 +167,7 @@ class Fitted:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         margin = _logit(self.estimator.predict_proba(X)[:, 1])
-        return 1 / (1 + np.exp(-self.platt.transform(margin)))
+        return risk_of(self.platt.transform(margin))
 
 
 def fit_procedure(
@@ -185,7 +185,7 @@ def fit_procedure(
     cv = StratifiedKFold(cv_folds, shuffle=True, random_state=seed)
     oof = cross_val_predict(clone(best), X, y, cv=cv, method="predict_proba")[:, 1]
     platt = PlattOnMargin().fit(_logit(oof), y)
-    oof_risk = 1 / (1 + np.exp(-platt.transform(_logit(oof))))
+    oof_risk = risk_of(platt.transform(_logit(oof)))
     return Fitted(chosen, tuned[chosen]["params"], clone(best).fit(X, y), platt, oof_risk, tuned)
 
 

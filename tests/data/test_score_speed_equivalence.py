@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 
 import pipeline.io as io
+import pipeline.io_parse as io_parse
+import pipeline.io_table as io_table
 import pipeline.score as score
 from pipeline.cohort import generate_cohort
 from pipeline.contract import FEATURE_NAMES, FEATURES, GRADE_COLUMN, ID_COLUMN
@@ -29,7 +31,7 @@ N = 60
 def reference_parse(df: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int, str, str]]]:
     out = df.copy()
     failures: list[tuple[int, str, str]] = []
-    for col in io.NUMERIC_COLUMNS:
+    for col in io_parse.NUMERIC_COLUMNS:
         if col not in out:
             continue
         raw = out[col]
@@ -42,7 +44,7 @@ def reference_parse(df: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int, str
         for idx in out.index[bad.to_numpy()]:
             failures.append((int(idx), col, "must be a number (use '.' as the decimal separator)"))
         out[col] = parsed.astype(float)
-    for col in io.BOOL_COLUMNS:
+    for col in io_parse.BOOL_COLUMNS:
         if col not in out:
             continue
         raw = out[col]
@@ -51,7 +53,7 @@ def reference_parse(df: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int, str
             continue
         text = raw.astype("string").str.strip().str.lower()
         parsed = pd.Series(
-            np.where(text.isin(io._TRUE), True, np.where(text.isin(io._FALSE), False, None)),
+            np.where(text.isin(io_parse._TRUE), True, np.where(text.isin(io_parse._FALSE), False, None)),
             index=out.index,
             dtype=object,
         )
@@ -117,7 +119,7 @@ def cohort_df() -> pd.DataFrame:
 
 
 def _pandas_only(monkeypatch) -> None:
-    monkeypatch.setattr(io, "_read_csv_arrow", lambda path, first: None)
+    monkeypatch.setattr(io_table, "_read_csv_arrow", lambda path, first: None)
 
 
 def _read_both(path, monkeypatch):
@@ -128,7 +130,7 @@ def _read_both(path, monkeypatch):
             if slow:
                 _pandas_only(m)
             try:
-                results.append(io.read_table(path))
+                results.append(io_table.read_table(path))
             except Exception as exc:  # compared below, type and message
                 results.append(exc)
     return results
@@ -201,7 +203,7 @@ def test_arrow_reader_reads_like_pandas(case: str, tmp_path, monkeypatch) -> Non
         first = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0]
     except Exception:
         first = None
-    used_arrow = first is not None and io._read_csv_arrow(path, first) is not None
+    used_arrow = first is not None and io_table._read_csv_arrow(path, first) is not None
     assert used_arrow == (case in ARROW_CASES)
 
 
@@ -220,7 +222,7 @@ def test_generated_cohort_takes_the_arrow_path_and_reads_the_same(cohort_df, tmp
     path = tmp_path / "cohort.csv"
     cohort_df.to_csv(path, index=False)
     first = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0]
-    assert io._read_csv_arrow(path, first) is not None
+    assert io_table._read_csv_arrow(path, first) is not None
     _assert_same(*_read_both(path, monkeypatch))
     fast = io.read_cohort(path, "severe_icans")
     with monkeypatch.context() as m:
@@ -271,9 +273,9 @@ ID_TEXT = ["a", " a ", "b", "", "   ", None, "c d"]
 def _text_frame(n: int, seed: int, dtype) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     columns = {}
-    for col in io.NUMERIC_COLUMNS:
+    for col in io_parse.NUMERIC_COLUMNS:
         columns[col] = rng.choice(np.array(NUMBER_TEXT, dtype=object), n)
-    for col in io.BOOL_COLUMNS:
+    for col in io_parse.BOOL_COLUMNS:
         columns[col] = rng.choice(np.array(BOOL_TEXT, dtype=object), n)
     for f in FEATURES:
         if f.kind == "category":
@@ -286,7 +288,7 @@ def _text_frame(n: int, seed: int, dtype) -> pd.DataFrame:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_parse_equals_the_reference(dtype, seed: int) -> None:
     df = _text_frame(400, seed, dtype)
-    parsed, failures = io._parse(df)
+    parsed, failures = io_parse.parse(df)
     ref_parsed, ref_failures = reference_parse(df)
     pd.testing.assert_frame_equal(parsed, ref_parsed, check_exact=True)
     assert failures == ref_failures
@@ -294,7 +296,7 @@ def test_parse_equals_the_reference(dtype, seed: int) -> None:
 
 def test_parse_of_typed_frames_equals_the_reference(cohort_df: pd.DataFrame) -> None:
     for df in (cohort_df, cohort_df.assign(severe_icans=cohort_df["severe_icans"].astype("boolean"))):
-        parsed, failures = io._parse(df)
+        parsed, failures = io_parse.parse(df)
         ref_parsed, ref_failures = reference_parse(df)
         pd.testing.assert_frame_equal(parsed, ref_parsed, check_exact=True)
         assert failures == ref_failures == []
@@ -305,7 +307,7 @@ def test_numbers_parse_to_the_same_doubles() -> None:
     x = rng.random(20_000) * 10.0 ** rng.integers(-6, 7, 20_000)
     text = [repr(float(v)) for v in x] + [f"{v:.17g}" for v in x] + [f"{v:.25e}" for v in x[:5000]]
     df = pd.DataFrame({"ldh_u_l": pd.Series(text, dtype="str")})
-    parsed, failures = io._parse(df)
+    parsed, failures = io_parse.parse(df)
     ref_parsed, ref_failures = reference_parse(df)
     np.testing.assert_array_equal(parsed["ldh_u_l"].to_numpy(), ref_parsed["ldh_u_l"].to_numpy())
     assert failures == ref_failures == []
@@ -314,7 +316,7 @@ def test_numbers_parse_to_the_same_doubles() -> None:
 @pytest.mark.parametrize("values", [[True, False, None], [True, pd.NA, False], [np.True_, None], [None, None]])
 def test_booleans_are_typed_like_astype(values) -> None:
     col = pd.Series(values * 5, dtype=object)
-    pd.testing.assert_series_equal(io._as_boolean(col), col.astype("boolean"), check_exact=True)
+    pd.testing.assert_series_equal(io_parse._as_boolean(col), col.astype("boolean"), check_exact=True)
 
 
 # --- validation: the vectorised check never passes what pandera rejects -----------------------
@@ -329,7 +331,7 @@ def _parsed(cohort_df: pd.DataFrame) -> pd.DataFrame:
 
 def _awkward_frames(cohort_df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     validated = _parsed(cohort_df)
-    typed = io._typed(validated)
+    typed = io_parse.typed(validated)
     odd = typed.copy()
     odd["sex"] = odd["sex"].astype(object)
     odd.loc[1, "sex"] = None
@@ -389,7 +391,7 @@ class _RowWiseBundle:
 
 @pytest.mark.parametrize("n", [0, 1, score.CHUNK, 2 * score.CHUNK + 3])
 def test_score_frame_equals_the_reference(n: int) -> None:
-    df = io._typed(_parsed(generate_cohort(max(n, 10), seed=3)).iloc[:n])
+    df = io_parse.typed(_parsed(generate_cohort(max(n, 10), seed=3)).iloc[:n])
     df.index = pd.Index(np.arange(n) * 3 + 1)  # what --on-invalid drop leaves is reindexed; any index works
     bundle = _RowWiseBundle()
     pd.testing.assert_frame_equal(score.score_frame(bundle, df), reference_score_frame(bundle, df), check_exact=True)
