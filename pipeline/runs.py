@@ -78,7 +78,7 @@ def end_interrupted(client: MlflowClient, parent_run_id: str, why: str) -> None:
 
 
 def _process_gone(host: str | None, pid: str | None) -> bool:
-    if host != socket.gethostname() or not (pid or "").isdigit():
+    if host != socket.gethostname() or pid is None or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
