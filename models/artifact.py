@@ -98,7 +98,7 @@ class ModelBundle:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Calibrated risk without the explanation (bulk evaluation), from the library's own margin."""
-        self.estimator  # noqa: B018 - loads (and attaches to the explainer) a lazily loaded estimator
+        self.estimator  # loads (and attaches to the explainer) a lazily loaded estimator
         margin = self.explainer.margin(X)
         return risk_of(calibrated_log_odds(margin, self.calibration_intercept, self.calibration_slope))
 

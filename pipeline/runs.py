@@ -15,7 +15,8 @@ import signal
 import socket
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from types import FrameType
+from typing import Iterator, NoReturn
 
 import mlflow
 from mlflow import MlflowClient
@@ -38,7 +39,7 @@ def now_text() -> str:
 @contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """Turn SIGTERM into TrainingInterrupted for the duration (SIGINT already is KeyboardInterrupt)."""
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum: int, frame: FrameType | None) -> NoReturn:
         raise TrainingInterrupted(f"signal {signal.Signals(signum).name}")
 
     try:
