@@ -88,9 +88,11 @@ test: install browser lint
 test-fast: install
 	$(BIN)/python -m pytest tests/code tests/data -m "not slow" -q
 
-# Pyflakes-level checks (pyproject.toml [tool.ruff]) and the layer rule (tests/code/test_layers.py).
+# Pyflakes-level checks (pyproject.toml [tool.ruff]), types (mypy on pipeline, models, serving:
+# pyproject.toml [tool.mypy]) and the layer rule (tests/code/test_layers.py).
 lint: install
 	$(BIN)/ruff check pipeline models serving bench tests
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/code/test_layers.py
 
 # Headless Chromium and its driver for tests/e2e/test_browser.py, from Debian's packages (needs root

@@ -76,7 +76,7 @@ class ModelBundle:
             if self._trees is not None:
                 explainer = TreeExplainer.from_trees(self.kind, self._trees, nthread=self.nthread)
                 if self.__dict__.get("_estimator") is not None:
-                    explainer.attach(self._estimator)
+                    explainer.attach(self.__dict__["_estimator"])
             else:
                 explainer = TreeExplainer(self.kind, self.estimator, nthread=self.nthread)
             self._explainer = explainer
@@ -98,7 +98,7 @@ class ModelBundle:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Calibrated risk without the explanation (bulk evaluation), from the library's own margin."""
-        self.estimator  # noqa: B018 - loads (and attaches to the explainer) a lazily loaded estimator
+        self.estimator  # loads (and attaches to the explainer) a lazily loaded estimator
         margin = self.explainer.margin(X)
         return risk_of(calibrated_log_odds(margin, self.calibration_intercept, self.calibration_slope))
 
@@ -193,13 +193,14 @@ def _get_estimator(self: ModelBundle) -> Any:
 
 def _set_estimator(self: ModelBundle, estimator: Any) -> None:
     self.__dict__["_estimator"] = estimator
-    if estimator is not None and self.__dict__.get("_explainer") is not None:
-        self._explainer.attach(estimator)
+    explainer = self.__dict__.get("_explainer")
+    if estimator is not None and explainer is not None:
+        explainer.attach(estimator)
 
 
 # `estimator` stays a constructor argument and an attribute, but reading it loads a lazily loaded
 # booster (the dataclass __init__ assigns through the setter)
-ModelBundle.estimator = property(_get_estimator, _set_estimator)  # type: ignore[assignment]
+ModelBundle.estimator = property(_get_estimator, _set_estimator)
 
 
 def _load_booster(source: Path | bytearray, nthread: int) -> Any:

@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from models.ensemble_kernels import ARRAYS as _ARRAYS
+from models.ensemble_kernels import KernelArrays
 from models.ensemble_kernels import margins as _margins
 from models.ensemble_kernels import summary as _summary
 from models.ensemble_kernels import summary_blocks as _summary_blocks
@@ -146,8 +147,10 @@ class MarginEnsemble:
             X = X.astype(np.float32).astype(np.float64)
         return np.ascontiguousarray(X)
 
-    def _args(self) -> tuple[np.ndarray, ...]:
-        return tuple(getattr(self, k) for k in _ARRAYS)
+    def _args(self) -> KernelArrays:
+        """The arrays in `_ARRAYS` order, as a tuple of known length (so that the kernels' calls are checked)."""
+        return (self.const, self.cuts, self.cut_start, self.main, self.main_start, self.tree_model, self.model_start,
+                self.node_feature, self.node_cut, self.leaf_value)
 
     def margins(self, X: np.ndarray) -> np.ndarray:
         """(n, B) calibrated log-odds of every model for every row."""

@@ -15,6 +15,9 @@ from numba import njit, prange
 
 ARRAYS = ("const", "cuts", "cut_start", "main", "main_start", "tree_model", "model_start", "node_feature", "node_cut",
           "leaf_value")
+# The same ten arrays as a type: what `MarginEnsemble._args` hands to every kernel.
+KernelArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                     np.ndarray, np.ndarray]
 HUGE = 2147483647  # the bin of NaN at a node that sends NaN right: above every cut
 
 
@@ -38,7 +41,7 @@ def _bin(x: float, cuts: np.ndarray, lo: int, hi: int, strict_less: bool) -> int
 # main_start, tree_model, model_start, node_feature, node_cut, leaf_value).
 
 @njit(cache=True, fastmath=True)
-def _segment_d2(bins, nf, nc, lv, lo, hi):
+def _segment_d2(bins: np.ndarray, nf: np.ndarray, nc: np.ndarray, lv: np.ndarray, lo: int, hi: int) -> float:
     """Sum over trees lo:hi (complete, depth 2) of the leaf each reaches; vectorised over trees."""
     s = 0.0
     for t in range(lo, hi):
@@ -49,7 +52,7 @@ def _segment_d2(bins, nf, nc, lv, lo, hi):
 
 
 @njit(cache=True, fastmath=True)
-def _segment_d3(bins, nf, nc, lv, lo, hi):
+def _segment_d3(bins: np.ndarray, nf: np.ndarray, nc: np.ndarray, lv: np.ndarray, lo: int, hi: int) -> float:
     s = 0.0
     for t in range(lo, hi):
         v3 = lv[1, t] if bins[nf[3, t]] > nc[3, t] else lv[0, t]
@@ -63,7 +66,7 @@ def _segment_d3(bins, nf, nc, lv, lo, hi):
 
 
 @njit(cache=True)
-def _segment_walk(bins, nf, nc, lv, lo, hi):
+def _segment_walk(bins: np.ndarray, nf: np.ndarray, nc: np.ndarray, lv: np.ndarray, lo: int, hi: int) -> float:
     n_inner = nf.shape[0]
     s = 0.0
     for t in range(lo, hi):
@@ -75,7 +78,9 @@ def _segment_walk(bins, nf, nc, lv, lo, hi):
 
 
 @njit(cache=True)
-def _row(x, strict_less, const, cuts, cut_start, main, main_start, tree_model, model_start, nf, nc, lv, out):
+def _row(x: np.ndarray, strict_less: bool, const: np.ndarray, cuts: np.ndarray, cut_start: np.ndarray, main: np.ndarray,
+         main_start: np.ndarray, tree_model: np.ndarray, model_start: np.ndarray, nf: np.ndarray, nc: np.ndarray,
+         lv: np.ndarray, out: np.ndarray) -> None:
     """The B calibrated margins of one row into out."""
     F = x.shape[0]
     B = const.shape[0]
@@ -108,31 +113,34 @@ def _row(x, strict_less, const, cuts, cut_start, main, main_start, tree_model, m
 
 
 @njit(cache=True)
-def margins(X, strict_less, const, cuts, cut_start, main, main_start, tree_model, model_start, nf, nc, lv, out):
+def margins(X: np.ndarray, strict_less: bool, const: np.ndarray, cuts: np.ndarray, cut_start: np.ndarray, main: np.ndarray,
+            main_start: np.ndarray, tree_model: np.ndarray, model_start: np.ndarray, nf: np.ndarray, nc: np.ndarray,
+            lv: np.ndarray, out: np.ndarray) -> None:
     for i in range(X.shape[0]):
         _row(X[i], strict_less, const, cuts, cut_start, main, main_start, tree_model, model_start, nf, nc, lv, out[i])
 
 
 @njit(cache=True, inline="always")
-def _risk_quantile(sorted_log_odds, q):
+def _risk_quantile(sorted_log_odds: np.ndarray, q: float) -> float:
     """numpy's default ('linear') percentile of the risks, from the sorted log-odds (the order is
     the same; the interpolation is done on the risk scale, as np.percentile of the risks does)."""
-    pos = q * (sorted_log_odds.shape[0] - 1)
+    pos: float = q * (sorted_log_odds.shape[0] - 1)
     k = int(np.floor(pos))
-    below = 1.0 / (1.0 + np.exp(-sorted_log_odds[k]))
+    below: float = 1.0 / (1.0 + np.exp(-sorted_log_odds[k]))
     if k + 1 >= sorted_log_odds.shape[0]:
         return below
-    above = 1.0 / (1.0 + np.exp(-sorted_log_odds[k + 1]))
+    above: float = 1.0 / (1.0 + np.exp(-sorted_log_odds[k + 1]))
     return below + (pos - k) * (above - below)
 
 
 @njit(cache=True, inline="always")
-def _group(z, low, high):
+def _group(z: float, low: float, high: float) -> int:
     return (1 if z >= low else 0) + (1 if z >= high else 0)
 
 
 @njit(cache=True)
-def _summarise_row(buf, z0, low, high, q_lo, q_hi):
+def _summarise_row(buf: np.ndarray, z0: float, low: float, high: float, q_lo: float,
+                   q_hi: float) -> tuple[float, float, float]:
     own = _group(z0, low, high)
     other = 0
     for b in range(buf.shape[0]):
@@ -143,8 +151,10 @@ def _summarise_row(buf, z0, low, high, q_lo, q_hi):
 
 
 @njit(cache=True)
-def summary(X, strict_less, const, cuts, cut_start, main, main_start, tree_model, model_start, nf, nc, lv, log_odds,
-             low, high, q_lo, q_hi, lo, hi, change):
+def summary(X: np.ndarray, strict_less: bool, const: np.ndarray, cuts: np.ndarray, cut_start: np.ndarray, main: np.ndarray,
+            main_start: np.ndarray, tree_model: np.ndarray, model_start: np.ndarray, nf: np.ndarray, nc: np.ndarray,
+            lv: np.ndarray, log_odds: np.ndarray, low: float, high: float, q_lo: float, q_hi: float, lo: np.ndarray,
+            hi: np.ndarray, change: np.ndarray) -> None:
     buf = np.empty(const.shape[0])
     for i in range(X.shape[0]):
         _row(X[i], strict_less, const, cuts, cut_start, main, main_start, tree_model, model_start, nf, nc, lv, buf)
@@ -160,7 +170,8 @@ BLOCK = 256
 
 
 @njit(cache=True)
-def _bins_block(X, lo, hi, strict_less, cuts, cut_start, bins):
+def _bins_block(X: np.ndarray, lo: int, hi: int, strict_less: bool, cuts: np.ndarray, cut_start: np.ndarray,
+                bins: np.ndarray) -> None:
     """bins[f, p] and bins[F + f, p] (NaN -> -1 and NaN -> huge) of rows lo:hi."""
     F = X.shape[1]
     for p in range(hi - lo):
@@ -171,7 +182,8 @@ def _bins_block(X, lo, hi, strict_less, cuts, cut_start, bins):
 
 
 @njit(cache=True, fastmath=True)
-def _block_d2(bins, n, tree_model, nf, nc, lv, acc):
+def _block_d2(bins: np.ndarray, n: int, tree_model: np.ndarray, nf: np.ndarray, nc: np.ndarray, lv: np.ndarray,
+              acc: np.ndarray) -> None:
     for t in range(tree_model.shape[0]):
         a = acc[tree_model[t]]
         x0, x1, x2 = bins[nf[0, t]], bins[nf[1, t]], bins[nf[2, t]]
@@ -184,7 +196,8 @@ def _block_d2(bins, n, tree_model, nf, nc, lv, acc):
 
 
 @njit(cache=True, fastmath=True)
-def _block_d3(bins, n, tree_model, nf, nc, lv, acc):
+def _block_d3(bins: np.ndarray, n: int, tree_model: np.ndarray, nf: np.ndarray, nc: np.ndarray, lv: np.ndarray,
+              acc: np.ndarray) -> None:
     for t in range(tree_model.shape[0]):
         a = acc[tree_model[t]]
         x0, x1, x2, x3 = bins[nf[0, t]], bins[nf[1, t]], bins[nf[2, t]], bins[nf[3, t]]
@@ -201,7 +214,8 @@ def _block_d3(bins, n, tree_model, nf, nc, lv, acc):
 
 
 @njit(cache=True)
-def _block_walk(bins, n, tree_model, nf, nc, lv, acc):
+def _block_walk(bins: np.ndarray, n: int, tree_model: np.ndarray, nf: np.ndarray, nc: np.ndarray, lv: np.ndarray,
+                acc: np.ndarray) -> None:
     n_inner = nf.shape[0]
     for t in range(tree_model.shape[0]):
         a = acc[tree_model[t]]
@@ -213,8 +227,10 @@ def _block_walk(bins, n, tree_model, nf, nc, lv, acc):
 
 
 @njit(cache=True, parallel=True)
-def summary_blocks(X, strict_less, const, cuts, cut_start, main, main_start, tree_model, model_start, nf, nc, lv,
-                    log_odds, low, high, q_lo, q_hi, lo, hi, change):
+def summary_blocks(X: np.ndarray, strict_less: bool, const: np.ndarray, cuts: np.ndarray, cut_start: np.ndarray,
+                   main: np.ndarray, main_start: np.ndarray, tree_model: np.ndarray, model_start: np.ndarray,
+                   nf: np.ndarray, nc: np.ndarray, lv: np.ndarray, log_odds: np.ndarray, low: float, high: float,
+                   q_lo: float, q_hi: float, lo: np.ndarray, hi: np.ndarray, change: np.ndarray) -> None:
     n, F = X.shape
     B = const.shape[0]
     n_blocks = (n + BLOCK - 1) // BLOCK

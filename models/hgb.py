@@ -17,7 +17,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 class HistGradientBoosting(HistGradientBoostingClassifier):
     """HistGradientBoostingClassifier that fits on matrices with wholly missing columns."""
 
-    def fit(self, X, y, sample_weight=None):  # noqa: D401 - sklearn signature
+    def fit(self, X, y, sample_weight=None):  # sklearn's signature
         X = np.asarray(X, dtype=np.float64)
         empty = np.all(np.isnan(X), axis=0) if X.shape[0] else np.zeros(X.shape[1], dtype=bool)
         if empty.any():

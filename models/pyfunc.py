@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import mlflow.pyfunc
 import pandas as pd
+from mlflow.pyfunc.model import PythonModel
 
 from models.artifact import ModelBundle
 from pipeline.features import encode_frame
 
 
-class IcansRiskPyfunc(mlflow.pyfunc.PythonModel):
+class IcansRiskPyfunc(PythonModel):
     def load_context(self, context: Any) -> None:
         self.bundle = ModelBundle.load(context.artifacts["bundle"])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,7 @@ def from_xgboost_json(model: dict) -> FlatTrees:
         raise ValueError(f"unsupported xgboost objective {objective}")
     base_margin = math.log(base_score / (1 - base_score))
     n_features = int(learner["learner_model_param"]["num_feature"])
-    parts = {k: [] for k in ("feature", "threshold", "left", "right", "missing_left", "value", "cover")}
+    parts: dict[str, list[Any]] = {k: [] for k in ("feature", "threshold", "left", "right", "missing_left", "value", "cover")}
     roots, offset, max_depth = [], 0, 0
     for tree in trees:
         left = np.asarray(tree["left_children"], dtype=np.int64)
@@ -82,7 +83,7 @@ def from_xgboost_json(model: dict) -> FlatTrees:
 def from_hist_gradient_boosting(estimator) -> FlatTrees:
     if estimator.n_trees_per_iteration_ != 1:
         raise ValueError("only binary classifiers are supported")
-    parts = {k: [] for k in ("feature", "threshold", "left", "right", "missing_left", "value", "cover")}
+    parts: dict[str, list[Any]] = {k: [] for k in ("feature", "threshold", "left", "right", "missing_left", "value", "cover")}
     roots, offset, max_depth = [], 0, 0
     for (predictor,) in estimator._predictors:
         nodes = predictor.nodes

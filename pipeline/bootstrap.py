@@ -34,7 +34,8 @@ def bootstrap_indices(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
 def valid_resamples(y: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Which resamples (rows of idx) hold both outcome classes: the others give NaN."""
     events = y[idx].sum(axis=1)
-    return (events > 0) & (events < y.shape[0])
+    valid: np.ndarray = (events > 0) & (events < y.shape[0])
+    return valid
 
 
 def percentile_ci(values: np.ndarray, alpha: float = ALPHA) -> tuple[float, float]:
@@ -102,14 +103,15 @@ def _auprc_batch(y: np.ndarray, s: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 def _brier_batch(y: np.ndarray, p: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    return np.mean((p[idx] - y[idx]) ** 2, axis=1)
+    scores: np.ndarray = np.mean((p[idx] - y[idx]) ** 2, axis=1)
+    return scores
 
 
 Batch = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 # Metrics with a vectorised path; any other callable is evaluated resample by resample. (AUPRC's
 # vectorised path is `auprc_replicates`; `bootstrap_replicates(.., auprc)` keeps sklearn's loop.)
-_BATCH: dict[Callable, Batch] = {
+_BATCH: dict[MetricFn, Batch] = {
     auroc: _auroc_batch,
     roc_auc_score: _auroc_batch,
     brier: _brier_batch,

@@ -253,7 +253,7 @@ INTENDED_USE = (
 )
 
 
-def example_request() -> dict[str, object]:
+def example_request() -> dict[str, float | bool | str]:
     """A valid request body, built from the per-feature examples."""
     return {f.name: f.example for f in FEATURES if f.example is not None}
 

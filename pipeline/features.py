@@ -100,7 +100,7 @@ def encode_frame(df: pd.DataFrame) -> np.ndarray:
         if columns[0][1] is None:  # float or bool: one column
             X[:, columns[0][0]] = _float_column(col)
             continue
-        codes = _level_codes(col, [level for _, level in columns])
+        codes = _level_codes(col, [level for _, level in columns if level is not None])  # all are levels here
         for k, (j, level) in enumerate(columns):
             if codes is not None:
                 X[:, j] = codes == k

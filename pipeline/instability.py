@@ -64,7 +64,8 @@ class Instability:
 
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
+    z: np.ndarray = np.log(p / (1 - p))
+    return z
 
 
 def _flat(kind: str, estimator: Any) -> FlatTrees:

@@ -19,7 +19,7 @@ def load_cohort(
     """(cohort, its file, whether it is synthetic). Without a file, a synthetic cohort of
     n_patients (default: the settings' size) drawn with seed (default: the settings' seed)."""
     synthetic = data is None
-    if synthetic:
+    if data is None:
         from pipeline.cohort import generate_cohort
         from pipeline.data import write_synthetic_cohort
 

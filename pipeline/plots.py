@@ -12,14 +12,14 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+matplotlib.use("Agg")  # before pyplot is first imported: the imports below follow it on purpose
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score, roc_curve
 
-from pipeline import style  # noqa: E402
-from pipeline.contract import FEATURES_BY_NAME  # noqa: E402
+from pipeline import style
+from pipeline.contract import FEATURES_BY_NAME
 
 ROC_CAPTION = (
     "Each curve ranks the same patients by one score; higher and further left is better, and the "

@@ -37,7 +37,7 @@ class ResolvedModel:
     name: str
     version: str
     run_id: str | None
-    source: str
+    source: str | None  # MLflow's ModelVersion.source (None only for a version registered without one)
     alias: str | None = None
     # the version's artifact directory when `resolve_direct` found it on a local path
     location: Path | None = field(default=None, compare=False, repr=False)
@@ -60,11 +60,11 @@ def resolve(client: MlflowClient, uri: str) -> ResolvedModel:
 
     name, alias, version = parse_model_uri(uri)
     try:
-        mv = (
-            client.get_model_version_by_alias(name, alias)
-            if alias
-            else client.get_model_version(name, version)
-        )
+        if alias:
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            assert version is not None  # parse_model_uri: a URI names an alias or a version
+            mv = client.get_model_version(name, version)
     except MlflowException as exc:
         if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
             raise ModelNotFound(f"no model at {uri}") from None
@@ -129,7 +129,7 @@ def resolve_direct(tracking_uri: str, uri: str) -> ResolvedModel | None:
                 schema = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
                 if schema != [MLFLOW_SCHEMA_HEAD]:
                     return None
-                params = {"ws": _DEFAULT_WORKSPACE, "name": name, "deleted": _DELETED_STAGE}
+                params: dict[str, str | int] = {"ws": _DEFAULT_WORKSPACE, "name": name, "deleted": _DELETED_STAGE}
                 if alias:
                     sql = (
                         f"SELECT {_VERSION_COLUMNS} FROM registered_model_aliases a JOIN model_versions mv"
@@ -143,7 +143,7 @@ def resolve_direct(tracking_uri: str, uri: str) -> ResolvedModel | None:
                         f"SELECT {_VERSION_COLUMNS} FROM model_versions mv WHERE mv.workspace = :ws"
                         " AND mv.name = :name AND mv.version = :version AND mv.current_stage != :deleted"
                     )
-                    params["version"] = int(version)  # type: ignore[arg-type]
+                    params["version"] = int(version)  # type: ignore[arg-type]  # a version when there is no alias
                 rows = conn.execute(sa.text(sql), params).all()
         finally:
             engine.dispose()

@@ -15,7 +15,8 @@ import signal
 import socket
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from types import FrameType
+from typing import Iterator, NoReturn
 
 import mlflow
 from mlflow import MlflowClient
@@ -38,7 +39,7 @@ def now_text() -> str:
 @contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """Turn SIGTERM into TrainingInterrupted for the duration (SIGINT already is KeyboardInterrupt)."""
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum: int, frame: FrameType | None) -> NoReturn:
         raise TrainingInterrupted(f"signal {signal.Signals(signum).name}")
 
     try:
@@ -78,7 +79,7 @@ def end_interrupted(client: MlflowClient, parent_run_id: str, why: str) -> None:
 
 
 def _process_gone(host: str | None, pid: str | None) -> bool:
-    if host != socket.gethostname() or not (pid or "").isdigit():
+    if host != socket.gethostname() or pid is None or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -107,7 +107,7 @@ def answers(df: pd.DataFrame, scored: pd.DataFrame, model: dict) -> list[dict]:
     shap = scored[[f"shap_{f}" for f in FEATURE_NAMES]].to_numpy(float)
     out = []
     for i in range(len(scored)):
-        contributions = [
+        contributions: list[dict[str, Any]] = [
             {"feature": f, "value": _plain(df[f].iloc[i]) if f in df else None, "unit": F[f].unit, "log_odds": float(shap[i, j])}
             for j, f in enumerate(FEATURE_NAMES)
         ]

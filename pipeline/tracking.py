@@ -57,7 +57,9 @@ def setup_mlflow(settings: Settings, experiment: str) -> str:
     except MlflowException as exc:  # another training created it between the lookup and here
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-        return client.get_experiment_by_name(experiment).experiment_id
+        existing = client.get_experiment_by_name(experiment)
+        assert existing is not None  # creating it has just failed because it exists
+        return existing.experiment_id
 
 
 def model_signature() -> ModelSignature:
@@ -113,7 +115,7 @@ def log_quarantine(cohort: Cohort) -> None:
 
 def log_dataset(frame: pd.DataFrame, outcome: str, source: str, context: str, name: str) -> None:
     """The cohort as an MLflow dataset input: its schema, size and digest, never its rows."""
-    from mlflow.data import from_pandas
+    from mlflow.data.pandas_dataset import from_pandas  # what mlflow.data.from_pandas is, under a name mypy sees
 
     columns = [c for c in (*FEATURE_NAMES, outcome) if c in frame]
     try:

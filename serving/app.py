@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +20,10 @@ from serving.errors import sanitize_errors
 from serving.observability import LogThrottle, Metrics, RequestContextMiddleware
 from serving.routes import admin, cds_hooks, explanation_page, health, model, outcomes, risk
 from serving.state import ModelState, load_predictor
+
+if TYPE_CHECKING:
+    from serving.predictor import Predictor
+    from serving.store import Store
 
 log = logging.getLogger("icans_risk.serving")
 
@@ -35,11 +40,12 @@ answer and the model version that computed it.
 def create_app(settings: Settings | None = None, loader=load_predictor, store=None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics()
-    state = ModelState(
-        # the first load imports the model's modules after start-up: freeze them too
-        on_swap=lambda p: (metrics.set_model(p.model.name, p.model.version, p.model.run_id), _freeze_heap()),
-        on_reload=lambda result: metrics.reloads.labels(result).inc(),
-    )
+
+    def on_swap(p: Predictor) -> None:
+        metrics.set_model(p.model.name, p.model.version, p.model.run_id)
+        _freeze_heap()  # the first load imports the model's modules after start-up: freeze them too
+
+    state = ModelState(on_swap=on_swap, on_reload=lambda result: metrics.reloads.labels(result).inc())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -130,7 +136,7 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def open_store(settings: Settings, sync: str | None = None, timeout_s: float | None = None):
+def open_store(settings: Settings, sync: Literal["full", "normal"] | None = None, timeout_s: float | None = None) -> Store:
     """The store as the service uses it; `sync` overrides ICANS_AUDIT_SYNC (the admin CLI: "full");
     `timeout_s` bounds every wait for a database lock (the service: ICANS_STORE_TIMEOUT_S)."""
     from serving.store import Store

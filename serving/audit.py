@@ -203,7 +203,7 @@ class AuditWriter:
                     self._maybe_probe()
                 elif batch:
                     self._flush(batch)
-            except BaseException as exc:  # noqa: BLE001 - the writer thread must survive anything
+            except BaseException as exc:  # the writer thread must survive anything
                 log.exception("audit writer: unexpected error (%s)", type(exc).__name__)
                 for it in batch:
                     if it.state not in (DONE, ABANDONED):
@@ -243,7 +243,7 @@ class AuditWriter:
             except _Abandoned:  # rolled back: commit the records whose callers still wait
                 live = self._claim_again(live)
                 continue
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting requests
+            except BaseException as exc:  # handed to the waiting requests
                 committing = any(it.state == COMMITTING for it in live)
                 if committing:
                     self._commit_unknown(live, exc)
@@ -304,7 +304,7 @@ class AuditWriter:
         while present is None:
             try:
                 present = self.store.audit_present(rows)
-            except BaseException:  # noqa: BLE001 - the store is still away: ask again
+            except BaseException:  # the store is still away: ask again
                 if time.monotonic() > cap:
                     break
                 time.sleep(min(self.probe_interval_s, 0.2))
@@ -329,7 +329,7 @@ class AuditWriter:
         try:
             if probe is not None:
                 probe()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             self._failed(exc)
             return
         with self._lock:  # half-open: requests go through; the next commit closes it or opens it again

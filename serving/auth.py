@@ -11,6 +11,7 @@ from fastapi.security.base import SecurityBase
 from starlette.concurrency import run_in_threadpool
 
 from serving.deps import log_throttle_of, settings_of, store_of
+from serving.scopes import Scope
 from serving.store import CACHE_MISS
 
 log = logging.getLogger("icans_risk.serving")
@@ -48,7 +49,7 @@ class ApiKey(SecurityBase):
     authenticated request runs it, and each FastAPI dependency costs ~15 us to resolve.
     """
 
-    def __init__(self, scope: str) -> None:
+    def __init__(self, scope: Scope) -> None:
         self.scope = scope
         self.model = API_KEY_SCHEME
         self.scheme_name = "apiKey"
@@ -65,9 +66,8 @@ class ApiKey(SecurityBase):
         store = store_of(request.app)
         token = token.strip()
         try:
-            record = store.verify_cached(token)
-            if record is CACHE_MISS:
-                record = await run_in_threadpool(store.verify, token)
+            cached = store.verify_cached(token)
+            record = await run_in_threadpool(store.verify, token) if cached is CACHE_MISS else cached
         except Exception as exc:  # the key store is down: a server-side condition, not the caller's
             kind = type(exc).__name__
             log_throttle_of(request.app)(log, logging.ERROR, ("keys", kind), "API key store unavailable: %s", kind)
@@ -79,6 +79,6 @@ class ApiKey(SecurityBase):
         return Principal(client=record.client, scope=record.scope, key_id=record.key_id)
 
 
-def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
+def require(scope: Scope) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency that admits a key with `scope` (admin keys may also score)."""
     return ApiKey(scope)

@@ -34,6 +34,7 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from fastapi import HTTPException, Request
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
@@ -75,6 +76,7 @@ def _algorithms_for(key: Any) -> frozenset[str]:
 
 def _pem_key(text: str) -> _Key:
     data = text.encode()
+    key: PublicKeyTypes
     if b"BEGIN CERTIFICATE" in data:
         key = x509.load_pem_x509_certificate(data).public_key()
     elif b"PRIVATE KEY" in data:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -40,7 +40,7 @@ def parse_since(value: str) -> datetime:
 class _Since(click.ParamType):
     name = "ISO-DATE-OR-DATETIME"
 
-    def convert(self, value, param, ctx):  # type: ignore[override]
+    def convert(self, value, param, ctx):
         if isinstance(value, datetime):
             return value
         try:
@@ -194,7 +194,7 @@ def import_outcome_rows(opened: Callable, path: Path, default_source: str | None
     failed: list[str] = []
     with opened() as store:
         for number, row in enumerate(frame.to_dict("records"), start=1):
-            values = {k: v.strip() for k, v in row.items() if isinstance(v, str) and v.strip() != ""}
+            values: dict[str, Any] = {k: v.strip() for k, v in row.items() if isinstance(v, str) and v.strip() != ""}
             if default_source and "source" not in values:
                 values["source"] = default_source
             if "icans_max_grade" in values:

@@ -40,31 +40,38 @@ def served_predictor(state: ModelState) -> Predictor:
 
 def settings_of(app: Any) -> Settings:
     """The settings the app was created with (not re-read from the environment)."""
-    return app.state.settings
+    settings: Settings = app.state.settings  # app.state's attributes are Any: the annotation types the read
+    return settings
 
 
 def model_of(app: Any) -> ModelState:
-    return app.state.model
+    model: ModelState = app.state.model
+    return model
 
 
 def store_of(app: Any) -> Store:
-    return app.state.store
+    store: Store = app.state.store
+    return store
 
 
 def audit_of(app: Any) -> AuditWriter:
-    return app.state.audit
+    audit: AuditWriter = app.state.audit
+    return audit
 
 
 def metrics_of(app: Any) -> Metrics:
-    return app.state.metrics
+    metrics: Metrics = app.state.metrics
+    return metrics
 
 
 def log_throttle_of(app: Any) -> LogThrottle:
-    return app.state.log_throttle
+    log_throttle: LogThrottle = app.state.log_throttle
+    return log_throttle
 
 
 def loader_of(app: Any) -> Loader:
-    return app.state.loader
+    loader: Loader = app.state.loader
+    return loader
 
 
 # -- the same, as FastAPI dependencies ------------------------------------------------------

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
 from pipeline.contract import FEATURES
@@ -163,10 +164,10 @@ def _json_content(content_type: str | None) -> bool:
 class StrictJSONRoute(APIRoute):
     """An APIRoute whose JSON body is parsed by `parse` before FastAPI validates it."""
 
-    def get_route_handler(self):  # type: ignore[no-untyped-def]
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
-        async def strict(request: Request):  # type: ignore[no-untyped-def]
+        async def strict(request: Request) -> Response:
             body = await request.body()
             if body and _json_content(request.headers.get("content-type")):
                 try:

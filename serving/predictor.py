@@ -26,7 +26,7 @@ class Predictor:
     model: ResolvedModel
 
     def __post_init__(self) -> None:
-        self.model_ref = {"name": self.model.name, "version": self.model.version, "run_id": self.model.run_id}
+        self.model_ref: dict[str, Any] = {"name": self.model.name, "version": self.model.version, "run_id": self.model.run_id}
         update = self.bundle.metadata.get("update")
         if update:  # a local update of another version says so in every answer
             self.model_ref["update"] = {"method": update["method"], "parent_version": update["parent_version"]}

@@ -19,11 +19,11 @@ def _field(f: Feature) -> tuple[Any, Any]:
         bounds["gt" if f.min_exclusive else "ge"] = f.min  # type: ignore[assignment]
         annotation: Any = float
         # strict: a JSON boolean or string is not a number (lax mode would score true as 1.0)
-        kwargs = dict(allow_inf_nan=False, strict=True, **bounds)
+        kwargs: dict[str, Any] = dict(allow_inf_nan=False, strict=True, **bounds)
     elif f.kind == "bool":
         annotation, kwargs = StrictBool, {}
     else:
-        annotation, kwargs = Literal[f.categories], {}  # type: ignore[valid-type]
+        annotation, kwargs = Literal[f.categories], {}
     if f.required:
         return annotation, Field(..., description=description, json_schema_extra=extra, **kwargs)
     return annotation | None, Field(None, description=description, json_schema_extra=extra, **kwargs)
@@ -126,7 +126,7 @@ class ErrorResponse(BaseModel):
 
 def batch_request_model(limit: int) -> type[BaseModel]:
     """The batch body, with the configured size limit in its schema."""
-    return create_model(  # type: ignore[call-overload]
+    return create_model(
         "BatchRequest",
         __config__=ConfigDict(extra="forbid"),
         patients=(list[PatientFeatures], Field(..., min_length=1, max_length=limit)),  # type: ignore[valid-type]

@@ -133,7 +133,7 @@ def sample_size(
 
     expected_shrinkage = float("nan")
     lo, hi = r2 * (1 + 1e-9), 1 - 1e-12
-    f = lambda s: _n_for_shrinkage(n_params, r2, s) - n  # noqa: E731  (increasing in s)
+    f = lambda s: _n_for_shrinkage(n_params, r2, s) - n  # increasing in s
     if f(lo) < 0 < f(hi):
         expected_shrinkage = float(optimize.brentq(f, lo, hi, xtol=1e-10))
     elif f(hi) <= 0:

@@ -46,7 +46,7 @@ class Evidence:
     thresholds: pd.DataFrame
     risk_groups: pd.DataFrame
     learning_curve: pd.DataFrame | None = None
-    development: dict[str, dict[str, float]] | None = None
+    development: dict[str, float] | None = None
     notes: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     y_test: np.ndarray | None = field(default=None, repr=False)

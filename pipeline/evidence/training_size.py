@@ -65,7 +65,9 @@ def learning_curve(
     Returns a tidy table: size, repeat, events_train, model, auroc, seconds (fit + score time).
     """
     if generator is None:
-        from pipeline.cohort import generate_cohort as generator  # noqa: N813
+        from pipeline.cohort import generate_cohort
+
+        generator = generate_cohort
     if fit_and_score is None:
         def fit_and_score(tr: pd.DataFrame, te: pd.DataFrame) -> Mapping[str, float]:
             return default_fit_and_score(tr, te, outcome=outcome, seed=seed)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+matplotlib.use("Agg")  # before pyplot is first imported: the imports below follow it on purpose
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from pipeline import plots, style  # noqa: E402
-from pipeline.evidence import (  # noqa: E402
+from pipeline import plots, style
+from pipeline.evidence import (
     EASIX,
     M_EASIX,
     MODEL,
@@ -26,7 +26,7 @@ from pipeline.evidence import (  # noqa: E402
     Evidence,
     learning_curve_summary,
 )
-from pipeline.report.document import num  # noqa: E402
+from pipeline.report.document import num
 
 # One name and one colour per series, in every figure and table: the evidence's keys are style's.
 assert (MODEL, EASIX, M_EASIX, ORACLE, TREAT_ALL, TREAT_NONE) == (

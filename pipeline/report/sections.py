@@ -171,7 +171,7 @@ def better_than_model(ev: Evidence) -> list[str]:
 
 
 def resampled(ev: Evidence) -> bool:
-    return bool(ev.validation) and ev.validation.get("design") == "repeated_cv"
+    return ev.validation is not None and ev.validation.get("design") == "repeated_cv"
 
 
 def evaluation_text(ev: Evidence, d: Mapping[str, Any], synthetic: bool) -> Block:

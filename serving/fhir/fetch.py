@@ -44,7 +44,7 @@ def _get(url: str, token: str, timeout: float) -> dict[str, Any]:
         url, headers={"Accept": "application/fhir+json", "Authorization": f"Bearer {token}"}, method="GET"
     )
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (allow-listed https)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # allow-listed https only
             body = resp.read(MAX_BYTES + 1)
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         raise FetchError(f"{type(exc).__name__}") from None

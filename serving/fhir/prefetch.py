@@ -37,7 +37,7 @@ def resources_of(key: str, value: Any) -> list[Any]:
     except ValueError:
         raise PrefetchError(f"prefetch '{key}': unknown resourceType") from None
     try:
-        resource = cls.model_validate(dict(value))
+        resource: Any = cls.model_validate(dict(value))  # the class is the resourceType's: known at run time
     except ValidationError as exc:
         where = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors()[:5])
         raise PrefetchError(f"prefetch '{key}': invalid {value['resourceType']} ({where})") from None

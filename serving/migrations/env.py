@@ -36,7 +36,9 @@ def run_online() -> None:
     if connection is not None:
         _configure_and_run(connection)
         return
-    engine = create_engine(config.get_main_option("sqlalchemy.url"), poolclass=NullPool)
+    url = config.get_main_option("sqlalchemy.url")
+    assert url is not None  # StoreCore.migrate sets it
+    engine = create_engine(url, poolclass=NullPool)
     try:
         with engine.begin() as connection:
             _configure_and_run(connection)

@@ -121,11 +121,11 @@ async def explanation_page(
     row = await run_in_threadpool(_audited, store, card_uuid.lower())
     if row is None:
         raise HTTPException(404, "no card with this uuid")
-    model = predictor.model
-    if (row["model_name"], str(row["model_version"])) != (model.name, str(model.version)):
+    served = predictor.model
+    if (row["model_name"], str(row["model_version"])) != (served.name, str(served.version)):
         page = _page("Explanation not available", (
             f"<p>This card was computed by {html.escape(row['model_name'])} version "
-            f"{html.escape(str(row['model_version']))}; the service now serves version {html.escape(str(model.version))}, "
+            f"{html.escape(str(row['model_version']))}; the service now serves version {html.escape(str(served.version))}, "
             "so it cannot draw that card's explanation. Open the card again for a current estimate.</p>"))
         return HTMLResponse(page, status_code=409, headers=HEADERS)
     answer = predictor.predict([dict(row["inputs"])])[0]
@@ -140,7 +140,7 @@ async def explanation_page(
     body = (
         f"<p>Estimated probability of {html.escape(outcome)}: <strong>{answer['risk']:.1%}</strong> "
         f"(risk group <strong>{html.escape(answer['risk_group'])}</strong>), computed {html.escape(when)} by "
-        f"{html.escape(model.name)} version {html.escape(str(model.version))}.</p>"
+        f"{html.escape(served.name)} version {html.escape(str(served.version))}.</p>"
         f'<figure aria-label="Waterfall of the explanation">{svg_text}</figure>'  # its caption says how to read it
     )
     return HTMLResponse(_page("Why this estimate", body), headers=HEADERS)

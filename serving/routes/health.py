@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -21,7 +23,7 @@ def healthz() -> dict[str, str]:
     responses={503: {"description": "No model loaded yet, or the audit store cannot be written; `reason` says why"}},
 )
 def readyz(request: Request, state: ModelStateDep, settings: SettingsDep) -> JSONResponse:
-    body = {
+    body: dict[str, Any] = {
         "status": state.status,
         "attempts": state.attempts,
         "auth": settings.auth,
@@ -34,6 +36,7 @@ def readyz(request: Request, state: ModelStateDep, settings: SettingsDep) -> JSO
     audit_reason = audit.reason if audit is not None else None
     if state.ready:
         p = state.predictor
+        assert p is not None  # ready: a model is loaded
         body.update(model={"name": p.model.name, "version": p.model.version, "run_id": p.model.run_id})
         if p.ungated:
             body["model"]["ungated"] = True

@@ -12,6 +12,7 @@ record cannot be written, the caller gets 503 and no risk (an unaudited answer i
 import logging
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -30,7 +31,7 @@ from serving.fhir.resources import FHIR_JSON, openapi_fhir_response, risk_assess
 from serving.schemas import BatchResult, ErrorResponse, PatientFeatures, RiskResponse, batch_request_model
 
 log = logging.getLogger("icans_risk.serving")
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "The body could not be read (e.g. not UTF-8)"},
     401: {"model": ErrorResponse},
     403: {"model": ErrorResponse},

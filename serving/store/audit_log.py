@@ -99,7 +99,7 @@ class AuditLog:
         sql = _AUDIT_INSERT_SQLITE if sqlite else _AUDIT_INSERT_PG
         with self._writer_turn(), self.engine.begin() as conn:
             if not sqlite:  # the session to end if this COMMIT's outcome is unknown (audit_present)
-                self._writer_pid = conn.connection.dbapi_connection.info.backend_pid
+                self._writer_pid = _backend_pid(conn)
             conn.exec_driver_sql(sql, params)
             if before_commit is not None:
                 before_commit()
@@ -126,7 +126,7 @@ class AuditLog:
             return 0
         with self.engine.connect() as conn:
             pid = self._writer_pid
-            if self.backend == "postgresql" and pid not in (None, conn.connection.dbapi_connection.info.backend_pid):
+            if self.backend == "postgresql" and pid not in (None, _backend_pid(conn)):
                 conn.exec_driver_sql("SELECT pg_terminate_backend(%(pid)s)", {"pid": pid})
                 deadline = time.monotonic() + 30
                 while conn.exec_driver_sql(
@@ -223,3 +223,11 @@ class AuditLog:
             result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(q)
             for part in result.partitions():
                 yield [dict(row._mapping) for row in part]
+
+
+def _backend_pid(conn: sa.Connection) -> int:
+    """The PostgreSQL session (psycopg's backend pid) behind a checked-out connection."""
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None  # None only once the connection has been invalidated or closed
+    pid: int = dbapi.info.backend_pid
+    return pid

@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import sqlalchemy as sa
 
 from serving.store.engine import make_engine, normalise_url
+
+if TYPE_CHECKING:
+    from serving.store.keys import KeyRecord
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # The newest migration's revision (a test keeps it equal to Alembic's head): a store already
@@ -61,7 +64,7 @@ class StoreCore:
         self._lock_fd: int | None = None
         self._writer_pid: int | None = None
         self._lock_guard = threading.Lock()
-        self._cache: dict[str, tuple[float, tuple[object, bytes, str] | None]] = {}
+        self._cache: dict[str, tuple[float, tuple[KeyRecord, bytes, str] | None]] = {}
         self._cache_lock = threading.Lock()
 
     def __repr__(self) -> str:

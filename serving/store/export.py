@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +20,7 @@ ExportFormat = Literal["csv", "parquet"]
 class AuditExport:
     """The Store's export method (a mixin over AuditLog.iter_audit)."""
 
-    iter_audit: Callable[..., Iterator[list[dict[str, Any]]]]
+    iter_audit: Callable[..., Generator[list[dict[str, Any]], None, None]]
 
     def export(
         self,
@@ -74,7 +74,7 @@ def _write_csv(chunks: Iterator[list[dict[str, Any]]], path: Path) -> int:
     return n
 
 
-def _parquet_schema():  # pyarrow is imported only when Parquet is asked for
+def _parquet_schema() -> Any:  # a pyarrow.Schema (pyarrow has no types); imported only when Parquet is asked for
     import pyarrow as pa
 
     return pa.schema(

@@ -11,7 +11,8 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from enum import Enum
+from typing import Any, Final, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -26,7 +27,17 @@ _TOKEN = re.compile(r"icr_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _TOKEN_LEN = len(TOKEN_PREFIX) + 2 * _KEY_ID_BYTES + 1 + 43
 _CLIENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@ -]{0,199}")
 _CACHE_MAX = 10_000
-CACHE_MISS = object()  # Store.verify_cached: the key is not in the cache
+
+
+class _CacheMiss(Enum):
+    """CACHE_MISS's type: a one-member enum, so that `x is CACHE_MISS` narrows x for the type checker."""
+
+    CACHE_MISS = "the key is not in the cache"
+
+
+CACHE_MISS: Final = _CacheMiss.CACHE_MISS  # Store.verify_cached: the key is not in the cache
+CacheMiss = Literal[_CacheMiss.CACHE_MISS]
+_Entry = tuple["KeyRecord", bytes, str]  # a key's record, salt and secret hash
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,7 @@ class ApiKeys:
 
     engine: Engine
     key_cache_ttl_s: float
-    _cache: dict[str, tuple[float, Any]]
+    _cache: dict[str, tuple[float, _Entry | None]]
     _cache_lock: threading.Lock
 
     def create_key(self, client: str, scope: Scope) -> tuple[KeyRecord, str]:
@@ -142,17 +153,17 @@ class ApiKeys:
             return None
         return self._check(self._lookup(parsed[0]), parsed[1])
 
-    def verify_cached(self, token: object) -> KeyRecord | None | object:
+    def verify_cached(self, token: object) -> KeyRecord | None | CacheMiss:
         """`verify` answered from the cache alone, or `CACHE_MISS` when the database must be asked
         (async callers then call `verify` off the event loop)."""
         parsed = parse_token(token)
         if parsed is None:
             return None
         entry = self._cached(parsed[0])
-        return CACHE_MISS if entry is CACHE_MISS else self._check(entry, parsed[1])  # type: ignore[arg-type]
+        return CACHE_MISS if entry is CACHE_MISS else self._check(entry, parsed[1])
 
     @staticmethod
-    def _check(entry: tuple[KeyRecord, bytes, str] | None, secret: str) -> KeyRecord | None:
+    def _check(entry: _Entry | None, secret: str) -> KeyRecord | None:
         if entry is None:
             return None
         record, salt, expected = entry
@@ -160,7 +171,7 @@ class ApiKeys:
             return None
         return None if record.revoked else record
 
-    def _cached(self, key_id: str) -> tuple[KeyRecord, bytes, str] | None | object:
+    def _cached(self, key_id: str) -> _Entry | None | CacheMiss:
         if self.key_cache_ttl_s > 0:
             with self._cache_lock:
                 hit = self._cache.get(key_id)
@@ -168,11 +179,11 @@ class ApiKeys:
                 return hit[1]
         return CACHE_MISS
 
-    def _lookup(self, key_id: str) -> tuple[KeyRecord, bytes, str] | None:
+    def _lookup(self, key_id: str) -> _Entry | None:
         now = time.monotonic()
         hit = self._cached(key_id)
         if hit is not CACHE_MISS:
-            return hit  # type: ignore[return-value]
+            return hit
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(*_KEY_COLUMNS, api_keys.c.salt, api_keys.c.hash).where(api_keys.c.key_id == key_id)

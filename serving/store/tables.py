@@ -14,7 +14,7 @@ def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class UTCDateTime(sa.TypeDecorator):
+class UTCDateTime(sa.TypeDecorator[datetime]):
     """Timezone-aware UTC in Python on both backends (SQLite has no time zones: stored as naive UTC)."""
 
     impl = sa.DateTime(timezone=True)

@@ -87,3 +87,13 @@ def test_save_load_round_trip(tmp_path) -> None:
     np.testing.assert_array_equal(again.margins(X), ens.margins(X))
     with pytest.raises(ValueError, match="columns"):
         ens.margins(X[:, :-1])
+
+
+def test_kernel_arguments_are_the_arrays_in_ARRAYS_order() -> None:
+    """`_args` names the ten arrays one by one (so mypy checks the kernels' calls): in ARRAYS order."""
+    from models.ensemble_kernels import ARRAYS
+
+    ens = MarginEnsemble.build(_models("xgboost", 200, 2, 10, 3, seed=5), np.zeros(3), np.ones(3))
+    args = ens._args()
+    assert len(args) == len(ARRAYS)
+    assert all(a is getattr(ens, k) for a, k in zip(args, ARRAYS))
