@@ -83,7 +83,7 @@ def choose_thresholds(y: np.ndarray, risk: np.ndarray) -> tuple[float, float]:
 
 
 def build_bundle(
-    fitted: Fitted, dev: pd.DataFrame, y_dev: np.ndarray, outcome: str, run_id: str, data_sha256: str,
+    fitted: Fitted, dev: pd.DataFrame, y_dev: np.ndarray, outcome: str, run_id: str, data_sha256: str | None,
     empty: list[str],
 ) -> ModelBundle:
     """The chosen estimator with its calibration, thresholds and training ranges, as served."""
