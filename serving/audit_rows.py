@@ -33,6 +33,7 @@ def audit_record(
 ) -> AuditRecord:
     """One answer's audit record. The store hashes the patient id (given here or in `inputs`) and
     keeps it out of the stored inputs; `time` defaults to now (one request passes one time to all)."""
+    unc = answer.get("uncertainty")
     return AuditRecord(
         request_id=request_id,
         client_id=client_id,
@@ -46,4 +47,7 @@ def audit_record(
         top_contributions=top_contributions(answer),
         latency_ms=latency_ms,
         time=time if time is not None else datetime.now(UTC),
+        risk_low=unc["interval"][0] if unc else None,
+        risk_high=unc["interval"][1] if unc else None,
+        risk_group_change_probability=unc["risk_group_change_probability"] if unc else None,
     )

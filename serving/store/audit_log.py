@@ -42,6 +42,10 @@ class AuditRecord:
     latency_ms: float
     patient_id: str | None = None
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # the answer's model-development interval and P(another risk group); None without bootstrap models
+    risk_low: float | None = None
+    risk_high: float | None = None
+    risk_group_change_probability: float | None = None
 
 
 _AUDIT_INSERT_COLUMNS = tuple(c for c in AUDIT_COLUMNS if c != "id")
@@ -188,6 +192,9 @@ class AuditLog:
             raise TypeError("patient_id must be a string")
         if not (math.isfinite(r.risk) and math.isfinite(r.latency_ms)):
             raise ValueError("risk and latency_ms must be finite numbers")
+        interval = (r.risk_low, r.risk_high, r.risk_group_change_probability)
+        if any(v is not None and not math.isfinite(v) for v in interval):
+            raise ValueError("the interval and the group-change probability must be finite numbers or None")
         return (
             (times[r.time] if r.time in times else times.setdefault(r.time, _sqlite_time(r.time)))
             if sqlite else as_utc(r.time),  # a naive time is UTC, not the database session's zone
@@ -202,6 +209,7 @@ class AuditLog:
             r.risk_group,
             dumps(r.top_contributions),
             float(r.latency_ms),
+            *(None if v is None else float(v) for v in interval),
         )
 
     def count(self, since: datetime | None = None) -> int:

@@ -92,6 +92,9 @@ def _parquet_schema() -> Any:  # a pyarrow.Schema (pyarrow has no types); import
             ("risk_group", pa.string()),
             ("top_contributions", pa.string()),
             ("latency_ms", pa.float64()),
+            ("risk_low", pa.float64()),
+            ("risk_high", pa.float64()),
+            ("risk_group_change_probability", pa.float64()),
         ]
     )
 

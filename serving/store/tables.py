@@ -59,6 +59,10 @@ audit_log = sa.Table(
     sa.Column("risk_group", sa.String(32), nullable=False),
     sa.Column("top_contributions", _JSON, nullable=False),
     sa.Column("latency_ms", sa.Float(), nullable=False),
+    # the answer's 95% model-development interval and P(another risk group) (migration 0006)
+    sa.Column("risk_low", sa.Float()),
+    sa.Column("risk_high", sa.Float()),
+    sa.Column("risk_group_change_probability", sa.Float()),
 )
 AUDIT_COLUMNS: tuple[str, ...] = tuple(c.name for c in audit_log.columns)
 

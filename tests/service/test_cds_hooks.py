@@ -420,7 +420,7 @@ def test_replay_cache_and_feedback_on_both_backends(backend, tmp_path):
         s = Store(url, b"test-hmac-key-0123456789abcdef")
         try:
             s.migrate()
-            assert s.current_revision() == "0005_monitoring_runs"
+            assert s.current_revision() == "0006_audit_uncertainty"
             later = datetime.now(UTC) + timedelta(minutes=5)
             assert s.claim_jti("a" * 64, later) is True
             assert s.claim_jti("a" * 64, later) is False  # replay

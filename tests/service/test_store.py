@@ -142,10 +142,10 @@ def test_migrate_is_idempotent_and_reaches_head(fresh_database_url):
     try:
         assert s.current_revision() is None
         s.migrate()
-        assert s.current_revision() == "0005_monitoring_runs"
+        assert s.current_revision() == "0006_audit_uncertainty"
         s.migrate()
         other.migrate()
-        assert s.current_revision() == "0005_monitoring_runs"
+        assert s.current_revision() == "0006_audit_uncertainty"
         s.append(record())
         s.migrate()
         assert s.count() == 1
@@ -177,7 +177,7 @@ def test_concurrent_first_migrations_do_not_collide(fresh_database_url):
         for th in threads:
             th.join(timeout=60)
         assert not errors, errors[:2]
-        assert {s.current_revision() for s in stores} == {"0005_monitoring_runs"}
+        assert {s.current_revision() for s in stores} == {"0006_audit_uncertainty"}
     finally:
         for s in stores:
             s.close()
@@ -200,7 +200,7 @@ def test_migrate_works_from_any_working_directory(tmp_path, monkeypatch):
     try:
         s.migrate()
         assert (tmp_path / "relative" / "dir" / "store.db").exists()
-        assert s.current_revision() == "0005_monitoring_runs"
+        assert s.current_revision() == "0006_audit_uncertainty"
     finally:
         s.close()
 
@@ -554,6 +554,8 @@ def test_schema_head_constant_is_alembics_head(tmp_path):
         conn.exec_driver_sql("DROP TABLE cds_feedback")
         conn.exec_driver_sql("DROP TABLE outcomes")
         conn.exec_driver_sql("DROP TABLE monitoring_runs")
+        for column in ("risk_low", "risk_high", "risk_group_change_probability"):  # 0006
+            conn.exec_driver_sql(f"ALTER TABLE audit_log DROP COLUMN {column}")
     assert not store._at_head()
     store.migrate()
     assert store.current_revision() == SCHEMA_HEAD
@@ -648,3 +650,41 @@ def test_a_commit_lost_with_its_session_is_a_503_and_no_record(open_store, store
     writer.close()
     killer.dispose()
     assert s.count() == 0 and writer.unresolved == 0
+
+
+def test_upgrading_to_the_interval_columns_keeps_every_audit_row(store_url):
+    """A store written by the previous release (0005) keeps its rows through 0006; old rows have no interval."""
+    from alembic import command
+    from alembic.config import Config
+
+    from serving.store.core import MIGRATIONS_DIR
+    from serving.store.engine import make_engine
+
+    s = Store(store_url, KEY)
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        if s.backend == "sqlite":
+            Path(str(s.url.database)).parent.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(s.url, busy_timeout_ms=2000, for_migration=True)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0005_monitoring_runs")
+            conn.exec_driver_sql(
+                "INSERT INTO audit_log (time, request_id, client_id, endpoint, model_name, model_version, "
+                "patient_hash, inputs, risk, risk_group, top_contributions, latency_ms) VALUES "
+                "('2026-01-01 00:00:00+00:00', 'old-1', NULL, '/v1/risk', 'icans-risk', '1', NULL, '{}', 0.2, "
+                "'low', '[]', 1.0)")
+        engine.dispose()
+        assert s.current_revision() == "0005_monitoring_runs"
+        s.migrate()
+        assert s.current_revision() == "0006_audit_uncertainty"
+        s.append(record(request_id="new-1", risk_low=0.1, risk_high=0.3, risk_group_change_probability=0.25))
+        rows = {r["request_id"]: r for chunk in s.iter_audit() for r in chunk}
+        assert rows["old-1"]["risk"] == 0.2 and rows["old-1"]["risk_low"] is None
+        assert (rows["new-1"]["risk_low"], rows["new-1"]["risk_high"]) == (0.1, 0.3)
+        assert rows["new-1"]["risk_group_change_probability"] == 0.25
+        with pytest.raises(ValueError, match="finite"):
+            s.append(record(request_id="bad", risk_low=float("nan")))
+    finally:
+        s.close()

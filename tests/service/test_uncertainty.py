@@ -113,3 +113,13 @@ def test_model_endpoint_states_the_instability_analysis(client, bundle) -> None:
     info = client.get("/v1/model").json()["instability"]
     assert info["models"] == 20 and info["mape"] == pytest.approx(bundle.metadata["instability"]["mape"])
     assert "not a confidence interval for the patient's outcome" in info["meaning"]
+
+
+def test_the_audit_row_keeps_the_interval_the_caller_was_told(client, trained) -> None:
+    from tests.service.test_cds_hooks import audit_row
+
+    r = client.post("/v1/risk", json=example_request())
+    body = r.json()
+    row = audit_row(trained, body["request_id"])
+    assert [row["risk_low"], row["risk_high"]] == pytest.approx(body["uncertainty"]["interval"], abs=1e-12)
+    assert row["risk_group_change_probability"] == pytest.approx(body["uncertainty"]["risk_group_change_probability"])
