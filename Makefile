@@ -25,6 +25,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip==26.3"
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -c "from models.ensemble import warm_up; warm_up()"  # numba's cache: no compile at first load
 	touch $@
 
 install: $(BIN)/.installed

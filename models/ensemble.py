@@ -243,3 +243,21 @@ def _leaf_of(bins: np.ndarray, feat: np.ndarray, cut: np.ndarray, left: np.ndarr
         go_left = np.where(bins < 0, missing_left[node].astype(bool), bins <= cut[node])
         node = np.where(inner, np.where(go_left, left[node], right[node]), node)
     return node
+
+
+def warm_up() -> None:
+    """Compile the kernels into numba's on-disk cache (`make install` calls this), so that the
+    first model load of a new installation does not spend seconds compiling."""
+    B, F = 2, 1
+    tiny = MarginEnsemble(
+        n_models=B, n_features=F, strict_less=True, float32_inputs=True, const=np.zeros(B),
+        cuts=np.zeros(1), cut_start=np.array([0, 1], dtype=np.int64), main=np.zeros(3 * B),
+        main_start=np.zeros(F, dtype=np.int64), tree_model=np.zeros(0, dtype=np.int32),
+        model_start=np.zeros(B + 1, dtype=np.int64), node_feature=np.zeros((3, 0), dtype=np.int32),
+        node_cut=np.zeros((3, 0), dtype=np.int32), leaf_value=np.zeros((4, 0)),
+    )
+    for n in (1, 64):
+        X = np.zeros((n, F))
+        tiny.margins(X)
+        tiny.summary(X, np.zeros(n), -1.0, 0.0)
+
