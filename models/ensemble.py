@@ -21,18 +21,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from models.ensemble_kernels import ARRAYS as _ARRAYS
-from models.ensemble_kernels import KernelArrays
-from models.ensemble_kernels import margins as _margins
-from models.ensemble_kernels import summary as _summary
-from models.ensemble_kernels import summary_blocks as _summary_blocks
 from models.trees import FlatTrees
 
+if TYPE_CHECKING:
+    from models.ensemble_kernels import KernelArrays
+
 ENSEMBLE_FILE = "instability.npz"
+# the arrays the kernels take, in their order (models.ensemble_kernels, imported when first used: a
+# bundle without bootstrap models never loads numba)
+ARRAYS = ("const", "cuts", "cut_start", "main", "main_start", "tree_model", "model_start", "node_feature", "node_cut",
+           "leaf_value")
 INTERVAL = (2.5, 97.5)  # percentiles of the B models' risks: a 95% interval
 
 
@@ -61,7 +63,7 @@ class MarginEnsemble:
 
     @property
     def nbytes(self) -> int:
-        return int(sum(getattr(self, k).nbytes for k in _ARRAYS))
+        return int(sum(getattr(self, k).nbytes for k in ARRAYS))
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -148,7 +150,7 @@ class MarginEnsemble:
         return np.ascontiguousarray(X)
 
     def _args(self) -> KernelArrays:
-        """The arrays in `_ARRAYS` order, as a tuple of known length (so that the kernels' calls are checked)."""
+        """The arrays in `ARRAYS` order, as a tuple of known length (so that the kernels' calls are checked)."""
         return (self.const, self.cuts, self.cut_start, self.main, self.main_start, self.tree_model, self.model_start,
                 self.node_feature, self.node_cut, self.leaf_value)
 
@@ -156,7 +158,9 @@ class MarginEnsemble:
         """(n, B) calibrated log-odds of every model for every row."""
         X = self._inputs(X)
         out = np.empty((len(X), self.n_models))
-        _margins(X, self.strict_less, *self._args(), out)
+        from models.ensemble_kernels import margins
+
+        margins(X, self.strict_less, *self._args(), out)
         return out
 
     def summary(self, X: np.ndarray, log_odds: np.ndarray, low_logit: float, high_logit: float,
@@ -166,7 +170,9 @@ class MarginEnsemble:
         X = self._inputs(X)
         n = len(X)
         lo, hi, change = np.empty(n), np.empty(n), np.empty(n)
-        kernel = _summary_blocks if n >= 64 else _summary
+        from models.ensemble_kernels import summary, summary_blocks
+
+        kernel = summary_blocks if n >= 64 else summary
         kernel(X, self.strict_less, *self._args(), np.ascontiguousarray(log_odds, dtype=np.float64),
                float(low_logit), float(high_logit), INTERVAL[0] / 100, INTERVAL[1] / 100, lo, hi, change)
         return lo, hi, change
@@ -176,13 +182,13 @@ class MarginEnsemble:
     def save(self, path: Path) -> None:
         meta = np.array([self.n_models, self.n_features, int(self.strict_less), int(self.float32_inputs)])
         with open(path, "wb") as fh:  # np.savez would add ".npz" to a name without it
-            np.savez_compressed(fh, meta=meta, **{k: getattr(self, k) for k in _ARRAYS})
+            np.savez_compressed(fh, meta=meta, **{k: getattr(self, k) for k in ARRAYS})
 
     @classmethod
     def load(cls, path: Path) -> MarginEnsemble:
         with np.load(path, allow_pickle=False) as z:
             meta = z["meta"]
-            arrays = {k: np.ascontiguousarray(z[k]) for k in _ARRAYS}
+            arrays = {k: np.ascontiguousarray(z[k]) for k in ARRAYS}
         return cls(n_models=int(meta[0]), n_features=int(meta[1]), strict_less=bool(meta[2]),
                    float32_inputs=bool(meta[3]), **arrays)
 

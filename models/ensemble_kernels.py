@@ -4,7 +4,7 @@ A patient's features are first binned once (its position among every threshold a
 each feature); the per-feature tables then add the B models' one-feature trees in B-wide rows, and
 the trees that mix features are evaluated as complete trees of depth 2 or 3 (or walked, deeper):
 for one patient, vectorised over each model's trees; for a batch, over blocks of patients.
-The kernels take the ensemble's arrays in `ARRAYS` order (const, cuts, cut_start, main,
+The kernels take the ensemble's arrays in `models.ensemble.ARRAYS` order (const, cuts, cut_start, main,
 main_start, tree_model, model_start, node_feature, node_cut, leaf_value).
 """
 
@@ -13,8 +13,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-ARRAYS = ("const", "cuts", "cut_start", "main", "main_start", "tree_model", "model_start", "node_feature", "node_cut",
-          "leaf_value")
 # The same ten arrays as a type: what `MarginEnsemble._args` hands to every kernel.
 KernelArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                      np.ndarray, np.ndarray]
@@ -37,7 +35,7 @@ def _bin(x: float, cuts: np.ndarray, lo: int, hi: int, strict_less: bool) -> int
     return a - lo
 
 
-# The kernels take the ensemble's arrays in _ARRAYS order (A = const, cuts, cut_start, main,
+# The kernels take the ensemble's arrays in models.ensemble.ARRAYS order (A = const, cuts, cut_start, main,
 # main_start, tree_model, model_start, node_feature, node_cut, leaf_value).
 
 @njit(cache=True, fastmath=True)

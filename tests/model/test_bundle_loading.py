@@ -224,12 +224,17 @@ from serving.state import load_predictor
 s = SimpleNamespace(tracking_uri=sys.argv[1], resolved_model_uri=sys.argv[2], predictor_threads=1)
 p = load_predictor(s)  # resolves, loads and verifies
 print(json.dumps({"version": p.model.version, "mlflow": "mlflow" in sys.modules, "xgboost": "xgboost" in sys.modules,
-                  "numba": "numba" in sys.modules, "tables": p.bundle.explainer.tables is not None}))
+                  "numba": "numba" in sys.modules, "tables": p.bundle.explainer.tables is not None,
+                  "treeshap": "models.treeshap" in sys.modules,
+                  "instability": None if p.bundle.instability is None else p.bundle.instability.n_models}))
 """
     got = _run(code, settings.tracking_uri, settings.resolved_model_uri)
     assert got["version"] == str(result.version)
     assert not got["mlflow"]
-    assert got["tables"] and not got["numba"]  # leaf tables explain it: no JIT compiler at serve time
+    # leaf tables explain it: the compiled TreeSHAP walk is not loaded; numba is, for the kernels of the
+    # uncertainty interval (models.ensemble_kernels), and only for them
+    assert got["tables"] and not got["treeshap"]
+    assert got["numba"] == (got["instability"] is not None)
     if result.chosen == "xgboost":
         assert not got["xgboost"]
 

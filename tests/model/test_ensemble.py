@@ -91,7 +91,7 @@ def test_save_load_round_trip(tmp_path) -> None:
 
 def test_kernel_arguments_are_the_arrays_in_ARRAYS_order() -> None:
     """`_args` names the ten arrays one by one (so mypy checks the kernels' calls): in ARRAYS order."""
-    from models.ensemble_kernels import ARRAYS
+    from models.ensemble import ARRAYS
 
     ens = MarginEnsemble.build(_models("xgboost", 200, 2, 10, 3, seed=5), np.zeros(3), np.ones(3))
     args = ens._args()
