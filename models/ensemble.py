@@ -166,13 +166,14 @@ class MarginEnsemble:
     def summary(self, X: np.ndarray, log_odds: np.ndarray, low_logit: float, high_logit: float,
                 parallel: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per row: the 2.5th and 97.5th percentiles of the B models' risks, and the share of models
-        that would put the row in another risk group than `log_odds` (the final model's) does."""
+        that would put the row in another risk group than `log_odds` (the final model's) does.
+        `parallel`: blocks of 256 rows on numba's threads (NUMBA_NUM_THREADS), else on this thread."""
         X = self._inputs(X)
         n = len(X)
         lo, hi, change = np.empty(n), np.empty(n), np.empty(n)
-        from models.ensemble_kernels import summary, summary_blocks
+        from models.ensemble_kernels import summary, summary_blocks, summary_blocks_serial
 
-        kernel = summary_blocks if n >= 64 else summary
+        kernel = summary if n < 64 else summary_blocks if parallel else summary_blocks_serial
         kernel(X, self.strict_less, *self._args(), np.ascontiguousarray(log_odds, dtype=np.float64),
                float(low_logit), float(high_logit), INTERVAL[0] / 100, INTERVAL[1] / 100, lo, hi, change)
         return lo, hi, change
@@ -262,8 +263,8 @@ def warm_up() -> None:
         model_start=np.zeros(B + 1, dtype=np.int64), node_feature=np.zeros((3, 0), dtype=np.int32),
         node_cut=np.zeros((3, 0), dtype=np.int32), leaf_value=np.zeros((4, 0)),
     )
-    for n in (1, 64):
+    for n, parallel in ((1, False), (64, False), (64, True)):
         X = np.zeros((n, F))
         tiny.margins(X)
-        tiny.summary(X, np.zeros(n), -1.0, 0.0)
+        tiny.summary(X, np.zeros(n), -1.0, 0.0, parallel=parallel)
 

@@ -224,8 +224,7 @@ def _block_walk(bins: np.ndarray, n: int, tree_model: np.ndarray, nf: np.ndarray
             a[p] += lv[node - n_inner, t]
 
 
-@njit(cache=True, parallel=True)
-def summary_blocks(X: np.ndarray, strict_less: bool, const: np.ndarray, cuts: np.ndarray, cut_start: np.ndarray,
+def _summary_blocks(X: np.ndarray, strict_less: bool, const: np.ndarray, cuts: np.ndarray, cut_start: np.ndarray,
                    main: np.ndarray, main_start: np.ndarray, tree_model: np.ndarray, model_start: np.ndarray,
                    nf: np.ndarray, nc: np.ndarray, lv: np.ndarray, log_odds: np.ndarray, low: float, high: float,
                    q_lo: float, q_hi: float, lo: np.ndarray, hi: np.ndarray, change: np.ndarray) -> None:
@@ -261,3 +260,10 @@ def summary_blocks(X: np.ndarray, strict_less: bool, const: np.ndarray, cuts: np
                     buf[b] += main[base + b]
             i = start + p
             lo[i], hi[i], change[i] = _summarise_row(buf, log_odds[i], low, high, q_lo, q_hi)
+
+
+# Blocks of patients on numba's threads (`icans-risk score`, large batches), or on the calling thread
+# only (the service: its workers are the parallelism; a second thread per worker would oversubscribe).
+summary_blocks = njit(cache=True, parallel=True)(_summary_blocks)
+summary_blocks_serial = njit(cache=True)(_summary_blocks)
+

@@ -40,7 +40,7 @@ def score_frame(bundle: ModelBundle, df: pd.DataFrame) -> pd.DataFrame:
         stop = min(start + CHUNK, n)
         ex = bundle.explain(X[start:stop])
         if unc is not None:
-            unc[:, start:stop] = bundle.uncertainty(X[start:stop], ex.log_odds)
+            unc[:, start:stop] = bundle.uncertainty(X[start:stop], ex.log_odds, parallel=True)
         risk[start:stop] = ex.risk
         log_odds[start:stop] = ex.log_odds
         base[start:stop] = ex.base

@@ -94,7 +94,7 @@ class Predictor:
 
     def uncertainty(self, X: np.ndarray, log_odds: np.ndarray) -> list[dict[str, Any] | None]:
         """Per row: the 95% interval of the bootstrap models' risks and P(another risk group)."""
-        unc = self.bundle.uncertainty(X, log_odds, parallel=len(X) >= 1024)
+        unc = self.bundle.uncertainty(X, log_odds)  # on this worker's thread: the workers are the parallelism
         if unc is None:
             return [None] * len(X)
         lo, hi, change = (a.tolist() for a in unc)

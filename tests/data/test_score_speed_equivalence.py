@@ -383,7 +383,8 @@ class _RowWiseBundle:
 
     instability = "row-wise"  # present: score_frame adds the interval columns
 
-    def uncertainty(self, X: np.ndarray, log_odds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def uncertainty(self, X: np.ndarray, log_odds: np.ndarray, parallel: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         spread = 0.1 + np.nan_to_num(X[:, 0], nan=1.0) / 100.0  # from the row's own cells, as the B models do
         return (1 / (1 + np.exp(-(log_odds - spread))), 1 / (1 + np.exp(-(log_odds + spread))),
                 np.clip(spread, 0, 1))
