@@ -54,20 +54,13 @@ def coverage(low: np.ndarray, high: np.ndarray, target: np.ndarray) -> float:
 
 def fit_configuration(kind: str, params: dict[str, Any], X: np.ndarray, y: np.ndarray, cv_folds: int, seed: int,
                       n_jobs: int) -> Callable[[np.ndarray], np.ndarray]:
-    """The procedure without re-tuning, as each bootstrap replicate runs it (pipeline.instability):
-    Platt calibration on `cv_folds`-fold out-of-fold margins, then the fit on all of X. Returns risk(X)."""
-    from sklearn.base import clone
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    """The procedure without re-tuning, as each bootstrap replicate runs it
+    (`pipeline.validation.fit_configuration`). Returns risk(X)."""
+    from models.calibration import risk_of
+    from pipeline.validation import fit_configuration as fit
 
-    from models.calibration import PlattOnMargin
-    from models.candidates import CANDIDATES
-
-    model = CANDIDATES[kind].factory(seed, n_jobs).set_params(**params)
-    cv = StratifiedKFold(cv_folds, shuffle=True, random_state=seed)
-    oof = cross_val_predict(clone(model), X, y, cv=cv, method="predict_proba")[:, 1]
-    platt = PlattOnMargin().fit(_logit(oof), y)
-    final = clone(model).fit(X, y)
-    return lambda Z: 1 / (1 + np.exp(-platt.transform(_logit(final.predict_proba(Z)[:, 1]))))
+    final, platt, _ = fit(kind, params, X, y, cv_folds, seed, n_jobs)
+    return lambda Z: risk_of(platt.transform(_logit(final.predict_proba(Z)[:, 1])))
 
 
 def tune_and_fit(size: int, gen_seed: int, settings: Any, n_jobs: int) -> dict[str, Any]:

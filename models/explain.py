@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from models.leaftable import LeafTables
-from models.trees import FlatTrees, comparable, from_hist_gradient_boosting, from_xgboost
+from models.trees import FlatTrees, comparable, flatten
 
 _UNBUILT = object()
 
@@ -37,7 +37,7 @@ class TreeExplainer:
         if estimator is not None:
             self.attach(estimator)
         if trees is None:
-            trees = from_xgboost(estimator) if kind == "xgboost" else from_hist_gradient_boosting(estimator)
+            trees = flatten(kind, estimator)
         self.trees: FlatTrees = trees
         self._tables: LeafTables | None | object = _UNBUILT
 

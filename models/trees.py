@@ -45,6 +45,12 @@ def comparable(trees: FlatTrees, X: np.ndarray) -> np.ndarray:
     return X
 
 
+def flatten(kind: str, estimator: Any) -> FlatTrees:
+    """A fitted model of the family `kind` as FlatTrees: an xgboost Booster ("xgboost") or a
+    scikit-learn HistGradientBoostingClassifier ("hist_gradient_boosting")."""
+    return from_xgboost(estimator) if kind == "xgboost" else from_hist_gradient_boosting(estimator)
+
+
 def from_xgboost(booster) -> FlatTrees:
     return from_xgboost_json(json.loads(booster.save_raw(raw_format="json")))
 

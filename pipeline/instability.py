@@ -30,13 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from joblib import Parallel, delayed
-from sklearn.base import clone
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from models.calibration import PlattOnMargin
-from models.candidates import CANDIDATES
 from models.ensemble import MarginEnsemble
-from models.trees import FlatTrees, from_hist_gradient_boosting, from_xgboost
+from models.trees import FlatTrees, flatten
+from pipeline.validation import fit_configuration
 
 if TYPE_CHECKING:
     from models.artifact import ModelBundle
@@ -62,16 +59,6 @@ class Instability:
     final_risk: np.ndarray  # (n,) the final model's
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    z: np.ndarray = np.log(p / (1 - p))
-    return z
-
-
-def _flat(kind: str, estimator: Any) -> FlatTrees:
-    return from_xgboost(estimator.get_booster()) if kind == "xgboost" else from_hist_gradient_boosting(estimator)
-
-
 def _replicate(kind: str, params: dict[str, Any], X: np.ndarray, y: np.ndarray, cv_folds: int, seed: int,
                b: int) -> tuple[FlatTrees, float, float, int]:
     """The procedure on bootstrap sample b; a sample with fewer than `cv_folds` patients of either
@@ -84,12 +71,9 @@ def _replicate(kind: str, params: dict[str, Any], X: np.ndarray, y: np.ndarray, 
         if min(events, n - events) >= cv_folds:
             break
         redraws += 1
-    Xb, yb = X[idx], y[idx]
-    model = CANDIDATES[kind].factory(seed, 1).set_params(**params)
-    cv = StratifiedKFold(cv_folds, shuffle=True, random_state=seed)
-    oof = cross_val_predict(clone(model), Xb, yb, cv=cv, method="predict_proba")[:, 1]
-    platt = PlattOnMargin().fit(_logit(oof), yb)
-    return _flat(kind, clone(model).fit(Xb, yb)), platt.intercept_, platt.slope_, redraws
+    estimator, platt, _ = fit_configuration(kind, params, X[idx], y[idx], cv_folds, seed, 1)
+    booster = estimator.get_booster() if kind == "xgboost" else estimator
+    return flatten(kind, booster), platt.intercept_, platt.slope_, redraws
 
 
 def bootstrap_ensemble(kind: str, params: dict[str, Any], X: np.ndarray, y: np.ndarray, n_models: int,

@@ -54,17 +54,12 @@ class Refit:
 
 def refit(bundle: ModelBundle, X: np.ndarray, y: np.ndarray, seed: int) -> Refit:
     """The bundle's family and hyperparameters fitted on (X, y), calibrated on its out-of-fold risks."""
-    from sklearn.model_selection import cross_val_predict
-
-    from models.calibration import PlattOnMargin
-    from models.candidates import CANDIDATES
+    from pipeline.validation import fit_configuration
 
     params = dict(bundle.metadata.get("params") or {})
-    model = CANDIDATES[bundle.kind].factory(seed, 1).set_params(**params)
-    cv = StratifiedKFold(min(5, int(min(y.sum(), len(y) - y.sum()))), shuffle=True, random_state=seed)
-    oof = np.clip(cross_val_predict(model, X, y, cv=cv, method="predict_proba")[:, 1], 1e-7, 1 - 1e-7)
-    platt = PlattOnMargin().fit(np.log(oof / (1 - oof)), y)
-    return Refit(model.fit(X, y), float(platt.intercept_), float(platt.slope_))
+    folds = min(5, int(min(y.sum(), len(y) - y.sum())))
+    estimator, platt, _ = fit_configuration(bundle.kind, params, X, y, folds, seed, 1)
+    return Refit(estimator, float(platt.intercept_), float(platt.slope_))
 
 
 def updated_bundle(parent: ModelBundle, test: ClosedTest, info: dict[str, Any]) -> ModelBundle:

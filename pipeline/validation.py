@@ -181,12 +181,22 @@ def fit_procedure(
     """Choose the tree family with the lowest CV log-loss, calibrate it on out-of-fold margins
     (never on the patients a margin was fitted on), then fit it on all of X."""
     chosen = min((n for n in tuned if n in TREE_FAMILIES), key=lambda n: tuned[n]["cv_log_loss"])
-    best = CANDIDATES[chosen].factory(seed, n_jobs).set_params(**tuned[chosen]["params"])
-    cv = StratifiedKFold(cv_folds, shuffle=True, random_state=seed)
-    oof = cross_val_predict(clone(best), X, y, cv=cv, method="predict_proba")[:, 1]
-    platt = PlattOnMargin().fit(_logit(oof), y)
+    estimator, platt, oof = fit_configuration(chosen, tuned[chosen]["params"], X, y, cv_folds, seed, n_jobs)
     oof_risk = risk_of(platt.transform(_logit(oof)))
-    return Fitted(chosen, tuned[chosen]["params"], clone(best).fit(X, y), platt, oof_risk, tuned)
+    return Fitted(chosen, tuned[chosen]["params"], estimator, platt, oof_risk, tuned)
+
+
+def fit_configuration(kind: str, params: dict[str, Any], X: np.ndarray, y: np.ndarray, cv_folds: int, seed: int,
+                      n_jobs: int) -> tuple[Any, PlattOnMargin, np.ndarray]:
+    """The procedure once the configuration is chosen: the family with these parameters, Platt
+    calibration on its `cv_folds`-fold out-of-fold margins, then the fit on all of X. Returns the
+    fitted estimator, the calibration and the out-of-fold probabilities. Training, every bootstrap
+    model of the instability analysis and a local revision all run this one procedure."""
+    model = CANDIDATES[kind].factory(seed, n_jobs).set_params(**params)
+    cv = StratifiedKFold(cv_folds, shuffle=True, random_state=seed)
+    oof = cross_val_predict(clone(model), X, y, cv=cv, method="predict_proba")[:, 1]
+    platt = PlattOnMargin().fit(_logit(oof), y)
+    return clone(model).fit(X, y), platt, oof
 
 
 # --------------------------------------------------------------------------- repeated cross-validation
