@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.contract import FEATURES_BY_NAME, INTENDED_USE, OUTCOMES
+from serving.accept import media_ranges
 from serving.fhir import codes as C
 from serving.fhir.datatypes import FHIR_ID
 
@@ -239,16 +240,7 @@ def wants_fhir(accept: str | None) -> bool:
     if not accept:
         return False
     q = {"fhir": 0.0, "json": 0.0}
-    for part in accept.split(","):
-        media, *params = (p.strip() for p in part.split(";"))
-        weight = 1.0
-        for p in params:
-            name, _, value = p.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    weight = float(value)
-                except ValueError:
-                    weight = 0.0
+    for media, weight in media_ranges(accept):
         media = media.lower()
         if media == FHIR_JSON:
             q["fhir"] = max(q["fhir"], weight)

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from pipeline import waterfall
 from pipeline.contract import INTENDED_USE
 from pipeline.settings import Settings
+from serving.accept import media_ranges
 from serving.audit_rows import audit_record
 from serving.auth import Principal, require
 from serving.deps import audit_of, log_throttle_of, metrics_of, model_of, served_predictor
@@ -170,16 +171,7 @@ def image_format(accept: str | None) -> str | None:
         return "svg"
     offers = {"image/svg+xml": "svg", "image/png": "png", "image/*": "svg", "*/*": "svg"}
     best, best_q = None, 0.0
-    for i, part in enumerate(accept.split(",")):
-        media, *params = [x.strip() for x in part.split(";")]
-        q = 1.0
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
+    for i, (media, q) in enumerate(media_ranges(accept)):
         fmt = offers.get(media.lower())
         # an exact type beats a wildcard of the same q
         rank = q - (0.0005 if "*" in media else 0.0) - i * 1e-6
