@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from pipeline.contract import FEATURE_NAMES, example_request
+from tests.processes import run_group
 
 CLI = shutil.which("icans-risk") or str(Path(sys.executable).with_name("icans-risk"))
 
@@ -41,7 +42,7 @@ def workspace(tmp_path_factory):
 
 
 def run(env, *args, check=True):
-    proc = subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=600)
+    proc = run_group([CLI, *args], env=env, timeout=1800)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc

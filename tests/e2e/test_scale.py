@@ -34,6 +34,7 @@ import pytest
 
 from pipeline.contract import example_request
 from tests.pg import PG_HOST, PG_PORT, pg_connect
+from tests.processes import run_group
 
 pytestmark = pytest.mark.slow
 
@@ -423,7 +424,7 @@ def _wait_for(cond, timeout_s: float, what: str) -> float:
 
 
 def _run_cli(argv: list[str], env: dict, cwd: Path) -> str:
-    proc = subprocess.run(_local(argv), env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+    proc = run_group(_local(argv), env=env, cwd=cwd, timeout=600)
     assert proc.returncode == 0, f"{argv} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
