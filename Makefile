@@ -68,9 +68,14 @@ score: install
 # authentication is on by default and nothing is trained on start: the champion must exist.
 AUTH ?= $(if $(MLFLOW_TRACKING_URI),on,off)
 TRAIN_IF_MISSING ?= $(if $(MLFLOW_TRACKING_URI),,--train-if-missing)
+# Live reload is on: every RELOAD_S seconds the service asks the registry where @champion points and
+# swaps in a newly promoted version (RELOAD_S=0 turns it off; the log says which).
+RELOAD_S ?= 30
 serve: install
 	@if [ "$(AUTH)" = "off" ]; then echo "make serve: development mode, authentication OFF (AUTH=on to require API keys)"; fi
-	ICANS_AUTH=$(AUTH) OMP_NUM_THREADS=1 $(BIN)/icans-risk serve $(TRAIN_IF_MISSING) --host $(HOST) --port $(PORT) --workers $(WORKERS)
+	@if [ "$(RELOAD_S)" = "0" ]; then echo "make serve: live reload OFF (a newly promoted @champion is served after a restart or POST /v1/admin/reload)"; \
+	  else echo "make serve: live reload on, @champion checked every $(RELOAD_S) s"; fi
+	ICANS_AUTH=$(AUTH) ICANS_RELOAD_INTERVAL_S=$${ICANS_RELOAD_INTERVAL_S:-$(RELOAD_S)} OMP_NUM_THREADS=1 $(BIN)/icans-risk serve $(TRAIN_IF_MISSING) --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 # The production profile on one host: MLflow's tracking server with a PostgreSQL backend store
 # and proxied artifacts in a local directory (an object store in a real deployment). Point the
