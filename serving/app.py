@@ -45,7 +45,11 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
         metrics.set_model(p.model.name, p.model.version, p.model.run_id)
         _freeze_heap()  # the first load imports the model's modules after start-up: freeze them too
 
-    state = ModelState(on_swap=on_swap, on_reload=lambda result: metrics.reloads.labels(result).inc())
+    state = ModelState(
+        on_swap=on_swap,
+        on_reload=lambda result: metrics.reloads.labels(result).inc(),
+        on_alias=lambda target, served: metrics.alias_differs.set(0 if target == served else 1),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -37,6 +37,10 @@ class Metrics:
         self.model_info = Gauge(
             "icans_model_info", "The model being served (value 1)", ["name", "version", "run_id"], registry=self.registry
         )
+        self.alias_differs = Gauge(
+            "icans_champion_alias_differs",
+            "1 while the registry's champion alias points to another version than the one served", registry=self.registry,
+        )
         self.reloads = Counter("icans_model_reloads_total", "Model reload outcomes", ["result"], registry=self.registry)
         self.audit_failures = Counter(
             "icans_audit_write_failures_total", "Audit records that could not be written", registry=self.registry

@@ -68,6 +68,11 @@ class ModelState:
     attempts: int = 0
     loaded_at: float | None = None
     last_reload: dict[str, Any] = field(default_factory=dict)
+    # where the registry alias pointed when last asked (a reload or the poll), and when: /v1/model and
+    # the icans_champion_alias_differs gauge say when that is not the served version
+    alias_target: str | None = None
+    alias_checked_at: float | None = None
+    on_alias: Callable[[str, str | None], None] | None = None
     on_swap: Callable[[Predictor], None] | None = None
     on_reload: Callable[[str], None] | None = None
     _swap_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -83,6 +88,8 @@ class ModelState:
         with self._swap_lock:
             self.predictor = predictor  # one reference swap: in-flight requests keep the old one
             self.status, self.error, self.loaded_at = "ready", None, time.time()
+        if self.on_alias and self.alias_target is not None:
+            self.on_alias(self.alias_target, predictor.model.version)
         if self.on_swap:
             self.on_swap(predictor)
 
@@ -145,6 +152,7 @@ class ModelState:
                 resolved = resolver(settings)
             except Exception as exc:
                 return self._record("failed", f"registry unreachable or model missing: {describe(exc)}")
+            self._saw_alias(resolved.version)
             current = self.predictor
             if current is not None and (current.model.name, current.model.version) == (resolved.name, resolved.version):
                 return self._record("unchanged", f"already serving {resolved.name} v{resolved.version}")
@@ -174,6 +182,26 @@ class ModelState:
         thread = threading.Thread(target=run, name="model-poller", daemon=True)
         thread.start()
         return thread
+
+    def _saw_alias(self, version: str) -> None:
+        if self.alias_target != version:
+            served = self.predictor.model.version if self.predictor else None
+            log.info("the champion alias points to v%s (serving v%s)", version, served)
+        self.alias_target, self.alias_checked_at = version, time.time()
+        if self.on_alias:
+            self.on_alias(version, self.predictor.model.version if self.predictor else None)
+
+    def alias_status(self, alias: str, polling: bool) -> dict[str, Any]:
+        """The alias's target as last seen beside the served version, for GET /v1/model."""
+        served = self.predictor.model.version if self.predictor else None
+        return {
+            "alias": alias,
+            "serving_version": served,
+            "alias_target_version": self.alias_target,
+            "checked_at": self.alias_checked_at,
+            "differs": self.alias_target is not None and self.alias_target != served,
+            "live_reload": polling,
+        }
 
     def _record(self, result: str, reason: str) -> dict[str, Any]:
         self.last_reload = {"result": result, "reason": reason, "at": time.time()}

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from pipeline.contract import FEATURES, INTENDED_USE
-from serving.deps import PredictorDep, store_of
+from serving.deps import ModelStateDep, PredictorDep, SettingsDep, store_of
 from serving.predictor import Predictor
 
 router = APIRouter(tags=["model"])
@@ -21,7 +21,7 @@ router = APIRouter(tags=["model"])
     summary="The served model: version, metrics, features, thresholds",
     responses={503: {"description": "No model loaded yet"}},
 )
-def model_info(request: Request, p: PredictorDep) -> dict:
+def model_info(request: Request, p: PredictorDep, state: ModelStateDep, settings: SettingsDep) -> dict:
     b = p.bundle
     meta = b.metadata
     return {
@@ -31,6 +31,9 @@ def model_info(request: Request, p: PredictorDep) -> dict:
         "outcome": b.outcome,
         "kind": b.kind,
         "trained_at": meta.get("trained_at"),
+        # the registry alias as last seen beside this version: "differs" while a promoted version is not
+        # yet served (live reload off, or the new version refused on load: see the log)
+        "champion_alias": state.alias_status(settings.champion_alias, settings.reload_interval_s > 0),
         "metrics": meta.get("test_metrics", {}),
         "thresholds": {"low": b.low_threshold, "high": b.high_threshold},
         "risk_groups": {
