@@ -50,9 +50,10 @@ def forest_plot(rows: list[dict[str, Any]], pooled: Pooled | None, measure: str,
     n_rows = len(rows) + (2 if pooled else 0)
     fig, ax = plt.subplots(figsize=(7.0, 1.4 + 0.38 * n_rows))
     colour = style.COLOURS.get("model", "#1f77b4")
-    ticks, names = [], []
+    ticks: list[float] = []
+    names: list[str] = []
     for i, r in enumerate(rows):
-        yy = n_rows - i
+        yy = float(n_rows - i)
         ticks.append(yy)
         if r.get("estimable") and np.isfinite(r.get(measure, np.nan)) and np.isfinite(r.get(f"{measure}_se", np.nan)):
             est, lo, hi = _centre_interval(r, measure)

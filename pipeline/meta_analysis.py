@@ -18,7 +18,7 @@ statsmodels' `combine_effects` (the HKSJ "random effect wls" row) to 1e-8.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 from scipy import stats
@@ -128,7 +128,7 @@ def random_effects(
                   float(tau2), float(i2), se_mu, scale)
 
 
-def _inverse(scale: Scale):  # type: ignore[no-untyped-def]
+def _inverse(scale: Scale) -> Callable[[float], float]:
     if scale == "logit":
         return lambda x: float(expit(x))
     if scale == "log":
