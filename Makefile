@@ -57,6 +57,17 @@ monitor: install
 evaluate: install
 	$(BIN)/icans-risk evaluate --outcome $(OUTCOME) --on-invalid $(ON_INVALID) $(if $(DATA),--data $(DATA))
 
+# Issue 27 (docs/multi-centre.md): pool centres' summaries (icans-risk evaluate --summary OUT.json),
+# and internal-external cross-validation of a multi-centre file on its own (make train runs it too).
+.PHONY: meta iecv
+meta: install
+	@test -n "$(SUMMARIES)" || { echo "usage: make meta SUMMARIES='a.json b.json' [VERSION=]"; exit 2; }
+	$(BIN)/icans-risk meta $(SUMMARIES) $(if $(VERSION),--version $(VERSION))
+
+iecv: install
+	@test -n "$(DATA)" || { echo "usage: make iecv DATA=consortium.csv [OUTCOME=] [ICANS_CLUSTER=local]"; exit 2; }
+	$(BIN)/icans-risk iecv --data $(DATA) --outcome $(OUTCOME) --on-invalid $(ON_INVALID)
+
 score: install
 	@test -n "$(DATA)" -a -n "$(OUT)" || { echo "usage: make score DATA=in.csv OUT=out.csv"; exit 2; }
 	$(BIN)/icans-risk score --data $(DATA) --out $(OUT) --on-invalid $(ON_INVALID)

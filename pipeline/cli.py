@@ -50,12 +50,20 @@ def main(verbose: bool) -> None:
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="CSV or Parquet path.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
-def generate(n: int, seed: int, out: Path | None, overwrite: bool) -> None:
+@click.option("--consortium", is_flag=True,
+              help="Several centres with a 'centre' column (pipeline/cohort_centres.py; --n is ignored).")
+def generate(n: int, seed: int, out: Path | None, overwrite: bool, consortium: bool = False) -> None:
     """Write a literature-grounded synthetic cohort (carries p_true, which is never a feature)."""
     from pipeline.cohort import generate_cohort, oracle_auroc
     from pipeline.data import write_new, write_synthetic_cohort
 
-    df = generate_cohort(n, seed)
+    if consortium:  # issue 27
+        from pipeline.cohort_centres import generate_consortium
+
+        df = generate_consortium(seed=seed)
+        n = len(df)
+    else:
+        df = generate_cohort(n, seed)
     if out is None:
         path = write_synthetic_cohort(df, _settings().data_dir, n, seed)
     else:
@@ -249,13 +257,20 @@ def runs_sweep() -> None:
 @click.option("--data", type=click.Path(path_type=Path), default=None, help="External cohort; default: a fresh synthetic one.")
 @click.option("--outcome", type=click.Choice(sorted(OUTCOMES)), default=DEFAULT_OUTCOME, show_default=True)
 @click.option("--on-invalid", type=click.Choice(["refuse", "drop"]), default="refuse", show_default=True)
-def evaluate(data, outcome, on_invalid) -> None:
+@click.option("--summary", "summary", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write only the shareable centre summary (estimates, SEs, binned counts; no rows) to this JSON.")
+@click.option("--centre", default=None, help="The centre's code, when the file has no 'centre' column (--summary).")
+@click.option("--overwrite", is_flag=True, help="Replace --summary if it exists.")
+def evaluate(data, outcome, on_invalid, summary=None, centre=None, overwrite=False) -> None:
     """Validate the served model on a cohort it has never seen (new MLflow run, no retraining)."""
     from pipeline.evaluate import evaluate as run_evaluation
     from pipeline.io_report import CohortError
     from pipeline.registry import ModelNotFound
 
     settings = _settings(outcome=outcome)
+    if summary is not None:  # issue 27: federated evaluation, nothing row-level leaves the centre
+        _centre_summary(settings, data, outcome, on_invalid, summary, centre, overwrite)
+        return
     try:
         result = run_evaluation(settings, data=data, outcome=outcome, on_invalid=on_invalid)
     except (CohortError, ValueError) as exc:
@@ -268,6 +283,61 @@ def evaluate(data, outcome, on_invalid) -> None:
             **result["metrics"]
         )
     )
+
+
+def _centre_summary(settings, data, outcome, on_invalid, out, centre, overwrite) -> None:
+    from pipeline.federated import SummaryError, summary_of_file, write_summary
+    from pipeline.io_report import CohortError
+    from pipeline.registry import ModelNotFound
+
+    if data is None:
+        raise click.ClickException("--summary needs --data: the centre's own cohort file")
+    try:
+        doc = summary_of_file(settings, data, outcome, on_invalid, centre)
+        write_summary(doc, out, overwrite=overwrite)
+    except (CohortError, SummaryError) as exc:
+        _data_error(exc)
+    except ModelNotFound as exc:
+        raise click.ClickException(f"{exc}; train one first (make train)") from None
+    shared = sum(1 for e in doc["centres"] if e.get("estimable"))
+    click.echo(f"summary of {len(doc['centres'])} centre(s) ({shared} with estimates) for "
+               f"{doc['model']['name']} v{doc['model']['version']} -> {out} (no patient rows)")
+
+
+@main.command("meta")
+@click.argument("summaries", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--version", "version", default=None, help="Refuse summaries of any other model version.")
+def meta_command(summaries, version) -> None:
+    """Pool centres' summaries (icans-risk evaluate --summary) by random-effects meta-analysis."""
+    from pipeline.federated import SummaryError, meta
+
+    try:
+        result = meta(list(summaries), _settings(), version=version)
+    except SummaryError as exc:
+        _data_error(exc)
+    click.echo(f"meta-analysis run {result['run_id']}: {result['model']['name']} v{result['model']['version']}, "
+               f"{len(result['centres'])} centres")
+    for m, p in result["pooled"].items():
+        click.echo(f"{m}: {p.estimate:.3f} (95% CI {p.ci_low:.3f}-{p.ci_high:.3f}; 95% prediction interval "
+                   f"{p.pi_low:.3f}-{p.pi_high:.3f}; tau2 {p.tau2:.4f}, I2 {p.i2:.0f}%)")
+
+
+@main.command("iecv")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="A cohort file with a 'centre' column.")
+@click.option("--outcome", type=click.Choice(sorted(OUTCOMES)), default=DEFAULT_OUTCOME, show_default=True)
+@click.option("--on-invalid", type=click.Choice(["refuse", "drop"]), default="refuse", show_default=True)
+def iecv_command(data, outcome, on_invalid) -> None:
+    """Internal-external cross-validation by centre alone (its own MLflow run; no model registered)."""
+    from pipeline.iecv import IECVRefused, run_standalone
+    from pipeline.io_report import CohortError
+
+    try:
+        result, run_id = run_standalone(_settings(outcome=outcome), data, outcome, on_invalid)
+    except (CohortError, IECVRefused) as exc:
+        _data_error(exc)
+    click.echo(f"IECV run {run_id}: {len(result.rows)} centres, {result.seconds:.0f} s")
+    click.echo(result.transport_sentence())
 
 
 @main.command()

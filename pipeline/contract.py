@@ -221,6 +221,12 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 FEATURES_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}
 
 ID_COLUMN = "patient_id"
+# Optional: the treating centre, a short code (issue 27). It identifies the validation design's
+# groups (internal-external cross-validation by centre, pipeline/iecv.py) and is never a model
+# feature nor part of an answer.
+CENTRE_COLUMN = "centre"
+CENTRE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,15}$"
+CENTRE_RULE = "must be a short code: 1-16 letters, digits, '_' or '-', starting with a letter or digit"
 
 
 @dataclass(frozen=True)
@@ -244,7 +250,7 @@ ORACLE_COLUMN = "p_true"
 # Columns that describe what happened after infusion or the truth of a synthetic row: they are
 # never model inputs, whatever file they arrive in.
 NON_FEATURE_COLUMNS: frozenset[str] = frozenset(
-    {ID_COLUMN, GRADE_COLUMN, ORACLE_COLUMN, *OUTCOMES}
+    {ID_COLUMN, GRADE_COLUMN, ORACLE_COLUMN, CENTRE_COLUMN, *OUTCOMES}
 )
 
 INTENDED_USE = (

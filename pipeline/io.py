@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.contract import (
+    CENTRE_COLUMN,
+    CENTRE_RULE,
     FEATURES,
     FEATURES_BY_NAME,
     GRADE_COLUMN,
@@ -46,7 +48,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 KNOWN_COLUMNS: frozenset[str] = frozenset(
-    {ID_COLUMN, GRADE_COLUMN, "p_true", *OUTCOMES, *(f.name for f in FEATURES)}
+    {ID_COLUMN, GRADE_COLUMN, "p_true", CENTRE_COLUMN, *OUTCOMES, *(f.name for f in FEATURES)}
 )
 
 
@@ -95,6 +97,8 @@ def _rule_text(column: str, check: str) -> str:
         return "must be true or false"
     if check.startswith("in_range(0, 1)"):
         return "must be a probability in [0, 1]"
+    if column == CENTRE_COLUMN:  # issue 27
+        return CENTRE_RULE
     if check.startswith("str_length"):
         return "must not be empty"
     return check

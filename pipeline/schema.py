@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeline.contract import FEATURES, GRADE_COLUMN, ID_COLUMN, OUTCOMES, Feature
+from pipeline.contract import CENTRE_COLUMN, CENTRE_PATTERN, FEATURES, GRADE_COLUMN, ID_COLUMN, OUTCOMES, Feature
 
 if TYPE_CHECKING:
     import pandera.pandas as pa
@@ -72,6 +72,9 @@ def cohort_schema(outcome: str | None, require_id: bool = True) -> pa.DataFrameS
         columns[name] = _bool_column(required=(name == outcome))
     columns[GRADE_COLUMN] = pa.Column(
         float, checks=pa.Check.isin([0, 1, 2, 3, 4]), nullable=True, required=False
+    )
+    columns[CENTRE_COLUMN] = pa.Column(  # optional; when present, every row names its centre
+        None, checks=pa.Check.str_matches(CENTRE_PATTERN), nullable=False, required=False
     )
     columns["p_true"] = pa.Column(
         float, checks=pa.Check.in_range(0, 1), nullable=True, required=False

@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     cv_repeats: int = Field(default=5, ge=1, description="repeats of the cross-validation of the whole procedure")
     resample_n_iter: int = Field(default=4, ge=1, description="search configurations per family in each fold")
     resample_cv_folds: int = Field(default=3, ge=2, description="tuning/calibration folds inside each fold")
+    # Issue 27: where the parallel work (the internal-external cross-validation's centres) runs.
+    # Unset: in this process (joblib's own workers); "local": a dask.distributed LocalCluster of
+    # cluster_workers processes; "tcp://host:8786": an existing Dask scheduler (pipeline/cluster.py).
+    cluster: str | None = Field(default=None, pattern=r"^(local|tcp://[A-Za-z0-9.\-]+:[0-9]{1,5})$")
+    cluster_workers: int = Field(default=2, ge=1, le=256)
     # Monitoring inside `icans-risk serve`: every this many seconds, the answers of the last interval
     # against the development data (and their outcomes), as `make monitor` does; 0 = off.
     monitor_interval_s: float = Field(default=0.0, ge=0)

@@ -25,7 +25,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from sklearn.model_selection import train_test_split
 
-from pipeline import instability, train_log
+from pipeline import iecv, instability, train_log
 from pipeline.assessment import assess
 from pipeline.compare import comparison_notes, quality_gate
 from pipeline.contract import FEATURES, OUTCOMES
@@ -140,6 +140,7 @@ def _train_in_run(
     ungated = not gate_ok and settings.allow_ungated and champion(client, model_name, settings.champion_alias) is None
     train_log.record_verdicts(ev, bundle, metrics, gate_ok, gate_reason, ungated, empty)  # log
     notes = comparison_notes(ev.validated, metrics, design.kind)  # compare: the simpler models
+    notes += iecv.validate_by_centre(cohort.data, outcome, settings, bundle, n_jobs)  # issue 27: IECV by centre
     with tempfile.TemporaryDirectory() as tmp:
         if inst is not None:  # into the run's plots and the validation report
             instability.instability_plot(inst, bundle.low_threshold, bundle.high_threshold, Path(tmp) / "instability.png")

@@ -48,6 +48,9 @@ EXPECTED = {
     "serve": scale.serve_argv("<host>", 1),
     "train": scale.train_argv(1, 1),
     "keys-create": scale.keys_create_argv("<client>"),
+    # issue 27: the Dask cluster (deploy/k8s/dask.yaml, the compose profile "cluster")
+    "dask-scheduler": ["dask", "scheduler", "--port", "8786", "--dashboard-address", ":8787"],
+    "dask-worker": ["dask", "worker", "tcp://dask-scheduler:8786", "--nthreads", "1", "--nworkers", "2"],
 }
 # Flags whose value must also be the same (the rest are per deployment: URLs, ports, sizes).
 FIXED_VALUES = {"--workers", "--scope"}
