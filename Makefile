@@ -101,9 +101,12 @@ mlflow-server: install
 		--artifacts-destination "$(MLFLOW_ARTIFACTS_DESTINATION)" --serve-artifacts \
 		--host $(HOST) --port $(MLFLOW_PORT) --workers 1
 
+# The UI over the local store, as light as mlflow-server: one worker, no job runner (its GenAI jobs
+# are not used here). `python -m bench.mlflow_ui` measures its start time and memory.
 mlflow-ui: install
-	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
-		--host $(HOST) --port $(MLFLOW_PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server \
+		--backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
+		--host $(HOST) --port $(MLFLOW_PORT) --workers 1
 
 test: install browser lint
 	$(BIN)/python -m pytest

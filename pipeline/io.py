@@ -63,10 +63,13 @@ class Cohort:
     source: str | None = None
 
 
-def _check_columns(df: pd.DataFrame, outcome: str | None, require_id: bool) -> list[str]:
+def _check_columns(
+    df: pd.DataFrame, outcome: str | None, require_id: bool, source: str | None = None
+) -> list[str]:
+    where = f"{source}: " if source else ""
     dupes = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
     if dupes:
-        raise CohortError(f"duplicate column names: {', '.join(dupes)}")
+        raise CohortError(f"{where}duplicate column names: {', '.join(dupes)}")
     required = [f.name for f in FEATURES if f.required]
     if require_id:
         required.insert(0, ID_COLUMN)
@@ -74,11 +77,54 @@ def _check_columns(df: pd.DataFrame, outcome: str | None, require_id: bool) -> l
         required.append(outcome)
     missing = [c for c in required if c not in df.columns]
     if missing:
-        hint = ""
-        if len(df.columns) == 1 and any(s in df.columns[0] for s in (";", "\t", "|")):
-            hint = " (the file seems to use another delimiter than a comma: a comma is expected)"
-        raise CohortError(f"missing required columns: {', '.join(missing)}{hint}")
+        delimiter = _other_delimiter(df)
+        if delimiter is not None:  # it explains every missing column: said first, and alone
+            raise CohortError(
+                f"{where}the file seems to use {delimiter} as its delimiter, but a comma is expected "
+                f"(so none of the {len(missing)} required columns could be found); "
+                "save it as comma-separated CSV"
+            )
+        lines = [_missing_text(c, df.columns) for c in missing]
+        if len(lines) == 1:
+            raise CohortError(f"{where}missing required column {lines[0]}")
+        raise CohortError(f"{where}missing {len(lines)} required columns:\n" + "\n".join(f"  {t}" for t in lines))
     return sorted(c for c in df.columns if c not in KNOWN_COLUMNS)
+
+
+_DELIMITERS = {";": "';' (semicolon)", "\t": "a tab", "|": "'|'"}
+
+
+def _other_delimiter(df: pd.DataFrame) -> str | None:
+    """The delimiter a one-column table was most likely written with, or None."""
+    if len(df.columns) != 1:
+        return None
+    header = str(df.columns[0])
+    counts = {d: header.count(d) for d in _DELIMITERS}
+    best = max(counts, key=lambda d: counts[d])
+    return _DELIMITERS[best] if counts[best] else None
+
+
+def _missing_text(column: str, present: pd.Index) -> str:
+    """One missing column, with the file's column that looks like a renamed copy of it (if any)."""
+    unused = [str(c) for c in present if c not in KNOWN_COLUMNS]
+    near = nearest_name(column, unused)
+    if near is None:
+        return f"'{column}'"
+    return f"'{column}' (the file has '{near}': renamed?)"
+
+
+def nearest_name(name: str, candidates: list[str], cutoff: float = 0.75) -> str | None:
+    """The candidate closest to `name` (case, '-', ' ' and '.' ignored), or None if none is close."""
+    import difflib
+
+    def norm(s: str) -> str:
+        return s.strip().lower().replace("-", "_").replace(" ", "_").replace(".", "_")
+
+    by_norm = {norm(c): c for c in candidates if len(c) <= 4 * len(name) + 8}
+    if norm(name) in by_norm:
+        return by_norm[norm(name)]
+    match = difflib.get_close_matches(norm(name), list(by_norm), n=1, cutoff=cutoff)
+    return by_norm[match[0]] if match else None
 
 
 def _rule_text(column: str, check: str) -> str:
@@ -105,10 +151,12 @@ def _rule_text(column: str, check: str) -> str:
 
 
 def validate(
-    df: pd.DataFrame, outcome: str | None, require_id: bool = True
+    df: pd.DataFrame, outcome: str | None, require_id: bool = True, source: str | None = None
 ) -> tuple[pd.DataFrame, ValidationReport]:
-    """Validate every row and column in one pass; returns typed rows and the full report."""
-    ignored = _check_columns(df, outcome, require_id)
+    """Validate every row and column in one pass; returns typed rows and the full report.
+
+    `source` (the file's name) prefixes a refusal of the whole file, so the user knows which one."""
+    ignored = _check_columns(df, outcome, require_id, source)
     if ignored:
         warnings.warn(
             f"ignoring {len(ignored)} columns that are not in the data contract: {', '.join(ignored)}",
@@ -175,7 +223,7 @@ def read_cohort(
     raw = read_table(Path(path))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        data, report = validate(raw, outcome, require_id=require_id)
+        data, report = validate(raw, outcome, require_id=require_id, source=Path(path).name)
     for w in caught:
         log.warning("%s", w.message)
     if not report.ok and on_invalid == "refuse":

@@ -38,11 +38,26 @@ def git_commit() -> str:
         return "unknown"
 
 
+# MLflow 3's UI opens an experiment on its GenAI view (traces, token usage) unless the experiment's
+# kind says otherwise; `custom_model_development` is the kind it gives classic training runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+EXPERIMENT_DESCRIPTIONS = {
+    "icans-risk": "Training and local-update runs of the ICANS risk model: one run per `icans-risk train` or "
+    "`update`. Headline metrics: validated_auroc, validated_calibration_slope, validated_brier "
+    "(the design, held-out or repeated cross-validation, is the run's tag validation_design). Research use only.",
+    "icans-risk-evaluation": "`icans-risk evaluate` runs: the champion re-scored on a given cohort. Research use only.",
+    "icans-risk-monitoring": "`icans-risk monitor` runs: drift of the served version's audited answers against its "
+    "development data. Research use only.",
+}
+
+
 def setup_mlflow(settings: Settings, experiment: str) -> str:
     mlflow.set_tracking_uri(settings.tracking_uri)
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment)
     if exp is not None:
+        describe_experiment(client, exp.experiment_id, exp.name, exp.tags)
         return exp.experiment_id
     # A tracking server decides where artifacts go (with --serve-artifacts: mlflow-artifacts:/<id>,
     # proxied to its --artifacts-destination) unless ICANS_ARTIFACT_ROOT is set explicitly.
@@ -53,13 +68,49 @@ def setup_mlflow(settings: Settings, experiment: str) -> str:
         else f"{settings.artifact_root.rstrip('/')}/{experiment}"
     )
     try:
-        return client.create_experiment(experiment, artifact_location=location)
+        return client.create_experiment(experiment, artifact_location=location, tags=experiment_tags(experiment))
     except MlflowException as exc:  # another training created it between the lookup and here
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
         existing = client.get_experiment_by_name(experiment)
         assert existing is not None  # creating it has just failed because it exists
         return existing.experiment_id
+
+
+def experiment_tags(experiment: str) -> dict[str, str]:
+    """The classic (training runs) view, and a description the UI shows above the runs."""
+    tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+    if experiment in EXPERIMENT_DESCRIPTIONS:
+        tags["mlflow.note.content"] = EXPERIMENT_DESCRIPTIONS[experiment]
+    return tags
+
+
+def describe_experiment(client: MlflowClient, experiment_id: str, name: str, current: dict[str, str]) -> None:
+    """Sets the tags an experiment created before they existed lacks; never overwrites one a user set."""
+    for key, value in experiment_tags(name).items():
+        if key not in current:
+            client.set_experiment_tag(experiment_id, key, value)
+
+
+REGISTERED_MODEL_DESCRIPTION = (
+    "Risk of {outcome} after CAR T-cell therapy from baseline values (data contract v{contract}). "
+    "The alias @champion is the version the service answers with; each version's description gives its "
+    "validation design and headline figures, and its artifact model_card.html the full evidence. "
+    "Research use only: not a medical device."
+)
+
+
+def describe_registered_model(client: MlflowClient, model_name: str) -> None:
+    """The registered model's description, when it has none (a description a user wrote stays)."""
+    from pipeline.contract import CONTRACT_VERSION, OUTCOMES
+
+    model = client.get_registered_model(model_name)
+    if model.description:
+        return
+    outcome = next((o.description for o in OUTCOMES.values() if o.registered_model == model_name), model_name)
+    client.update_registered_model(
+        model_name, description=REGISTERED_MODEL_DESCRIPTION.format(outcome=outcome, contract=CONTRACT_VERSION)
+    )
 
 
 def model_signature() -> ModelSignature:
@@ -90,6 +141,7 @@ def log_bundle_version(bundle_dir: Path, model_name: str) -> str:
         registered_model_name=model_name,
         pip_requirements=pip_requirements(),
     )
+    describe_registered_model(MlflowClient(), model_name)
     return str(info.registered_model_version)
 
 

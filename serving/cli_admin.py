@@ -171,8 +171,17 @@ def make_groups(store_factory: Callable[[], Store]) -> tuple[click.Group, click.
     def import_outcomes(path: Path, source: str | None) -> None:
         """Record a registry export (CSV: outcome_id, request_id or patient_id, icans_max_grade and/or
         severe_crs, observed_on, source, corrects). Rows already stored are skipped; a bad row is named
-        by its number and field, never its values, and the command exits 2 after the rest is recorded."""
-        created, repeated, failed = import_outcome_rows(opened, path, source)
+        by its number and field, never its values, and the command exits 2 after the rest is recorded.
+        A file without outcome_id gets one derived per row (a digest of the answer or patient, the
+        outcome, the day and the source: a re-import stores nothing twice); a file missing a needed
+        column is refused whole, one line per column."""
+        try:
+            created, repeated, failed = import_outcome_rows(opened, path, source)
+        except MissingColumns as exc:
+            for line in exc.lines:
+                click.echo(f"{path.name}: {line}", err=True)
+            click.echo(f"{path.name}: nothing recorded", err=True)
+            sys.exit(2)
         click.echo(f"{created} outcomes recorded, {repeated} already stored, {len(failed)} refused")
         for line in failed[:50]:
             click.echo(f"  {line}", err=True)
@@ -190,6 +199,10 @@ def import_outcome_rows(opened: Callable, path: Path, default_source: str | None
     from serving.routes.outcomes import OutcomeRequest
 
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = missing_outcome_columns(list(frame.columns), default_source)
+    if missing:  # the whole file would fail row by row: one line per missing column instead
+        raise MissingColumns(missing)
     created = repeated = 0
     failed: list[str] = []
     with opened() as store:
@@ -197,6 +210,8 @@ def import_outcome_rows(opened: Callable, path: Path, default_source: str | None
             values: dict[str, Any] = {k: v.strip() for k, v in row.items() if isinstance(v, str) and v.strip() != ""}
             if default_source and "source" not in values:
                 values["source"] = default_source
+            if "outcome_id" not in frame.columns:
+                values["outcome_id"] = derived_outcome_id(values)
             if "icans_max_grade" in values:
                 values["icans_max_grade"] = _int_or_text(values["icans_max_grade"])
             if "severe_crs" in values:
@@ -213,6 +228,41 @@ def import_outcome_rows(opened: Callable, path: Path, default_source: str | None
                 continue
             created, repeated = created + new, repeated + (not new)
     return created, repeated, failed
+
+
+class MissingColumns(Exception):
+    """An outcomes file that lacks whole columns: refused before any row is read or stored."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
+def missing_outcome_columns(columns: list[str], default_source: str | None) -> list[str]:
+    """One line per column (or pair of alternatives) an outcomes CSV lacks entirely; `outcome_id`
+    is never required (derived when absent), `source` not when --source gives it."""
+    have = set(columns)
+    lines = []
+    for needed in (("request_id", "patient_id"), ("icans_max_grade", "severe_crs"), ("observed_on",), ("source",)):
+        if have.isdisjoint(needed) and not (needed == ("source",) and default_source):
+            what = " or ".join(f"'{c}'" for c in needed)
+            extra = " (or pass --source NAME)" if needed == ("source",) else ""
+            lines.append(f"missing column {what}: every row needs it{extra}")
+    return lines
+
+
+def derived_outcome_id(values: dict[str, Any]) -> str:
+    """An outcome_id for a registry export that has none: a digest of what identifies the report
+    (the answer or patient, which outcome, the day, the source), so re-importing the same file
+    stores nothing twice and a changed grade for the same report is refused as a conflict."""
+    import hashlib
+
+    key = "|".join(
+        [values.get("request_id", ""), values.get("patient_id", ""),
+         "icans" if "icans_max_grade" in values else "", "crs" if "severe_crs" in values else "",
+         values.get("observed_on", ""), values.get("source", "")]
+    )
+    return "derived-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def _int_or_text(text: str) -> int | str:
