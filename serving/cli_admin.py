@@ -192,10 +192,11 @@ def make_groups(store_factory: Callable[[], Store]) -> tuple[click.Group, click.
 
 
 def import_outcome_rows(opened: Callable, path: Path, default_source: str | None) -> tuple[int, int, list[str]]:
+    """Validate every row, then record the valid ones in batched transactions (record_outcomes)."""
     import pandas as pd
     from pydantic import ValidationError
 
-    from serving.outcomes import OutcomeConflict, OutcomeRecord, UnknownTarget, record_outcome
+    from serving.outcomes import OutcomeRecord, record_outcomes
     from serving.routes.outcomes import OutcomeRequest
 
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -204,30 +205,40 @@ def import_outcome_rows(opened: Callable, path: Path, default_source: str | None
     if missing:  # the whole file would fail row by row: one line per missing column instead
         raise MissingColumns(missing)
     created = repeated = 0
-    failed: list[str] = []
+    failed: list[tuple[int, str]] = []
+    valid: list[tuple[int, OutcomeRecord]] = []
+    for number, row in enumerate(frame.to_dict("records"), start=1):
+        values: dict[str, Any] = {k: v.strip() for k, v in row.items() if isinstance(v, str) and v.strip() != ""}
+        if default_source and "source" not in values:
+            values["source"] = default_source
+        if "outcome_id" not in frame.columns:
+            values["outcome_id"] = derived_outcome_id(values)
+        if "icans_max_grade" in values:
+            values["icans_max_grade"] = _int_or_text(values["icans_max_grade"])
+        if "severe_crs" in values:
+            values["severe_crs"] = {"true": True, "1": True, "false": False, "0": False}.get(
+                values["severe_crs"].lower(), values["severe_crs"])
+        try:
+            body = OutcomeRequest(**values)
+        except ValidationError as exc:
+            failed += [(number, f"row {number}: {'.'.join(map(str, e['loc'])) or 'row'}: {_rule(e)}")
+                       for e in exc.errors()]
+            continue
+        valid.append((number, OutcomeRecord(**body.model_dump(), client_id=f"import:{path.name}")))
     with opened() as store:
-        for number, row in enumerate(frame.to_dict("records"), start=1):
-            values: dict[str, Any] = {k: v.strip() for k, v in row.items() if isinstance(v, str) and v.strip() != ""}
-            if default_source and "source" not in values:
-                values["source"] = default_source
-            if "outcome_id" not in frame.columns:
-                values["outcome_id"] = derived_outcome_id(values)
-            if "icans_max_grade" in values:
-                values["icans_max_grade"] = _int_or_text(values["icans_max_grade"])
-            if "severe_crs" in values:
-                values["severe_crs"] = {"true": True, "1": True, "false": False, "0": False}.get(
-                    values["severe_crs"].lower(), values["severe_crs"])
-            try:
-                body = OutcomeRequest(**values)
-                _, new = record_outcome(store, OutcomeRecord(**body.model_dump(), client_id=f"import:{path.name}"))
-            except ValidationError as exc:
-                failed += [f"row {number}: {'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors()]
+        for i, result in record_outcomes(store, [rec for _, rec in valid]):
+            number = valid[i][0]
+            if isinstance(result, Exception):
+                failed.append((number, f"row {number}: {result}"))
                 continue
-            except (UnknownTarget, OutcomeConflict) as exc:
-                failed.append(f"row {number}: {exc}")
-                continue
+            new = result[1]
             created, repeated = created + new, repeated + (not new)
-    return created, repeated, failed
+    return created, repeated, [line for _, line in sorted(failed, key=lambda f: f[0])]
+
+
+def _rule(error: Any) -> str:
+    """A validation error's rule without the submitted value (pydantic's `msg` may quote it)."""
+    return str(error["msg"]) if error.get("type") != "value_error" else str(error["msg"]).removeprefix("Value error, ")
 
 
 class MissingColumns(Exception):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable, Coroutine
 from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from serving.auth import Principal, require
@@ -39,6 +42,14 @@ class OutcomeRequest(BaseModel):
     source: str = Field(min_length=1, max_length=200, description="where it comes from (form, registry)")
     corrects: str | None = Field(default=None, pattern=_ID, description="the outcome_id this report corrects")
 
+    @field_validator("observed_on")
+    @classmethod
+    def _plausible(cls, value: date) -> date:
+        from serving.outcomes import check_observed_on
+
+        check_observed_on(value)
+        return value
+
     @model_validator(mode="after")
     def _complete(self) -> "OutcomeRequest":
         if self.request_id is None and self.patient_id is None:
@@ -54,7 +65,58 @@ class OutcomeAnswer(BaseModel):
     request_id: str | None = None
 
 
-router = APIRouter()
+class DuplicateKey(ValueError):
+    """A JSON object names a key twice; the message names a known field, else the key's position."""
+
+
+# names an error may echo: OutcomeRequest's fields and the Observation elements read below
+_KNOWN_KEYS = frozenset({*OutcomeRequest.model_fields, "resourceType", "status", "identifier", "focus", "subject",
+                         "code", "coding", "system", "value", "valueInteger", "valueBoolean", "effectiveDateTime",
+                         "issued", "meta", "source", "performer", "display", "extension", "id"})
+
+
+def strict_loads(raw: bytes) -> Any:
+    """JSON with duplicate keys refused (last-wins would let a proxy and this service read two
+    different outcomes from one body). Raises DuplicateKey, or ValueError for malformed JSON."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for position, (key, _) in enumerate(pairs, 1):
+            if key in seen:
+                raise DuplicateKey(key if key in _KNOWN_KEYS else f"<field {position}>")
+            seen.add(key)
+        return dict(pairs)
+
+    return json.loads(raw, object_pairs_hook=hook)
+
+
+def _duplicate(request: Request, exc: DuplicateKey) -> JSONResponse:
+    return JSONResponse({"detail": [{"field": str(exc), "rule": "duplicate field (given more than once)",
+                                     "type": "duplicate_field"}], "request_id": request.state.request_id},
+                        status_code=422)
+
+
+class StrictOutcomeRoute(APIRoute):
+    """The JSON body parsed by `strict_loads` before FastAPI validates it (as the scoring routes do)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            body = await request.body()
+            if body:
+                try:
+                    request._json = strict_loads(body)
+                except DuplicateKey as exc:
+                    return _duplicate(request, exc)
+                except (ValueError, RecursionError):  # not JSON: FastAPI (or the route) answers it as always
+                    pass
+            return await handler(request)
+
+        return strict
+
+
+router = APIRouter(route_class=StrictOutcomeRoute)
 
 # LOINC has no code for the ASTCT ICANS grade or for "CRS grade >= 3" (the ASTCT consensus grades
 # are not in LOINC or SNOMED CT as observables), so an outcome Observation carries the service's own
@@ -63,6 +125,13 @@ router = APIRouter()
 # code maps it to these.
 LOCAL_CODES = "urn:icans-risk:codes"
 ICANS_GRADE_CODE, SEVERE_CRS_CODE = "icans-max-grade", "severe-crs"
+
+
+# FHIR R4 ObservationStatus: only a result that stands is an outcome (not registered, preliminary,
+# cancelled, entered-in-error or unknown). Any other code is not named back (it is not FHIR's).
+OBSERVATION_STATUSES = frozenset({"registered", "preliminary", "final", "amended", "corrected", "cancelled",
+                                  "entered-in-error", "unknown"})
+ACCEPTED_STATUSES = frozenset({"final", "amended", "corrected"})
 
 
 class FhirOutcomeError(ValueError):
@@ -81,6 +150,12 @@ def observation_to_outcome(obs: Any) -> dict[str, Any]:
 
     if not isinstance(obs, dict) or obs.get("resourceType") != "Observation":
         raise FhirOutcomeError("resourceType: must be Observation")
+    status = obs.get("status")
+    if status is None:
+        raise FhirOutcomeError("status: required (final, amended or corrected)")
+    if not (isinstance(status, str) and status in ACCEPTED_STATUSES):
+        named = f"'{status}'" if isinstance(status, str) and status in OBSERVATION_STATUSES else "this status"
+        raise FhirOutcomeError(f"status: {named} is not accepted; an outcome must be final, amended or corrected")
     out: dict[str, Any] = {}
     ids = obs.get("identifier") or []
     if not (isinstance(ids, list) and ids and isinstance(ids[0], dict) and ids[0].get("value")):
@@ -156,15 +231,16 @@ async def post_outcome(body: OutcomeRequest, store: StoreDep,
 )
 async def post_outcome_fhir(request: Request, store: StoreDep,
                             principal: Annotated[Principal, Depends(require("outcomes"))]) -> JSONResponse:
-    import orjson
     from pydantic import ValidationError
 
     from serving.errors import sanitize_errors
 
     raw = await request.body()
     try:
-        obs = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        obs = strict_loads(raw)
+    except DuplicateKey as exc:
+        return _duplicate(request, exc)
+    except (ValueError, RecursionError):
         return JSONResponse({"detail": [{"field": "body", "rule": "the body is not valid JSON", "type": "json_invalid"}],
                              "request_id": request.state.request_id}, status_code=400 if _not_utf8(raw) else 422)
     try:
@@ -191,8 +267,8 @@ async def _record(body: OutcomeRequest, store: Store, principal: Principal) -> J
     from serving.outcomes import OutcomeConflict, OutcomeRecord, UnknownTarget, record_outcome
 
     rec = OutcomeRecord(**body.model_dump(), client_id=principal.client)
-    try:
-        row, created = await run_in_threadpool(record_outcome, store, rec)
+    try:  # only for answers this client received: its name is the owner
+        row, created = await run_in_threadpool(lambda: record_outcome(store, rec, owner=principal.client))
     except UnknownTarget as exc:
         raise HTTPException(404, str(exc)) from None
     except OutcomeConflict as exc:

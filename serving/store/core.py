@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # The newest migration's revision (a test keeps it equal to Alembic's head): a store already
 # there starts without importing Alembic (~0.7 s of every worker's cold start).
-SCHEMA_HEAD = "0006_audit_uncertainty"
+SCHEMA_HEAD = "0007_outcomes_one_per_answer"
 _MIN_HMAC_KEY = 16
 _PG_MIGRATION_LOCK = 0x1CA5_0001  # pg_advisory_xact_lock id: one migrator at a time
 

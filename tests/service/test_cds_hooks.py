@@ -413,14 +413,14 @@ def test_plain_api_answers_a_valid_fhir_risk_assessment_when_asked(cds, tokens, 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_replay_cache_and_feedback_on_both_backends(backend, tmp_path):
-    from serving.store import AuditRecord, Store
+    from serving.store import SCHEMA_HEAD, AuditRecord, Store
     from tests.service.test_store import fresh_pg_database
 
     def run(url: str) -> None:
         s = Store(url, b"test-hmac-key-0123456789abcdef")
         try:
             s.migrate()
-            assert s.current_revision() == "0006_audit_uncertainty"
+            assert s.current_revision() == SCHEMA_HEAD
             later = datetime.now(UTC) + timedelta(minutes=5)
             assert s.claim_jti("a" * 64, later) is True
             assert s.claim_jti("a" * 64, later) is False  # replay

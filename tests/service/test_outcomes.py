@@ -57,10 +57,10 @@ def test_idempotent_conflicting_and_superseded(store):
 
 
 def test_unknown_targets_are_named_by_field_not_value(store):
-    with pytest.raises(UnknownTarget, match=r"^request_id: no audited answer") as exc:
+    with pytest.raises(UnknownTarget, match=r"^request_id: no answer to this client matches") as exc:
         record_outcome(store, _rec(request_id="req-nope-4711"))
     assert "4711" not in str(exc.value)
-    with pytest.raises(UnknownTarget, match=r"^patient_id: no audited answer"):
+    with pytest.raises(UnknownTarget, match=r"^patient_id: no answer to this client matches"):
         record_outcome(store, _rec(request_id=None, patient_id="never-seen"))
     with pytest.raises(UnknownTarget, match=r"^corrects: "):
         record_outcome(store, _rec(corrects="o-404"))
@@ -100,7 +100,7 @@ def api(trained):
     settings, _ = trained
     s = open_store(settings)
     _, score = s.create_key("test-ehr-outcomes", "score")
-    _, outcomes = s.create_key("test-registry", "outcomes")
+    _, outcomes = s.create_key("test-ehr-outcomes", "outcomes")  # reports for the answers it received
     s.close()
     with TestClient(create_app(settings)) as client:
         assert wait_ready(client).status_code == 200
@@ -124,10 +124,11 @@ def test_outcomes_through_the_api(api):
     gone = client.post("/v1/outcomes", json={**body, "outcome_id": "x-10", "request_id": "unknown-777"},
                        headers=outcomes)
     assert gone.status_code == 404 and "unknown-777" not in gone.text
-    by_patient = client.post("/v1/outcomes", json={"outcome_id": "x-11", "patient_id": "api-patient-1",
+    client.post("/v1/risk", json={"patient_id": "api-patient-2", **example_request()}, headers=score)
+    by_patient = client.post("/v1/outcomes", json={"outcome_id": "x-11", "patient_id": "api-patient-2",
                                                     "severe_crs": False, "observed_on": "2026-03-02",
                                                     "source": "registry"}, headers=outcomes)
-    assert by_patient.status_code == 201 and "api-patient-1" not in by_patient.text
+    assert by_patient.status_code == 201 and "api-patient-2" not in by_patient.text
     neither = client.post("/v1/outcomes", json={"outcome_id": "x-12", "request_id": rid, "observed_on": "2026-03-02",
                                                 "source": "registry"}, headers=outcomes)
     assert neither.status_code == 422

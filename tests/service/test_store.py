@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from serving.store import AuditRecord, Store, hash_patient_id, parse_token
+from serving.store import SCHEMA_HEAD, AuditRecord, Store, hash_patient_id, parse_token
 from tests.pg import PG_HOST, PG_PORT
 from tests.pg import pg_connect as _pg_connect
 
@@ -142,10 +142,10 @@ def test_migrate_is_idempotent_and_reaches_head(fresh_database_url):
     try:
         assert s.current_revision() is None
         s.migrate()
-        assert s.current_revision() == "0006_audit_uncertainty"
+        assert s.current_revision() == SCHEMA_HEAD
         s.migrate()
         other.migrate()
-        assert s.current_revision() == "0006_audit_uncertainty"
+        assert s.current_revision() == SCHEMA_HEAD
         s.append(record())
         s.migrate()
         assert s.count() == 1
@@ -177,7 +177,7 @@ def test_concurrent_first_migrations_do_not_collide(fresh_database_url):
         for th in threads:
             th.join(timeout=60)
         assert not errors, errors[:2]
-        assert {s.current_revision() for s in stores} == {"0006_audit_uncertainty"}
+        assert {s.current_revision() for s in stores} == {SCHEMA_HEAD}
     finally:
         for s in stores:
             s.close()
@@ -200,7 +200,7 @@ def test_migrate_works_from_any_working_directory(tmp_path, monkeypatch):
     try:
         s.migrate()
         assert (tmp_path / "relative" / "dir" / "store.db").exists()
-        assert s.current_revision() == "0006_audit_uncertainty"
+        assert s.current_revision() == SCHEMA_HEAD
     finally:
         s.close()
 
@@ -554,6 +554,7 @@ def test_schema_head_constant_is_alembics_head(tmp_path):
         conn.exec_driver_sql("DROP TABLE cds_feedback")
         conn.exec_driver_sql("DROP TABLE outcomes")
         conn.exec_driver_sql("DROP TABLE monitoring_runs")
+        conn.exec_driver_sql("DROP INDEX ix_audit_log_patient_hash")  # 0007
         for column in ("risk_low", "risk_high", "risk_group_change_probability"):  # 0006
             conn.exec_driver_sql(f"ALTER TABLE audit_log DROP COLUMN {column}")
     assert not store._at_head()
@@ -678,7 +679,7 @@ def test_upgrading_to_the_interval_columns_keeps_every_audit_row(store_url):
         engine.dispose()
         assert s.current_revision() == "0005_monitoring_runs"
         s.migrate()
-        assert s.current_revision() == "0006_audit_uncertainty"
+        assert s.current_revision() == SCHEMA_HEAD
         s.append(record(request_id="new-1", risk_low=0.1, risk_high=0.3, risk_group_change_probability=0.25))
         rows = {r["request_id"]: r for chunk in s.iter_audit() for r in chunk}
         assert rows["old-1"]["risk"] == 0.2 and rows["old-1"]["risk_low"] is None
