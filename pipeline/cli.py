@@ -35,8 +35,12 @@ def _data_error(exc: Exception) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="More logging.")
-def main(verbose: bool) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress output (a bar on a terminal, a line per stage otherwise).")
+def main(verbose: bool, quiet: bool = False) -> None:
     """ICANS risk (research use only; not a medical device; no treatment advice)."""
+    from pipeline import progress
+
+    progress.configure("quiet" if quiet else "auto")
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from pipeline import progress
 from pipeline.contract import FEATURE_NAMES, FEATURES_BY_NAME, ID_COLUMN
 from pipeline.data import write_new
 from pipeline.features import encode_frame
@@ -36,7 +37,8 @@ def score_frame(bundle: ModelBundle, df: pd.DataFrame) -> pd.DataFrame:
     base = np.empty(n)
     contributions = np.empty((n, len(FEATURE_NAMES)))
     unc = np.empty((3, n)) if bundle.instability is not None else None
-    for start in range(0, n, CHUNK):
+    starts = range(0, n, CHUNK)
+    for start in progress.steps(starts, f"scoring {n:,} patients (chunks of {CHUNK:,})") if len(starts) > 1 else starts:
         stop = min(start + CHUNK, n)
         ex = bundle.explain(X[start:stop])
         if unc is not None:
@@ -144,7 +146,8 @@ def write_waterfalls(
             raise FileExistsError(f"{directory / taken[0]} already exists (pass --overwrite to replace it)")
     model = {"name": resolved.name, "version": str(resolved.version), "run_id": resolved.run_id}
     outcome = "severe CRS" if bundle.outcome == "severe_crs" else "severe ICANS"
-    for name, answer in zip(names, answers(df.reset_index(drop=True), scored.reset_index(drop=True), model)):
+    drawn = zip(names, answers(df.reset_index(drop=True), scored.reset_index(drop=True), model))
+    for name, answer in progress.steps(drawn, "drawing waterfalls", total=len(names)):
         image = waterfall.render(answer, fmt, (bundle.low_threshold, bundle.high_threshold), outcome)
         (directory / name).write_bytes(image)
     return names
