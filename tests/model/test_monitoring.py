@@ -235,3 +235,22 @@ def test_decision_limits_hold_the_false_alarm_rate_over_the_horizon(reference):
         anyone |= _cusum_peak(cusum_weights(y, p, kind, value, centre)) >= limits[name]
     print(f"\nfresh in-control horizons of 300: {anyone.mean():.3f} with any signal (design 0.05)")
     assert 0.02 <= anyone.mean() <= 0.07
+
+
+def test_a_recalibration_verdict_needs_a_chart_signal(reference):
+    """The closed test of one run is not error-controlled over repeated runs: its 'recalibrate'
+    stands only when a CUSUM chart has signalled; a chart's signal alone names the update."""
+    from pipeline.monitor import _decide
+    from pipeline.monitoring import CusumDesign, SequentialResult
+
+    rng = np.random.default_rng(3)
+    p = expit(rng.normal(-1.7, 1.0, 600))
+    y = (rng.random(600) < expit(logit(p) + 0.9)).astype(int)
+    quiet = SequentialResult({"odds_up": 7.0}, {"odds_up": np.zeros(600)}, {"odds_up": None}, CusumDesign())
+    loud = SequentialResult({"odds_up": 7.0}, {"odds_up": np.full(600, 8.0)}, {"odds_up": 120}, CusumDesign())
+    assert _decide(y, p, None, 0.05, 0.05 / 52, loud)["verdict"] == "recalibrate the intercept"
+    held = _decide(y, p, None, 0.05, 0.05 / 52, quiet)
+    assert held["verdict"] == "no action" and "recalibrate the intercept" in held["text"]
+    calibrated = (rng.random(600) < p).astype(int)
+    signalled = _decide(calibrated, p, None, 0.05, 0.05 / 52, loud)
+    assert signalled["verdict"] == "recalibrate the intercept" and "patient 120" in signalled["text"]
