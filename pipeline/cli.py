@@ -173,11 +173,15 @@ def update(ctx, data, outcome, on_invalid) -> None:
 
 
 @main.command()
-@click.option("--since", default=None, help="Answers at or after this time (ISO date or date-time, UTC by default).")
-@click.option("--until", default=None, help="Answers before this time.")
+@click.option("--since", default=None, help="Patients first seen at or after this time (ISO date or date-time, UTC by default).")
+@click.option("--until", default=None, help="Patients first seen before this time.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
-              help="Family-wise false-alarm rate of the drift tests.")
-def monitor(since, until, alpha) -> None:
+              help="False-alarm probability of the drift tests over the planned horizon of runs.")
+@click.option("--horizon-runs", type=click.IntRange(1), default=52, show_default=True,
+              help="Runs planned over the horizon (52: a year of weekly runs); each run tests at alpha / this.")
+@click.option("--follow-up-days", type=click.FloatRange(0), default=None,
+              help="Judge calibration on answers at least this old (default ICANS_MONITOR_FOLLOW_UP_DAYS, 30).")
+def monitor(since, until, alpha, horizon_runs, follow_up_days) -> None:
     """Compare the served version's audited answers with its development data (an MLflow run)."""
     from serving.cli_admin import parse_since
 
@@ -189,17 +193,22 @@ def monitor(since, until, alpha) -> None:
     from pipeline.monitor import MonitoringError
 
     try:
-        result = _monitor_once(_settings(), start, end, alpha)
+        result = _monitor_once(_settings(), start, end, alpha, horizon_runs=horizon_runs,
+                               follow_up_days=follow_up_days)
     except MonitoringError as exc:
         _data_error(exc)
-    click.echo(f"monitoring run {result.run_id}: {result.model}, {result.n} audited answers")
-    click.echo("drift alarms: " + (", ".join(result.alarms) if result.alarms else "none")
-               + f" (family-wise alpha {alpha}); report: monitoring_report.html in the run's artifacts")
+    click.echo(f"monitoring run {result.run_id}: {result.model}, {result.n} patients "
+               f"({result.n_answers} audited answers; repeats count once)")
+    click.echo("alarms: " + (", ".join(result.alarms) if result.alarms else "none")
+               + f" (drift: alpha {alpha} over {horizon_runs} runs, {alpha / horizon_runs:.2g} this run); "
+               "report: monitoring_report.html in the run's artifacts")
     click.echo(f"verdict: {result.verdict['verdict']}: {result.verdict['text']}")
 
 
-def _monitor_once(settings, since=None, until=None, alpha: float = 0.05):
-    """One monitoring run over the service's store; its summary is kept in the store for the service."""
+def _monitor_once(settings, since=None, until=None, alpha: float = 0.05, *, horizon_runs: int | None = None,
+                  follow_up_days: float | None = None, all_outcomes: bool = False):
+    """One monitoring run over the service's store; its summary is kept in the store for the service.
+    Every audit row is read (not only the window's) so a patient first seen earlier is not counted again."""
     from pipeline.monitor import monitor as run_monitor
     from serving import monitoring_runs
     from serving.app import open_store
@@ -207,9 +216,10 @@ def _monitor_once(settings, since=None, until=None, alpha: float = 0.05):
 
     store = open_store(settings, sync="full")
     try:
-        rows = (row for chunk in store.iter_audit(since) for row in chunk)
+        rows = (row for chunk in store.iter_audit(None) for row in chunk)
         result = run_monitor(settings, rows, since=since, until=until, alpha=alpha,
-                             labelled=labelled_answers(store, settings.outcome))
+                             labelled=labelled_answers(store, settings.outcome), horizon_runs=horizon_runs,
+                             follow_up_days=follow_up_days, all_outcomes=all_outcomes)
         monitoring_runs.record(store, result.model_name, result.model_version, result.run_id, result.summary())
         return result
     finally:
@@ -217,8 +227,10 @@ def _monitor_once(settings, since=None, until=None, alpha: float = 0.05):
 
 
 def _monitor_on_schedule(settings, interval_s: float, stop) -> None:
-    """The schedule `icans-risk serve` runs when ICANS_MONITOR_INTERVAL_S > 0: the last `interval_s` of
-    answers, every `interval_s`, in a daemon thread of the serving command (not of a worker)."""
+    """The schedule `icans-risk serve` runs when ICANS_MONITOR_INTERVAL_S > 0, every `interval_s` in a
+    daemon thread of the serving command (not of a worker): drift on the patients first seen in the
+    last interval; calibration on every answer of the version whose follow-up has ended
+    (ICANS_MONITOR_FOLLOW_UP_DAYS), since the interval is far shorter than the time outcomes take."""
     import logging
     from datetime import UTC, datetime, timedelta
 
@@ -228,7 +240,7 @@ def _monitor_on_schedule(settings, interval_s: float, stop) -> None:
     while not stop.wait(interval_s):
         since = datetime.now(UTC) - timedelta(seconds=interval_s)
         try:
-            result = _monitor_once(settings, since=since)
+            result = _monitor_once(settings, since=since, all_outcomes=True)
             log.warning("monitoring run %s: %s; alarms: %s", result.run_id, result.verdict["verdict"],
                         ", ".join(result.alarms) or "none")
         except MonitoringError as exc:

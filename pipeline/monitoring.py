@@ -7,31 +7,47 @@ The statistics of monitoring, with no I/O (the store, the CLI and the service ca
   the missing count, and the same for the predicted risk, plus the mean |SHAP| per feature. Counts,
   never patient rows.
 - `drift_tests`: each feature now against its reference, by a permutation test of homogeneity of
-  the 2 x K table (reference bins against current bins; Monte Carlo over tables with the observed
-  margins, `scipy.stats.random_table`), and Fisher's exact test for the share missing. The p-values
-  are adjusted by Holm's method across all tests of a run, so the chance of any false alarm when
-  nothing has drifted stays at `alpha` at every sample size (a fixed PSI cut-off does not: at 50-100
-  patients a 10-bin PSI exceeds 0.10 most of the time with no drift at all). PSI and the
-  Wasserstein distance are reported beside them, as descriptions, never as the alarm.
+  the 2 x K table (reference bins against current bins; sequential Monte Carlo over tables with the
+  observed margins, `scipy.stats.random_table`, Besag & Clifford 1991), and Fisher's exact test for
+  the share missing. The p-values are adjusted by Holm's method across all tests of a run; a run
+  tests at its share of the horizon's alpha (alpha / HORIZON_RUNS: 52 weekly runs a year), so a year
+  of runs without drift has at most `alpha` chance of any drift alarm; and an alarm also needs an
+  effect at or above a floor (PSI 0.1 for a distribution, |standardised difference| 0.1 for a share
+  missing), so high volume never alarms on a trivial shift. At 50-100 patients a 10-bin PSI exceeds
+  0.10 most of the time with no drift at all: the floor is a necessary condition, never the alarm.
 - `calibration_now`: once outcomes exist, observed/expected, calibration intercept and slope,
   AUROC and Brier with bootstrap intervals, the events behind them, and a CUSUM of observed minus
-  expected in time order.
+  expected in time order (a description).
+- `sequential_charts`: the outcome ALARM, risk-adjusted Bernoulli CUSUM charts (Steiner et al. 2000)
+  against doubled odds, halved odds and a halved calibration slope, with decision limits set by
+  simulation for a false-alarm probability over a planned horizon of patients with outcomes.
 - `verdict`: the model-updating ladder in plain words, from the same closed test `make update` uses.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import fisher_exact, random_table
+from scipy.stats import chi2, fisher_exact, random_table
 
 from pipeline.contract import FEATURES
 
 N_BINS = 10
 RISK = "predicted_risk"
+# Effect-size floors of the drift alarms: below these no alarm is raised however many patients
+# there are (PSI < 0.1 is the usual "no material shift"; 0.1 is the usual threshold of a negligible
+# standardised difference, Austin 2009).
+PSI_FLOOR = 0.1
+SMD_FLOOR = 0.1
+# The planned horizon of the drift tests: the false-alarm probability `alpha` is spent over this many
+# runs (Bonferroni: alpha / HORIZON_RUNS a run), so a year of weekly runs without drift has at most
+# `alpha` chance of any drift alarm.
+HORIZON_RUNS = 52
+EXTREME_P = 1e-12  # below this chi-squared tail probability a drift test draws no tables (see _permutation_p)
 
 
 def _edges(values: np.ndarray) -> list[float]:
@@ -74,23 +90,40 @@ def reference_summary(frame: pd.DataFrame, risk: np.ndarray, mean_abs_shap: dict
     return {"n": int(len(frame)), "features": features, "mean_abs_shap": {k: float(v) for k, v in mean_abs_shap.items()}}
 
 
-def _permutation_p(table: np.ndarray, n_mc: int, rng: np.random.Generator) -> tuple[float, float]:
-    """Chi-squared statistic of a 2 x K table and its Monte Carlo p-value over tables with the same margins."""
+def _permutation_p(table: np.ndarray, n_mc: int, rng: np.random.Generator,
+                   stop_after: int = 20) -> tuple[float, float]:
+    """Chi-squared statistic of a 2 x K table and its sequential Monte Carlo p-value over tables with
+    the same margins (Besag & Clifford 1991, Biometrika 78:301-304): tables are drawn in growing
+    chunks until `stop_after` of them reach the observed statistic (p = stop_after / tables drawn)
+    or `n_mc` tables are drawn (p = (1 + exceedances) / (n_mc + 1)). Either p-value is valid; a
+    feature without drift stops early, and the ones that matter get the resolution a run's alpha
+    spent over a year of weekly runs needs (below 1e-5). A statistic whose chi-squared tail
+    probability is below `EXTREME_P` (1e-12) takes that tail probability: not one table in a million
+    would reach it, and drawing them would cost seconds for a shift nobody doubts."""
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2 or table.sum(axis=1).min() == 0:
         return 0.0, 1.0
+
     def stat(t: np.ndarray) -> np.ndarray:
         expected = t.sum(axis=-2, keepdims=True) * t.sum(axis=-1, keepdims=True) / t.sum(axis=(-2, -1), keepdims=True)
         return np.sum((t - expected) ** 2 / expected, axis=(-2, -1))
+
     observed = float(stat(table))
+    tail = float(chi2.sf(observed, table.shape[1] - 1))
+    if tail < EXTREME_P:
+        return observed, tail
     dist = random_table(table.sum(axis=1), table.sum(axis=0), seed=rng)
-    # a first pass of 199 tables; where the p-value may matter after Holm's adjustment, enough
-    # tables for a p-value as small as the adjustment needs (the smallest is 1 / (n_mc + 1))
-    for size in (199, n_mc):
-        p = float((1 + np.sum(stat(dist.rvs(size=size).astype(float)) >= observed - 1e-9)) / (size + 1))
-        if p > 0.05:
-            break
-    return observed, p
+    drawn, hits, chunk = 0, 0, 199
+    while drawn < n_mc:
+        size = min(chunk, n_mc - drawn)
+        exceed = stat(dist.rvs(size=size).astype(float)) >= observed - 1e-9
+        if hits + int(exceed.sum()) >= stop_after:  # stop at the stop_after-th exceedance
+            at = int(np.flatnonzero(exceed)[stop_after - hits - 1]) + 1
+            return observed, stop_after / (drawn + at)
+        hits += int(exceed.sum())
+        drawn += size
+        chunk = min(chunk * 10, 100_000)
+    return observed, float((1 + hits) / (n_mc + 1))
 
 
 def _psi(ref: np.ndarray, now: np.ndarray) -> float:
@@ -120,9 +153,13 @@ def holm(p: np.ndarray) -> np.ndarray:
 
 
 def drift_tests(reference: dict[str, Any], frame: pd.DataFrame, risk: np.ndarray, alpha: float = 0.05,
-                n_mc: int = 19_999, seed: int = 0) -> pd.DataFrame:
+                n_mc: int = 1_000_000, seed: int = 0, psi_floor: float = PSI_FLOOR,
+                smd_floor: float = SMD_FLOOR) -> pd.DataFrame:
     """One row per test (distribution and missingness of each feature, distribution of the risk),
-    with the raw and Holm-adjusted p-values and the alarm at `alpha` (family-wise)."""
+    with the raw and Holm-adjusted p-values, the effect size, and the alarm: Holm-adjusted p below
+    `alpha` (family-wise, this run's share of the horizon's alpha) AND an effect at or above its floor
+    (PSI `psi_floor` for a distribution, |standardised difference| `smd_floor` for a share missing),
+    so a trivial shift never alarms however many patients there are."""
     rng = np.random.default_rng(seed)
     rows = []
     for name, ref in reference["features"].items():
@@ -148,20 +185,29 @@ def drift_tests(reference: dict[str, Any], frame: pd.DataFrame, risk: np.ndarray
         ref_counts = np.asarray(ref["counts"], dtype=int)
         ref_counts = np.pad(ref_counts, (0, max(0, now.size - ref_counts.size)))
         stat, p = _permutation_p(np.vstack([ref_counts, now]), n_mc, rng)
-        rows.append({"feature": name, "test": "distribution", "statistic": stat, "p": p,
-                     "psi": _psi(ref_counts.astype(float), now.astype(float)) if now.sum() else float("nan"),
+        psi = _psi(ref_counts.astype(float), now.astype(float)) if now.sum() else float("nan")
+        rows.append({"feature": name, "test": "distribution", "statistic": stat, "p": p, "effect": psi,
+                     "floor": psi_floor, "psi": psi,
                      "wasserstein": wasserstein, "n_now": int(now.sum()), "n_reference": int(ref_counts.sum())})
         n_now = int(len(values))
         if ref["missing"] or missing_now:
             table = [[ref["missing"], ref["n"] - ref["missing"]], [missing_now, n_now - missing_now]]
-            rows.append({"feature": name, "test": "missingness", "statistic": missing_now / max(n_now, 1),
-                         "p": float(fisher_exact(table).pvalue), "psi": float("nan"), "wasserstein": float("nan"),
+            share_ref, share_now = ref["missing"] / max(ref["n"], 1), missing_now / max(n_now, 1)
+            rows.append({"feature": name, "test": "missingness", "statistic": share_now,
+                         "p": float(fisher_exact(table).pvalue), "effect": _smd(share_ref, share_now),
+                         "floor": smd_floor, "psi": float("nan"), "wasserstein": float("nan"),
                          "n_now": n_now, "n_reference": int(ref["n"]),
                          "missing_share_reference": ref["missing"] / max(ref["n"], 1)})
     out = pd.DataFrame(rows)
     out["p_holm"] = holm(out["p"].to_numpy()) if len(out) else []
-    out["alarm"] = out["p_holm"] < alpha
+    out["alarm"] = (out["p_holm"] < alpha) & (out["effect"] >= out["floor"]) if len(out) else []
     return out
+
+
+def _smd(a: float, b: float) -> float:
+    """|Standardised difference| of two proportions (Austin 2009): the difference over the pooled SD."""
+    sd = np.sqrt((a * (1 - a) + b * (1 - b)) / 2)
+    return float(abs(b - a) / sd) if sd > 0 else (0.0 if a == b else float("inf"))
 
 
 def explanation_drift(reference: dict[str, Any], contributions: np.ndarray, names: list[str]) -> pd.DataFrame:
@@ -206,11 +252,12 @@ EVENTS_FOR_PRECISE_CALIBRATION = 100
 
 
 def verdict(y: np.ndarray, p: np.ndarray, development_auroc: float | tuple[float, float, float] | None,
-            alpha: float = 0.05) -> dict[str, Any]:
+            alpha: float = 0.05, retrain_alpha: float | None = None) -> dict[str, Any]:
     """The updating ladder in plain words: no action; recalibrate the intercept; recalibrate the
     intercept and slope; retrain; or too few events to say (and how many would be needed).
     `development_auroc`: the development estimate, or (estimate, 95% CI low, high): "retrain" needs a
-    drop of more than 0.05 that is significant against both uncertainties."""
+    drop of more than 0.05 that is significant against both uncertainties, at `retrain_alpha` (default
+    `alpha`; `make monitor` passes a run's share of the horizon's alpha, as it repeats over time)."""
     from pipeline.metrics import auroc
     from pipeline.recalibration import INTERCEPT, LOGISTIC, closed_test
 
@@ -235,7 +282,8 @@ def verdict(y: np.ndarray, p: np.ndarray, development_auroc: float | tuple[float
         se_now = (d["auroc_ci_high"] - d["auroc_ci_low"]) / (2 * norm.ppf(0.975))
         se_dev = (dev[2] - dev[1]) / (2 * norm.ppf(0.975)) if np.isfinite(dev[1]) and np.isfinite(dev[2]) else 0.0
         z = (now - dev[0]) / np.hypot(se_now, se_dev) if np.hypot(se_now, se_dev) > 0 else 0.0
-        if np.isfinite(z) and z < -norm.ppf(1 - alpha / 2) and now < dev[0] - 0.05:
+        level = alpha if retrain_alpha is None else retrain_alpha
+        if np.isfinite(z) and z < -norm.ppf(1 - level / 2) and now < dev[0] - 0.05:
             return {"verdict": "retrain", "events": events, "statistics": {**test.statistics, "auroc_drop_z": z},
                     "text": (f"discrimination has fallen: AUROC {now:.3f} (95% CI {d['auroc_ci_low']:.3f}-"
                              f"{d['auroc_ci_high']:.3f}) against {dev[0]:.3f} at development (z {z:.2f}); "
@@ -254,3 +302,138 @@ def verdict(y: np.ndarray, p: np.ndarray, development_auroc: float | tuple[float
         "are needed for a precise check)")
     return {"verdict": "no action", "events": events, "statistics": test.statistics,
             "text": f"calibration is compatible with the model (closed test at {alpha}){note}"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The outcome alarm: risk-adjusted Bernoulli CUSUM charts (Steiner, Cook, Farewell & Treasure 2000,
+# Biostatistics 1:441-452). Patient t, with the risk the model gave p_t and outcome y_t, adds the
+# log-likelihood ratio of the alternative against "the model is calibrated" (R0 = 1):
+#   odds ratio R_A:  W_t = y_t log R_A - log(1 - p_t + R_A p_t)
+#   slope b_A:       W_t = y_t log(q_t / p_t) + (1 - y_t) log((1 - q_t) / (1 - p_t)),
+#                    logit q_t = c + b_A (logit p_t - c), c = the development patients' mean logit,
+# and the chart is X_t = max(0, X_{t-1} + W_t), signalling the first time X_t >= h. Three charts: the
+# odds doubled (R_A = 2), halved (R_A = 0.5), and the calibration slope halved (b_A = 0.5: risks too
+# extreme). h is chosen by simulation, before any outcome is seen, from the development patients'
+# predicted risks: the model calibrated, the chance that ANY of the three charts signals within the
+# planned horizon of patients with outcomes is `alpha` (alpha / 3 per chart, Bonferroni).
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CusumDesign:
+    """The pre-specified design of the outcome alarm (what the report and the README state)."""
+
+    odds_up: float = 2.0
+    odds_down: float = 0.5
+    slope: float = 0.5
+    horizon: int = 1000  # patients with outcomes over which the false-alarm probability is `alpha`
+    alpha: float = 0.05
+    sims: int = 10_000
+
+    def alternatives(self) -> dict[str, tuple[str, float]]:
+        return {"odds_up": ("odds", self.odds_up), "odds_down": ("odds", self.odds_down),
+                "slope": ("slope", self.slope)}
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-9, 1 - 1e-9)
+    return np.log(p) - np.log1p(-p)
+
+
+def cusum_weights(y: np.ndarray, p: np.ndarray, kind: str, value: float, centre: float) -> np.ndarray:
+    """Each patient's log-likelihood ratio of the alternative (`kind` "odds" or "slope") against R0 = 1."""
+    y, p = np.asarray(y, dtype=float), np.clip(np.asarray(p, dtype=float), 1e-9, 1 - 1e-9)
+    if kind == "odds":
+        return y * np.log(value) - np.log1p(-p + value * p)
+    q = 1 / (1 + np.exp(-(centre + value * (_logit(p) - centre))))
+    return y * np.log(q / p) + (1 - y) * np.log((1 - q) / (1 - p))
+
+
+def cusum_path(w: np.ndarray) -> np.ndarray:
+    """X_t = max(0, X_{t-1} + W_t), X_0 = 0 (along the last axis)."""
+    w = np.asarray(w, dtype=float)
+    out = np.empty_like(w)
+    x = np.zeros(w.shape[:-1])
+    for t in range(w.shape[-1]):
+        x = np.maximum(0.0, x + w[..., t])
+        out[..., t] = x
+    return out
+
+
+def sample_reference_risk(reference: dict[str, Any], size: int | tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Risks drawn from the development patients' predicted-risk distribution (inverse CDF through the
+    20-quantile summary the bundle carries, linear between quantiles)."""
+    q = np.asarray(reference["features"][RISK]["quantiles"], dtype=float)
+    return np.interp(rng.random(size), np.linspace(0, 1, q.size), q)
+
+
+def reference_centre(reference: dict[str, Any]) -> float:
+    """The development patients' mean logit risk: the pivot of the slope chart."""
+    return float(np.mean(_logit(sample_reference_risk(reference, 20_000, np.random.default_rng(0)))))
+
+
+def decision_limits(reference: dict[str, Any], design: CusumDesign = CusumDesign(), seed: int = 0) -> dict[str, float]:
+    """h of each chart: the (1 - alpha/3) quantile, over `design.sims` simulated in-control horizons
+    (risks from the development distribution, outcomes drawn from them), of the chart's maximum.
+    Deterministic for a model (its reference risks), so computed once per process and design."""
+    quantiles = tuple(float(q) for q in reference["features"][RISK]["quantiles"])
+    return dict(_decision_limits(quantiles, design, seed))
+
+
+@functools.lru_cache(maxsize=16)
+def _decision_limits(quantiles: tuple[float, ...], design: CusumDesign, seed: int) -> tuple[tuple[str, float], ...]:
+    reference = {"features": {RISK: {"quantiles": list(quantiles)}}}
+    rng = np.random.default_rng(seed)
+    centre = reference_centre(reference)
+    peaks: dict[str, list[np.ndarray]] = {name: [] for name in design.alternatives()}
+    for start in range(0, design.sims, 2000):  # blocks: memory stays ~100 MB at any horizon
+        p = sample_reference_risk(reference, (min(2000, design.sims - start), design.horizon), rng)
+        y = (rng.random(p.shape) < p).astype(float)
+        for name, (kind, value) in design.alternatives().items():
+            peaks[name].append(_cusum_peak(cusum_weights(y, p, kind, value, centre)))
+    level = 1 - design.alpha / len(design.alternatives())
+    return tuple((name, float(np.quantile(np.concatenate(v), level))) for name, v in peaks.items())
+
+
+def _cusum_peak(w: np.ndarray) -> np.ndarray:
+    """The maximum of each row's CUSUM path (without keeping the paths)."""
+    x = np.zeros(w.shape[0])
+    peak = np.zeros(w.shape[0])
+    for t in range(w.shape[1]):
+        x = np.maximum(0.0, x + w[:, t])
+        np.maximum(peak, x, out=peak)
+    return peak
+
+
+@dataclass
+class SequentialResult:
+    """The charts on the outcomes so far: per chart its path, h, and the patient (1-based) of the first signal."""
+
+    limits: dict[str, float]
+    paths: dict[str, np.ndarray]
+    signals: dict[str, int | None]
+    design: CusumDesign
+
+    @property
+    def signalled(self) -> list[str]:
+        return [name for name, at in self.signals.items() if at is not None]
+
+
+def sequential_charts(y: np.ndarray, p: np.ndarray, reference: dict[str, Any],
+                      design: CusumDesign = CusumDesign(), limits: dict[str, float] | None = None,
+                      seed: int = 0) -> SequentialResult:
+    """The three risk-adjusted CUSUM charts over the patients with outcomes, in the order given."""
+    limits = limits if limits is not None else decision_limits(reference, design, seed)
+    centre = reference_centre(reference)
+    paths, signals = {}, {}
+    for name, (kind, value) in design.alternatives().items():
+        path = cusum_path(cusum_weights(y, p, kind, value, centre)) if len(y) else np.zeros(0)
+        paths[name] = path
+        crossed = np.flatnonzero(path >= limits[name])
+        signals[name] = int(crossed[0]) + 1 if crossed.size else None
+    return SequentialResult(limits, paths, signals, design)
+
+
+CHART_WORDS = {"odds_up": "more events than predicted (odds ratio 2)",
+               "odds_down": "fewer events than predicted (odds ratio 0.5)",
+               "slope": "risks too extreme (calibration slope 0.5)"}

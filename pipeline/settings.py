@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     # Monitoring inside `icans-risk serve`: every this many seconds, the answers of the last interval
     # against the development data (and their outcomes), as `make monitor` does; 0 = off.
     monitor_interval_s: float = Field(default=0.0, ge=0)
+    # Monitoring judges calibration only on answers at least this old (ICANS is known within ~30 days).
+    monitor_follow_up_days: float = Field(default=30.0, ge=0)
     # Local updating (pipeline/update.py): the closed test's level, and the fewest events to update on.
     update_alpha: float = Field(default=0.05, gt=0, lt=1)
     update_min_events: int = Field(default=10, ge=2)

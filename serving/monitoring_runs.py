@@ -28,7 +28,7 @@ monitoring_runs = sa.Table(
 )
 
 # the figures exported as icans_monitor_<name> gauges
-GAUGES = ("n", "n_with_outcome", "alarms", "observed_expected", "calibration_intercept", "calibration_slope",
+GAUGES = ("n", "n_answers", "n_with_outcome", "alarms", "observed_expected", "calibration_intercept", "calibration_slope",
           "auroc", "brier", "events")
 
 

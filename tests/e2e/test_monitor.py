@@ -70,6 +70,12 @@ def test_monitoring_run_from_audited_answers(trained, tokens):
 
     with pytest.raises(MonitoringError, match="no audited answers"):
         monitor(settings, [], since=end)
+    # the same patients asked again later are not new patients: nothing to judge in that window
+    again = pd.Timestamp.now(tz="UTC").to_pydatetime()
+    with TestClient(app, headers={"Authorization": f"Bearer {tokens['score']}"}) as client:
+        assert client.post("/v1/risk/batch", json={"patients": _records(shifted)}).status_code == 200
+    with pytest.raises(MonitoringError, match="all of patients seen before"):
+        monitor(settings, _rows(settings, None), since=again)
 
 
 def test_outcomes_move_the_verdict(trained, tokens):
@@ -99,7 +105,10 @@ def test_outcomes_move_the_verdict(trained, tokens):
         labelled = labelled_answers(store)
     finally:
         store.close()
-    result = monitor(settings, _rows(settings, start), since=start, labelled=labelled)
+    # answers of today: their follow-up has not ended, so by default they are not judged yet
+    waiting = monitor(settings, _rows(settings, start), since=start, labelled=labelled)
+    assert waiting.calibration == {} and waiting.verdict["verdict"] == "too few events to say"
+    result = monitor(settings, _rows(settings, start), since=start, labelled=labelled, follow_up_days=0)
     print(f"\n{result.verdict}; O/E {result.calibration['observed_expected']:.2f}")
     assert result.calibration["n"] == 400 and result.calibration["observed_expected"] > 1.3
     assert result.verdict["verdict"] == "recalibrate the intercept"
@@ -108,6 +117,94 @@ def test_outcomes_move_the_verdict(trained, tokens):
     assert run.data.metrics["monitor_observed_expected"] > 1.3
     arts = {a.path for a in MlflowClient().list_artifacts(result.run_id)}
     assert {"calibration_drift.png", "monitoring_report.html", "drift.csv"} <= arts
+    assert "calibration CUSUM (odds_up)" in result.alarms  # the sequential chart, not only this run's test
+    assert run.data.metrics["monitor_cusum_odds_up_signal_at"] <= 400
+
+
+def test_a_patient_asked_several_times_counts_once(trained, tokens):
+    """The answer, its explanation picture and a batch that repeats it are one patient (with a
+    patient id: its keyed hash; without: the feature vector)."""
+    settings, _ = trained
+    patients = _records(generate_cohort(30, 61))
+    with TestClient(create_app(settings.model_copy(update={"batch_limit": 500})),
+                    headers={"Authorization": f"Bearer {tokens['score']}"}) as client:
+        assert wait_ready(client).status_code == 200
+        start = pd.Timestamp.now(tz="UTC").to_pydatetime()
+        for i, p in enumerate(patients[:15]):  # with a patient id: asked, explained, asked again
+            body = {"patient_id": f"repeat-{i}", **p}
+            assert client.post("/v1/risk", json=body).status_code == 200
+            assert client.post("/v1/risk/explanation", json=body).status_code == 200
+        assert client.post("/v1/risk/batch", json={"patients": [{"patient_id": f"repeat-{i}", **p}
+                                                                for i, p in enumerate(patients[:15])]}).status_code == 200
+        for p in patients[15:]:  # without one: the same features twice
+            assert client.post("/v1/risk", json=p).status_code == 200
+        assert client.post("/v1/risk/batch", json={"patients": patients[15:]}).status_code == 200
+    result = monitor(settings, _rows(settings, None), since=start)
+    assert result.n == 30 and result.n_answers == 15 * 3 + 15 * 2
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.metrics["monitor_n"] == 30 and run.data.metrics["monitor_n_answers"] == 75
+    assert "30 patients (75 audited answers" in run.data.tags["mlflow.note.content"]
+
+
+def test_a_scheduled_run_judges_outcomes_that_are_due(trained, tokens):
+    """Answers given 40 days ago with their outcomes, and this interval's new patients: the scheduled
+    run tests drift on the new patients and reaches a verdict on the old ones' outcomes (before,
+    it kept only the outcomes of the last interval's answers: always "too few events")."""
+    from datetime import UTC, datetime, timedelta
+
+    import numpy as np
+    import sqlalchemy as sa
+
+    from pipeline.cli import _monitor_once
+    from serving.monitoring_runs import monitoring_runs
+    from serving.outcomes import OutcomeRecord, record_outcome
+    from serving.store import AuditRecord
+
+    settings, _ = trained
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    from pipeline.registry import resolve
+
+    resolved = resolve(MlflowClient(), settings.resolved_model_uri)
+    old = generate_cohort(300, 71)
+    with TestClient(create_app(settings.model_copy(update={"batch_limit": 500})),
+                    headers={"Authorization": f"Bearer {tokens['score']}"}) as client:
+        assert wait_ready(client).status_code == 200
+        answers = client.post("/v1/risk/batch", json={"patients": _records(old)}).json()["results"]
+    risks = np.array([a["risk"] for a in answers])
+    then = datetime.now(UTC) - timedelta(days=40)
+    store = open_store(settings)
+    try:  # the same answers, as the audit trail held them 40 days ago, with the patients' ids
+        store.append_many([AuditRecord(request_id=f"due-{i}", client_id="test", endpoint="/v1/risk",
+                                       model_name=resolved.name, model_version=str(resolved.version),
+                                       inputs=rec, risk=float(r), risk_group="low", top_contributions=[],
+                                       latency_ms=1.0, patient_id=f"due-{i}", time=then + timedelta(minutes=i))
+                           for i, (rec, r) in enumerate(zip(_records(old), risks))])
+        rng = np.random.default_rng(7)
+        y = rng.random(risks.size) < risks
+        for i, event in enumerate(y):
+            record_outcome(store, OutcomeRecord(outcome_id=f"due-o-{i}", patient_id=f"due-{i}",
+                                                observed_on=(then + timedelta(days=30)).date(), source="registry",
+                                                icans_max_grade=3 if event else 0))
+    finally:
+        store.close()
+    since = datetime.now(UTC)
+    with TestClient(create_app(settings.model_copy(update={"batch_limit": 500})),
+                    headers={"Authorization": f"Bearer {tokens['score']}"}) as client:
+        assert wait_ready(client).status_code == 200
+        assert client.post("/v1/risk/batch", json={"patients": _records(generate_cohort(40, 72))}).status_code == 200
+    scheduled = _monitor_once(settings, since=since, all_outcomes=True)
+    print(f"\nscheduled: {scheduled.n} new patients; {scheduled.calibration.get('n')} due outcomes, "
+          f"{scheduled.calibration.get('events')} events; {scheduled.verdict}")
+    assert scheduled.n == 40
+    assert scheduled.calibration["n"] >= 300 and scheduled.calibration["events"] >= 10
+    assert scheduled.verdict["verdict"] != "too few events to say"
+    store = open_store(settings)
+    try:
+        with store.engine.connect() as conn:
+            last = conn.execute(sa.select(monitoring_runs.c.summary).order_by(monitoring_runs.c.id.desc())).first()
+    finally:
+        store.close()
+    assert last is not None and last.summary["n_with_outcome"] >= 300 and last.summary["n_answers"] == 40
 
 
 def test_the_monitor_command(trained, tokens):
