@@ -30,9 +30,16 @@ class Feature:
     min_exclusive: bool = False
     categories: tuple[str, ...] = ()
     loinc: str | None = None
-    # Direction of the published effect on severe neurotoxicity (+1 raises risk), used as a
-    # monotone constraint; 0 where the literature gives no reliable direction.
+    # Direction of the published effect of the BASELINE value on severe neurotoxicity (+1 raises
+    # risk), enforced as a monotone constraint in the tree models; 0 where no source in
+    # ../shared/reference/clinical-evidence.md supports a baseline direction (then the fitted
+    # direction is shown, not enforced).
     direction: int = 0
+    # Per level of a category with more than two levels: the direction its indicator is held to
+    # (a product that fixes the costimulatory domain carries that domain's direction; see `product`).
+    level_directions: tuple[int, ...] = ()
+    # The source of `direction`/`level_directions` (clinical-evidence.md), or why there is none.
+    evidence: str = ""
     example: float | bool | str | None = None
 
     @property
@@ -60,10 +67,14 @@ FEATURES: tuple[Feature, ...] = (
         "Pre-existing neurological comorbidity (seizures, neuropathy, prior CNS toxicity, "
         "cognitive impairment)",
         direction=1,
+        evidence="Gust 2017: grade 3-5 28% vs 16%, multivariable p=0.0023 [V]",
         example=False,
     ),
     Feature(
-        "cns_involvement", "bool", "Active CNS leukemia (CNS2/CNS3)", direction=1, example=False
+        "cns_involvement", "bool", "Active CNS leukemia (CNS2/CNS3)", direction=1,
+        evidence="Gust 2017 (neurological comorbidity incl. CNS involvement) [V]; brexu-cel real world, "
+                 "active CNS disease 35.3% vs 28.8% (Muhsen 2024 [V2])",
+        example=False,
     ),
     Feature("prior_allo_hct", "bool", "Prior allogeneic haematopoietic cell transplant", example=True),
     Feature(
@@ -75,6 +86,7 @@ FEATURES: tuple[Feature, ...] = (
         max=100,
         loinc="26464-8",
         direction=1,
+        evidence="Gust 2017: median 25.8% vs 0.6% blasts, multivariable p=0.0165 [V]; FELIX >20% vs <=20% [V]",
         example=12.0,
     ),
     Feature(
@@ -86,6 +98,7 @@ FEATURES: tuple[Feature, ...] = (
         max=20000,
         loinc="2532-0",
         direction=1,
+        evidence="high LDH HR about 5 (ASH 2021 organ-toxicity cohort [V]); EASIX factor (Korell 2022 [V])",
         example=240.0,
     ),
     Feature(
@@ -98,6 +111,15 @@ FEATURES: tuple[Feature, ...] = (
             "obecabtagene_autoleucel",
             "other",
         ),
+        # A licensed product fixes the costimulatory domain, so a tree could carry the domain's effect
+        # on the product's indicator, where the domain's constraint never reaches: each indicator of a
+        # product that fixes the domain is held to that domain's direction (CD28 product +1, 4-1BB
+        # products -1), so that all else equal a CD28 product never scores below a 4-1BB product.
+        # "other" fixes nothing (its domain is in `costimulatory_domain`) and is free; nothing orders
+        # the two 4-1BB products against each other.
+        level_directions=(-1, 1, -1, 0),
+        evidence="the costimulatory domain's (Han 2024 [V]): brexucabtagene CD28; tisagenlecleucel, "
+                 "obecabtagene 4-1BB",
         example="brexucabtagene_autoleucel",
     ),
     Feature(
@@ -106,6 +128,7 @@ FEATURES: tuple[Feature, ...] = (
         "CAR costimulatory domain",
         categories=("4-1BB", "CD28"),
         direction=1,  # CD28 (the second category) raises risk
+        evidence="CD28 vs 4-1BB OR about 2.2 (B-ALL trials) to 5.5 (real-world LBCL), Han 2024 [V]",
         example="CD28",
     ),
     Feature(
@@ -124,6 +147,7 @@ FEATURES: tuple[Feature, ...] = (
         max=100,
         min_exclusive=True,
         direction=1,
+        evidence="Gust 2017 dose escalation: 58% at 2e7/kg vs about 19% at 2e6/kg [V]",
         example=1.0,
     ),
     Feature(
@@ -142,6 +166,7 @@ FEATURES: tuple[Feature, ...] = (
         max=600,
         loinc="1988-5",
         direction=1,
+        evidence="baseline CRP, ferritin OR about 1.3-1.5 per doubling [D] (Greenbaum 2021; Rejeski 2023 [V])",
         example=8.0,
     ),
     Feature(
@@ -152,7 +177,8 @@ FEATURES: tuple[Feature, ...] = (
         min=0,
         max=2000,
         loinc="777-3",
-        direction=-1,  # low platelets before lymphodepletion raise risk (EASIX)
+        direction=-1,  # low platelets before lymphodepletion raise risk
+        evidence="low platelets before lymphodepletion: Hay 2017 [V], PrCRS 53 vs 91 [V]; EASIX (Korell 2022 [V])",
         example=85.0,
     ),
     Feature(
@@ -163,7 +189,9 @@ FEATURES: tuple[Feature, ...] = (
         min=0.05,
         max=20,
         loinc="2160-0",
-        direction=1,  # a factor of EASIX (LDH x creatinine / platelets; Korell 2022)
+        # not enforced: the only source is the EASIX composite (LDH x creatinine / platelets; Korell
+        # 2022), whose OR per doubling is the composite's; no baseline effect of creatinine itself
+        evidence="none of its own: only as a factor of the EASIX composite (Korell 2022)",
         example=0.7,
     ),
     Feature(
@@ -176,6 +204,7 @@ FEATURES: tuple[Feature, ...] = (
         max=200000,
         loinc="2276-4",
         direction=1,
+        evidence="baseline CRP, ferritin OR about 1.3-1.5 per doubling [D] (Greenbaum 2021; CAR-HEMATOTOX, Rejeski 2023 [V])",
         example=650.0,
     ),
     Feature(
@@ -187,9 +216,9 @@ FEATURES: tuple[Feature, ...] = (
         min=0,
         max=100000,
         loinc="26881-3",
-        # baseline cytokines: only the direction is published (every link found is positive:
-        # post-infusion peaks, Santomasso 2018; Gofshteyn 2018), no baseline effect size
-        direction=1,
+        # not enforced: the published links are post-infusion peaks (Santomasso 2018; Gofshteyn 2018),
+        # not baseline values; no baseline direction was found
+        evidence="none at baseline: published links are post-infusion peaks (Santomasso 2018; Gofshteyn 2018)",
         example=6.0,
     ),
     Feature(
@@ -201,7 +230,7 @@ FEATURES: tuple[Feature, ...] = (
         min=0,
         max=100000,
         loinc="27415-9",
-        direction=1,  # as IL-6
+        evidence="none at baseline: published links are post-infusion peaks (Santomasso 2018; Gofshteyn 2018)",
         example=None,
     ),
     Feature(
@@ -212,7 +241,7 @@ FEATURES: tuple[Feature, ...] = (
         required=False,
         min=0,
         max=100000,
-        direction=1,  # as IL-6
+        evidence="none at baseline: published links are post-infusion peaks (Santomasso 2018; Gofshteyn 2018)",
         example=None,
     ),
 )
@@ -270,11 +299,19 @@ def markdown_table() -> str:
         "| column | type | unit | allowed values | required | LOINC | monotone effect | description |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    arrows = {1: "raises risk", -1: "lowers risk", 0: "-"}
     for f in FEATURES:
         rows.append(
             f"| `{f.name}` | {f.kind} | {f.unit} | {f.range_text} | "
-            f"{'yes' if f.required else 'no'} | {f.loinc or '-'} | {arrows[f.direction]} | "
+            f"{'yes' if f.required else 'no'} | {f.loinc or '-'} | {monotone_text(f)} | "
             f"{f.description} |"
         )
     return "\n".join(rows)
+
+
+def monotone_text(f: Feature) -> str:
+    """The constraint a feature is held to, in words ("-" when none is enforced)."""
+    arrows = {1: "raises risk", -1: "lowers risk"}
+    if f.level_directions:
+        held = [f"{c} {arrows[d]}" for c, d in zip(f.categories, f.level_directions) if d]
+        return "; ".join(held) if held else "-"
+    return arrows.get(f.direction, "-")

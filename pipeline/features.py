@@ -44,13 +44,14 @@ for _j, _c in enumerate(MATRIX_COLUMNS):
 
 
 def monotone_constraints() -> tuple[int, ...]:
-    """Per matrix column: the published direction of effect (+1 raises risk), from the contract."""
+    """Per matrix column: the baseline direction of effect the contract enforces (+1 raises risk;
+    0 free). A multi-level category's indicator takes its level's `level_directions` entry."""
     by_name = {f.name: f for f in FEATURES}
     out = []
     for c in MATRIX_COLUMNS:
         f = by_name[c.feature]
         if f.kind == "category" and len(f.categories) > 2:
-            out.append(0)
+            out.append(f.level_directions[f.categories.index(c.level)] if f.level_directions else 0)
         else:
             out.append(f.direction)
     return tuple(out)

@@ -1,6 +1,16 @@
 """Recalibration of a model's log-odds and Vergouwe's closed test among the updating methods.
 
 Pure statistics, shared by local updating (`pipeline.update`) and monitoring (`pipeline.monitoring`).
+
+Vergouwe et al. (Stat Med 2017;36:4529, "A closed testing procedure to select an appropriate method
+for updating prediction models") test every simpler update against the MOST extensive one, in
+order, each by a likelihood-ratio test at level alpha: the most extensive against the original
+(if not significant: keep the original), then against recalibration in the large (not
+significant: that), then against logistic recalibration (not significant: that), else the most
+extensive. Each step is reached only when the hypotheses it implies were rejected, so the chance
+of choosing a more extensive update than the site needs stays at most alpha (closed testing).
+`closed_test` runs it with logistic recalibration as the most extensive method;
+`closed_test_with_revision` adds a model revision on top (see there).
 """
 
 from __future__ import annotations
@@ -61,3 +71,47 @@ def closed_test(y: np.ndarray, lp: np.ndarray, alpha: float) -> ClosedTest:
     if stats["p_logistic_vs_intercept"] >= alpha:
         return ClosedTest(INTERCEPT, alpha, ll, stats, intercept=a1, slope=1.0)
     return ClosedTest(LOGISTIC, alpha, ll, stats, intercept=a2, slope=b2)
+
+
+def _fit_logistic(y: np.ndarray, offset: np.ndarray, Z: np.ndarray) -> tuple[np.ndarray, float]:
+    """Unpenalised maximum-likelihood coefficients of logit p = offset + Z theta, and the log-likelihood."""
+    def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        z = offset + Z @ theta
+        return -loglik(y, z), Z.T @ (expit(z) - y)
+
+    res = minimize(nll, np.zeros(Z.shape[1]), jac=True, method="BFGS")
+    return res.x, -float(res.fun)
+
+
+def closed_test_with_revision(y: np.ndarray, lp: np.ndarray, revision_lp: np.ndarray, alpha: float) -> ClosedTest:
+    """Vergouwe's closed test among (0) original, (1) recalibration in the large, (2) logistic
+    recalibration and (3) revision, the revision tested against the original as well.
+
+    `revision_lp` is the revision's OUT-OF-FOLD calibrated log-odds on the local patients (each
+    patient's from a refit that never saw it). A tree revision has no parameter count and does not
+    nest the recalibrations, so the most extensive model of the test is the one that nests them
+    all: logit p = a + b lp + c revision_lp (3 parameters; c = 0 is (2), b = 1 and c = 0 is (1),
+    a = 0, b = 1, c = 0 is (0)). Its likelihood-ratio tests against (0), (1) and (2) have 3, 2
+    and 1 degrees of freedom, in Vergouwe's order. A site whose predictor effects differ but whose
+    calibration is fine rejects all three through c and gets the revision; a site that needs
+    no update rejects the first with probability at most alpha.
+    """
+    base = closed_test(y, lp, alpha)  # fits (0), (1), (2) and their own statistics
+    Z = np.column_stack([np.ones_like(lp), lp, revision_lp])
+    theta, ll_top = _fit_logistic(y, np.zeros_like(lp), Z)
+    ll = {**base.loglik, "extended": ll_top}
+    stats = dict(base.statistics)
+    for other, df, key in ((NONE, 3, "original"), (INTERCEPT, 2, "intercept"), (LOGISTIC, 1, "logistic")):
+        lr = max(0.0, 2 * (ll_top - ll[other]))
+        stats[f"lr_extended_vs_{key}"] = lr
+        stats[f"p_extended_vs_{key}"] = float(chi2.sf(lr, df))
+    stats.update(extended_intercept=float(theta[0]), extended_slope=float(theta[1]),
+                 extended_revision_coef=float(theta[2]))
+    s = base.statistics
+    if stats["p_extended_vs_original"] >= alpha:
+        return ClosedTest(NONE, alpha, ll, stats)
+    if stats["p_extended_vs_intercept"] >= alpha:
+        return ClosedTest(INTERCEPT, alpha, ll, stats, intercept=s["fitted_intercept_only"], slope=1.0)
+    if stats["p_extended_vs_logistic"] >= alpha:
+        return ClosedTest(LOGISTIC, alpha, ll, stats, intercept=s["fitted_intercept"], slope=s["fitted_slope"])
+    return ClosedTest(REVISION, alpha, ll, stats, intercept=s["fitted_intercept"], slope=s["fitted_slope"])

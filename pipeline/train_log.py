@@ -21,7 +21,7 @@ from models.candidates import CANDIDATES, SMALL_DATA_EVENTS
 from pipeline import plots
 from pipeline.assessment import Evaluation
 from pipeline.contract import CONTRACT_VERSION, FEATURE_NAMES
-from pipeline.directions import feature_directions
+from pipeline.directions import feature_directions, unconstrained_fit
 from pipeline.features import N_MATRIX
 from pipeline.io import Cohort
 from pipeline.monitoring import reference_summary
@@ -131,11 +131,16 @@ def record_verdicts(
     if empty:
         ev.evidence.notes.append(f"no value in any row for {', '.join(empty)}: every model was fitted without "
                                  "them, and they change no answer of this model")
-    ev.evidence.directions = feature_directions(ev.X, bundle.predict_proba)
-    contradictions = ev.evidence.directions.loc[ev.evidence.directions["contradiction"], "feature"].tolist()
+    free = unconstrained_fit(bundle.kind, dict(bundle.metadata.get("params") or {}), ev.X, ev.y, 0)
+    ev.evidence.directions = d = feature_directions(ev.X, bundle.predict_proba, free)
+    contradictions = d.loc[d["contradiction"], "feature"].tolist()
     metrics["direction_contradictions"] = len(contradictions)
     if contradictions:
         mlflow.set_tag("direction_contradictions", ", ".join(contradictions))
+    overridden = d.loc[d["constraint_against_data"], "feature"].tolist()  # unconstrained, the data go the other way
+    metrics["direction_constraints_against_data"] = len(overridden)
+    if overridden:
+        mlflow.set_tag("direction_constraints_against_data", ", ".join(overridden))
     mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
     mlflow.set_tags({"quality_gate": "passed" if gate_ok else ("failed, ungated" if ungated else "failed"),
                      "quality_gate_reason": gate_reason})

@@ -10,14 +10,19 @@ et al. 2017, closed testing). With lp the champion's calibrated log-odds:
   (3) model revision      the same family refitted on the local patients with the champion's
                           hyperparameters and its own Platt calibration
 
-Closed testing at level `alpha`, in Vergouwe's order: (2) against (0) by a likelihood-ratio test
-with 2 df; if not significant, keep (0). Otherwise (2) against (1) with 1 df: not significant ->
-(1), else (2). Revision is considered only after (2) has been chosen, and a tree model has no
-parameter count for a likelihood-ratio test, so it is judged on cross-validated log-likelihood
-(5 folds: the refit and its calibration never see the patients they are scored on; the
-recalibration is cross-validated the same way): (3) is chosen only when twice its gain over (2)
-exceeds the chi-squared(1) critical value. We refit on the local patients alone (not the local
-data added to the development data) because the bundle carries no development rows by design.
+Closed testing at level `alpha`, in Vergouwe's order (Vergouwe et al., Stat Med 2017): the most
+extensive update is tested against the original, then against (1), then against (2), each by a
+likelihood-ratio test; the first test that is not significant chooses the simpler model, and all
+three significant choose the most extensive. For a tree champion with at least 10 local patients
+in each class the most extensive model is (3), tested through the model that nests all four,
+a + b lp + c r with r the revision's 5-fold out-of-fold log-odds (refit and calibration never see
+the patient they score; `pipeline.recalibration.closed_test_with_revision`): so a site whose
+predictor effects differ while its overall calibration is fine can be revised, and a site that
+needs nothing is updated with probability at most alpha. A chosen revision is served only when its
+own out-of-fold log-likelihood beats the cross-validated logistic recalibration's (else (2) is kept,
+and the run says why). Otherwise the test runs among (0), (1), (2) with (2) as the most extensive.
+We refit on the local patients alone (not the local data added to the development data) because
+the bundle carries no development rows by design.
 
 (1) and (2) are affine maps of the log-odds, so the explanation stays exact: the new bundle's
 calibration is a' + b'(a + b m) = (a' + b'a) + (b'b) m on the trees' margin m, and every
@@ -39,7 +44,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
-from scipy.stats import chi2
 from sklearn.model_selection import StratifiedKFold
 
 from models.artifact import ModelBundle
@@ -56,6 +60,7 @@ from pipeline.recalibration import (
     NONE,
     REVISION,
     closed_test,
+    closed_test_with_revision,
     fit_recalibration,
     loglik,
 )
@@ -76,7 +81,8 @@ from pipeline.update_report import METHOD_TEXT, log_report, run_note, save_with_
 from pipeline.validation import TrainingRefused
 
 # Re-exported: tests/model/test_update.py imports the methods and the closed test from here.
-__all__ = ["INTERCEPT", "LOGISTIC", "NONE", "UpdateResult", "closed_test", "fit_recalibration", "update"]
+__all__ = ["INTERCEPT", "LOGISTIC", "NONE", "REVISION", "UpdateResult", "closed_test", "closed_test_with_revision",
+           "fit_recalibration", "update"]
 
 
 @dataclass
@@ -129,30 +135,40 @@ def _update(settings: Settings, data: Path, outcome: str | None, on_invalid: str
     X = encode_frame(df)
     p0 = parent.predict_proba(X)
     lp = np.log(np.clip(p0, 1e-12, 1)) - np.log(np.clip(1 - p0, 1e-12, 1))
-    test = closed_test(y, lp, settings.update_alpha)
-    if test.method == LOGISTIC and test.slope <= 0:
-        raise TrainingRefused(
-            f"the model does not discriminate at this site (fitted recalibration slope {test.slope:.2f} <= 0 on "
-            f"{len(y)} local patients): no update can mend that; nothing was registered (train on local data instead)")
     folds = StratifiedKFold(5, shuffle=True, random_state=settings.seed)
     revision: Refit | None = None
     revision_oof: np.ndarray | None = None
-    if test.method == LOGISTIC and parent.kind in ("xgboost", "hist_gradient_boosting") and min(events, non_events) >= 10:
-        ll_recal = loglik(y, cv_logistic_recalibration(y, lp, folds))
+    if parent.kind in ("xgboost", "hist_gradient_boosting") and min(events, non_events) >= 10:
+        # the revision is tested against the original too (Vergouwe's order), on its out-of-fold log-odds
         revision_oof = revision_oof_log_odds(parent, X, y, folds, settings.seed)
+        test = closed_test_with_revision(y, lp, revision_oof, settings.update_alpha)
+        ll_recal = loglik(y, cv_logistic_recalibration(y, lp, folds))
         ll_rev = loglik(y, revision_oof)
-        gain = max(0.0, 2 * (ll_rev - ll_recal))
-        test.statistics.update(cv_loglik_logistic=ll_recal, cv_loglik_revision=ll_rev, cv_lr_revision_vs_logistic=gain,
-                               p_revision_vs_logistic=float(chi2.sf(gain, 1)))
-        if test.statistics["p_revision_vs_logistic"] < settings.update_alpha:
-            test.method = REVISION
-            revision = refit(parent, X, y, settings.seed)
+        test.statistics.update(cv_loglik_logistic=ll_recal, cv_loglik_revision=ll_rev)
+        if test.method == REVISION and ll_rev <= ll_recal:
+            # the local effects differ, but the refit alone predicts these patients no better out-of-fold
+            # than the recalibrated original: serving it would discard what the original knows
+            test.method = LOGISTIC
+            test.notes.append("the closed test rejected logistic recalibration, but the revision's out-of-fold "
+                              "log-likelihood is not above the recalibration's: logistic recalibration is kept; a "
+                              "larger local cohort is needed for a revision")
+    else:
+        test = closed_test(y, lp, settings.update_alpha)
+        test.notes.append("revision not considered: " + (
+            "the parent is not a tree model" if parent.kind not in ("xgboost", "hist_gradient_boosting")
+            else f"fewer than 10 local patients in a class ({events} events, {non_events} without)"))
+    if test.method in (LOGISTIC, REVISION) and test.slope <= 0:
+        raise TrainingRefused(
+            f"the model does not discriminate at this site (fitted recalibration slope {test.slope:.2f} <= 0 on "
+            f"{len(y)} local patients): no update can mend that; nothing was registered (train on local data instead)")
+    if test.method == REVISION:
+        revision = refit(parent, X, y, settings.seed)
 
     before = local_figures(y, p0, settings.seed)
     info = {"method": test.method, "parent_version": str(parent_ref.version), "parent_run_id": parent_ref.run_id,
             "local_data_sha256": cohort.sha256, "n_local": int(len(y)), "events_local": events,
             "alpha": settings.update_alpha, "updated_at": now_text(),
-            "statistics": {k: round(float(v), 6) for k, v in test.statistics.items()}}
+            "statistics": {k: round(float(v), 6) for k, v in test.statistics.items()}, "notes": list(test.notes)}
     inst = None
     validated: dict[str, float] = {}
     if test.method == NONE:
@@ -218,8 +234,10 @@ def _update(settings: Settings, data: Path, outcome: str | None, on_invalid: str
                            ("quality_gate", "passed" if gate_ok else "failed")):
             client.set_model_version_tag(name, version, key, value)
         for key in ("lr_logistic_vs_original", "p_logistic_vs_original", "lr_logistic_vs_intercept",
-                    "p_logistic_vs_intercept"):
-            client.set_model_version_tag(name, version, key, f"{test.statistics[key]:.4g}")
+                    "p_logistic_vs_intercept", "p_extended_vs_original", "p_extended_vs_intercept",
+                    "p_extended_vs_logistic"):
+            if key in test.statistics:
+                client.set_model_version_tag(name, version, key, f"{test.statistics[key]:.4g}")
         client.set_model_version_tag(name, parent_ref.version, f"updated_as_v{version}", test.method)
 
         def compare(champ: ModelBundle) -> dict[str, float]:

@@ -100,13 +100,10 @@ def prepend_update_note(bundle_dir: Path, info: dict[str, Any]) -> None:
 def run_note(name: str, parent_version: str, version: str, test: ClosedTest, before: dict[str, float],
              after: dict[str, float], promoted: bool, reason: str) -> str:
     """The update run's MLflow note: the closed test, the figures before and after, the promotion."""
-    s = test.statistics
     return "\n".join([
         f"**Local update of {name} v{parent_version}** -> v{version}: {METHOD_TEXT[test.method]}.",
         "",
-        f"Closed test (alpha {test.alpha}): logistic vs original LR {s['lr_logistic_vs_original']:.2f} "
-        f"(p {s['p_logistic_vs_original']:.3g}); logistic vs intercept-only LR {s['lr_logistic_vs_intercept']:.2f} "
-        f"(p {s['p_logistic_vs_intercept']:.3g}).",
+        closed_test_text(test),
         "",
         f"Before: calibration intercept {before['calibration_intercept']:.2f}, slope {before['calibration_slope']:.2f}, "
         f"AUROC {before['auroc']:.3f}. After: intercept {after['calibration_intercept']:.2f}, slope "
@@ -114,3 +111,19 @@ def run_note(name: str, parent_version: str, version: str, test: ClosedTest, bef
         "",
         f"Promotion: {'champion' if promoted else 'not promoted'}: {reason}. Research use only.",
     ])
+
+
+def closed_test_text(test: ClosedTest) -> str:
+    """The closed test's steps as one sentence, in Vergouwe's order (most extensive model against each simpler one)."""
+    s = test.statistics
+    if "p_extended_vs_original" in s:
+        text = (f"Closed test (alpha {test.alpha}; most extensive model: a + b lp + c revision lp, the revision's "
+                f"out-of-fold log-odds): against the original LR {s['lr_extended_vs_original']:.2f} "
+                f"(3 df, p {s['p_extended_vs_original']:.3g}); against recalibration in the large LR "
+                f"{s['lr_extended_vs_intercept']:.2f} (2 df, p {s['p_extended_vs_intercept']:.3g}); against logistic "
+                f"recalibration LR {s['lr_extended_vs_logistic']:.2f} (1 df, p {s['p_extended_vs_logistic']:.3g}).")
+    else:
+        text = (f"Closed test (alpha {test.alpha}): logistic vs original LR {s['lr_logistic_vs_original']:.2f} "
+                f"(p {s['p_logistic_vs_original']:.3g}); logistic vs intercept-only LR "
+                f"{s['lr_logistic_vs_intercept']:.2f} (p {s['p_logistic_vs_intercept']:.3g}).")
+    return " ".join([text, *test.notes])

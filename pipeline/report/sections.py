@@ -211,14 +211,18 @@ def direction_blocks(ev: Evidence) -> list[Block]:
     d = ev.directions
     if d is None or not len(d):
         return [("p", prose("evidence").not_computed())]
+    free = "unconstrained_direction" in d.columns
     rows = [[r.feature, num(r.low, 3), num(r.high, 3), num(r.risk_low, 3), num(r.risk_high, 3),
-             num(r.effect, 4), r.model_direction, r.published_direction,
-             "CONTRADICTION" if r.contradiction else (r.note or "")] for r in d.itertuples()]
+             num(r.effect, 4), r.model_direction,
+             *([r.unconstrained_direction] if free else []), r.published_direction,
+             "CONTRADICTION" if r.contradiction else (
+                 "constraint against these data" if free and r.constraint_against_data else (r.note or ""))]
+            for r in d.itertuples()]
     n_bad = int(d["contradiction"].sum())
     blocks: list[Block] = [
         ("p", prose("evidence").directions()),
         ("table", ["feature", "low", "high", "risk at low", "risk at high", "effect", "in the model",
-                   "published", "flag"], rows),
+                   *(["fitted without constraints"] if free else []), "enforced (baseline evidence)", "flag"], rows),
     ]
     if n_bad:
         blocks.append(("note", prose("evidence").contradictions(n_bad)))
