@@ -162,6 +162,28 @@ class Settings(BaseSettings):
     cds_fetch_timeout_s: float = Field(default=3.0, gt=0, le=30)
     # ---- end of issue 6 fields -----------------------------------------------------------------
 
+    # ---- issue 25 (cds): the CDS fetch's budget, and probes outside the connection limit ----------
+    # One hook call's fetching from the EHR's FHIR server (all keys, all pages): one deadline, a cap
+    # on the bytes read, the requests made and the resources kept; run on its own threads
+    # (cds_fetch_workers per process), never on the pool that answers other requests.
+    cds_fetch_deadline_s: float = Field(default=10.0, gt=0, le=120)
+    cds_fetch_max_bytes: int = Field(default=8_000_000, ge=1024)
+    cds_fetch_max_requests: int = Field(default=40, ge=1)
+    cds_fetch_max_entries: int = Field(default=5000, ge=1)
+    cds_fetch_workers: int = Field(default=8, ge=1, le=256)
+    # A rendered explanation page is kept this long per card (and link), so a reload of the page or
+    # a crowd on one link does not draw it again; 0 = off.
+    explanation_cache_s: float = Field(default=300.0, ge=0)
+    explanation_cache_size: int = Field(default=256, ge=1)
+    # /readyz names a failing registry within one probe interval: each load attempt's HTTP calls to
+    # the tracking server get this timeout and this many retries (MLflow's defaults, 120 s and 7
+    # retries with a doubling backoff, kept a start-up attempt "loading" for over 4 minutes); the
+    # service's own backoff (ICANS_MODEL_LOAD_*) retries the attempts. Explicit MLFLOW_HTTP_REQUEST_*
+    # variables win.
+    mlflow_http_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    mlflow_http_max_retries: int = Field(default=1, ge=0, le=10)
+    # ---- end of issue 25 (cds) fields ---------------------------------------------------------------
+
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> "Settings":
         if self.outcome not in OUTCOMES:

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.contract import INTENDED_USE
-from pipeline.settings import Settings, get_settings
+from pipeline.settings import DEV_AUDIT_KEY, Settings, get_settings
 from serving.audit import AuditWriter
 from serving import docs
 from serving.errors import sanitize_errors
@@ -55,6 +55,12 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
     async def lifespan(app: FastAPI):
         if settings.auth == "off":
             log.warning("AUTHENTICATION IS OFF (ICANS_AUTH=off): development mode, no API keys checked")
+        elif settings.audit_hmac_key.get_secret_value() == DEV_AUDIT_KEY:  # production refuses it (settings)
+            log.warning(
+                "ICANS_AUDIT_HMAC_KEY is the public development key: anyone can forge explanation links "
+                "and patient hashes; set a secret before real patients are seen"
+            )
+        bound_mlflow_retries(settings)
         app.state.store = store or open_store(settings, timeout_s=settings.store_timeout_s)
         app.state.audit = AuditWriter(
             app.state.store,
@@ -72,6 +78,9 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
         finally:
             state.stop()
             app.state.audit.close()
+            pool = getattr(app.state, "cds_fetch_pool", None)  # issue 25: the CDS fetch threads
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="icans-risk",
@@ -129,6 +138,16 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
     app.include_router(explanation_page.router)
     docs.install(app)
     return app
+
+
+def bound_mlflow_retries(settings: Settings) -> None:
+    """MLflow's HTTP timeout and retries for this process, unless set explicitly (issue 25: /readyz
+    must name a failing registry within one probe interval, not after MLflow's 4-minute retries)."""
+    import os
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", f"{settings.mlflow_http_timeout_s:g}")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.mlflow_http_max_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
 def _freeze_heap() -> None:

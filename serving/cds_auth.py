@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
 
 from serving.auth import DEVELOPMENT, Principal
-from serving.deps import settings_of, store_of
+from serving.deps import log_throttle_of, settings_of, store_of
 
 log = logging.getLogger("icans_risk.serving")
 
@@ -55,6 +56,14 @@ class CdsAuthError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class ReplayCacheUnavailable(Exception):
+    """The replay cache (the service store) could not be written: 503, as for the audit trail."""
+
+
+# A tenant claim reaches the audit trail's client id: printable, short, no separators or escapes.
+_TENANT = re.compile(r"[A-Za-z0-9._~:/@+-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -212,7 +221,11 @@ class CdsAuthenticator:
             raise CdsAuthError("token issued too long ago")
         digest = hashlib.sha256(f"{iss}\n{jti}".encode()).hexdigest()
         expires = datetime.fromtimestamp(float(exp) + self.leeway_s, UTC)
-        if not self.claim_jti(digest, expires):
+        try:
+            fresh = self.claim_jti(digest, expires)
+        except Exception as exc:  # the store is locked or down: no answer is given without the replay check
+            raise ReplayCacheUnavailable(type(exc).__name__) from None
+        if not fresh:
             raise CdsAuthError("token replayed (jti already used)")
         return claims
 
@@ -274,9 +287,23 @@ class CdsClient(SecurityBase):
             claims = authenticator(request.app).verify(token.strip(), audiences)
         except CdsAuthError as exc:
             raise HTTPException(401, f"invalid CDS client token: {exc.reason}", headers=challenge) from None
+        except ReplayCacheUnavailable as exc:
+            log_throttle_of(request.app)(
+                log, logging.ERROR, ("cds_jti", str(exc)),
+                "CDS replay cache unavailable (request %s): %s", request.state.request_id, exc,
+            )
+            raise HTTPException(
+                503, "the service store is unavailable (token replay check); try again", headers={"Retry-After": "1"}
+            ) from None
         client = f"cds:{claims['iss']}"
-        if isinstance(claims.get("tenant"), str):
-            client += f" tenant:{claims['tenant']}"
+        tenant = claims.get("tenant")
+        if tenant is not None:
+            if not isinstance(tenant, str) or not _TENANT.fullmatch(tenant):
+                raise HTTPException(
+                    401, "invalid CDS client token: the tenant claim must be 1-64 characters of "
+                    "letters, digits and . _ ~ : / @ + -", headers=challenge,
+                )
+            client += f" tenant:{tenant}"
         return Principal(client=client[:200], scope="score", key_id=None)
 
 

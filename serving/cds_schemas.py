@@ -111,6 +111,7 @@ class Discovery(BaseModel):
 
 class FeedbackStored(BaseModel):
     stored: int
+    duplicates: int = Field(default=0, description="Entries not stored: the card already has feedback with that outcome")
     request_id: str | None = None
 
 

@@ -17,11 +17,21 @@ This subclass adds, per connection:
   connection is closed if a response has started).
 
 The limits come from the settings (ICANS_HTTP_*), read once per worker process.
+
+Concurrency (issue 25): uvicorn's own `limit_concurrency` counts open connections, so 512 idle
+connections that never sent a byte made every request, /healthz included, answer 503. Here the
+limit counts requests in flight only (an idle connection costs a file descriptor until the header
+timeout closes it, not a place in the limit), and the probes (/healthz, /readyz) are answered
+whatever the count: a liveness probe that fails under load gets a busy replica killed. A request
+refused by the limit gets 503 with Retry-After, and the log gets one line per interval, not one
+per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +80,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits()
+        # the limit is ours (requests in flight, probes exempt); uvicorn's counts idle connections
+        self.in_flight_limit, self.limit_concurrency = self.limit_concurrency, None
         self._in_head = True
         self._head = 0
         self._url = 0
@@ -145,7 +157,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._arm(self.limits.body_timeout_s, self._body_expired)
-        super().on_headers_complete()
+        limit = self.in_flight_limit
+        if limit is None or len(self.tasks) < limit or self._probe():
+            super().on_headers_complete()
+            return
+        app, self.app = self.app, _over_limit  # uvicorn takes the app to run from self.app here
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
+
+    def _probe(self) -> bool:
+        try:
+            path = httptools.parse_url(self.url).path
+        except httptools.HttpParserInvalidURLError:
+            return False
+        return path in PROBES
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -198,6 +225,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+PROBES = frozenset({b"/healthz", b"/readyz"})
+_over_limit_logged = 0.0
+
+
+async def _over_limit(scope: Any, receive: Any, send: Any) -> None:
+    """503 for a request over the in-flight limit; one log line per 10 s, however many there are."""
+    global _over_limit_logged
+    now = time.monotonic()
+    if now - _over_limit_logged > 10.0:
+        _over_limit_logged = now
+        logging.getLogger("icans_risk.serving").warning(
+            "requests over the in-flight limit (ICANS_HTTP_LIMIT_CONCURRENCY) are answered 503"
+        )
+    body = b"Service unavailable: too many requests in flight; retry shortly"
+    await send({
+        "type": "http.response.start",
+        "status": 503,
+        "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"retry-after", b"1"),
+            (b"connection", b"close"),
+        ],
+    })
+    await send({"type": "http.response.body", "body": body})
 
 
 __all__ = ["EdgeLimits", "GuardedHttpToolsProtocol", "limits"]

@@ -7,6 +7,7 @@ lymphodepleting regimen; the rules are stated in `serving.fhir.mapping`'s docstr
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -178,6 +179,9 @@ class MedicationRules:
                     "car_t_dose_10e6_per_kg",
                     "the dose is a total cell count and no body weight (LOINC 29463-7) lies in the window to express it per kg",
                 )
+                return
+            if not weight[0] > 0 or not math.isfinite(weight[0]):
+                self._miss("car_t_dose_10e6_per_kg", "the body weight (LOINC 29463-7) used to express the dose per kg is not a positive number")
                 return
             dose = cells_1e6 / weight[0]
             text = f"total dose / body weight {fmt_num(weight[0])} kg ({fmt_date(weight[1].time)})"

@@ -12,10 +12,14 @@ The request and response models are in serving/cds_schemas.py.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import threading
 import time
 import uuid
-from datetime import UTC
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -45,6 +49,7 @@ from serving.deps import (
     audit_of,
     metrics_of,
     served_predictor,
+    settings_of,
 )
 from serving.observability import LogThrottle
 from serving.routes.risk import audit_failed
@@ -93,8 +98,12 @@ def _base_url(settings: Settings, request: Request) -> str:
     return (configured or str(request.base_url)).rstrip("/")
 
 
-def _prefetch_data(body: CdsRequest, settings: Settings, request: Request) -> tuple[dict[str, Any], list[str]]:
-    """Received prefetch keys, completed from the FHIR server where allowed. Returns (data, notes)."""
+async def _prefetch_data(body: CdsRequest, settings: Settings, request: Request) -> tuple[dict[str, Any], list[str]]:
+    """Received prefetch keys, completed from the FHIR server where allowed. Returns (data, notes).
+
+    The fetching runs on the app's fetch threads (not the pool that answers other requests, so
+    /healthz, /readyz and the plain API never wait behind a slow FHIR server) under one deadline
+    for the whole call; when it passes, the read under way is cut and what was fetched is used."""
     from serving.fhir import fetch
     from serving.fhir.mapping import is_unsatisfied, prefetch_templates
 
@@ -103,27 +112,51 @@ def _prefetch_data(body: CdsRequest, settings: Settings, request: Request) -> tu
     data = {k: v for k, v in received.items() if k in templates and not is_unsatisfied(v)}
     notes: list[str] = []
     unsatisfied = [k for k in templates if k not in data]
-    if not unsatisfied:
+    if not unsatisfied or body.fhirServer is None or body.fhirAuthorization is None:
         return data, notes
-    can_fetch = (
-        body.fhirServer is not None
-        and body.fhirAuthorization is not None
-        and fetch.allowed(body.fhirServer, settings.cds_fhir_server_allowlist, development=settings.env == "development")
+    base = fetch.allowed_base(
+        body.fhirServer, settings.cds_fhir_server_allowlist, development=settings.env == "development"
     )
-    if not can_fetch:
+    if base is None:
         return data, notes
-    for key in unsatisfied:
-        try:
-            data[key] = fetch.fetch(
-                body.fhirServer,  # type: ignore[arg-type]
-                fetch.render(templates[key], body.context.patientId),
-                body.fhirAuthorization.access_token,  # type: ignore[union-attr]
-                timeout=settings.cds_fetch_timeout_s,
-            )
-        except fetch.FetchError as exc:
-            log.warning("CDS fetch of '%s' failed (request %s): %s", key, request.state.request_id, exc)
-            notes.append(f"'{key}' could not be fetched from the FHIR server")
+    queries = {k: fetch.render(templates[k], body.context.patientId) for k in unsatisfied}
+    budget = fetch.Budget.from_settings(settings)
+    loop = asyncio.get_running_loop()
+    stop = loop.call_later(budget.deadline_s, budget.abort)
+    job = fetch_pool(request.app).submit(fetch.fetch_all, base, queries, body.fhirAuthorization.access_token, budget)
+    try:
+        # the deadline aborts the fetch; the grace is for the thread to notice and return its results
+        fetched, failed = await asyncio.wait_for(asyncio.wrap_future(job), budget.deadline_s + 2.0)
+    except TimeoutError:  # still queued behind other calls' fetches, or stuck past the abort
+        budget.abort()
+        job.cancel()
+        fetched, failed = {}, {k: "the call's fetch deadline passed" for k in queries}
+    finally:
+        stop.cancel()
+    data.update(fetched)
+    if failed:
+        log.warning(
+            "CDS fetch (request %s): %d of %d keys not fetched (%s)",
+            request.state.request_id, len(failed), len(queries),
+            "; ".join(f"{k}: {why}" for k, why in sorted(failed.items())),
+        )
+    notes += [f"'{key}' could not be fetched from the FHIR server" for key in failed]
     return data, notes
+
+
+def fetch_pool(app: Any) -> ThreadPoolExecutor:
+    """The app's threads for CDS fetches (ICANS_CDS_FETCH_WORKERS), made on first use."""
+    pool = getattr(app.state, "cds_fetch_pool", None)
+    if pool is None:
+        with _pool_lock:
+            pool = getattr(app.state, "cds_fetch_pool", None)
+            if pool is None:
+                pool = ThreadPoolExecutor(settings_of(app).cds_fetch_workers, thread_name_prefix="cds-fetch")
+                app.state.cds_fetch_pool = pool
+    return pool
+
+
+_pool_lock = threading.Lock()
 
 
 def check_settings(settings: Settings) -> None:
@@ -172,72 +205,19 @@ def build_router(settings: Settings) -> APIRouter:
             412: {"model": PreconditionFailed, "description": "Required data missing and not fetchable"},
         },
     )
-    def icans_risk(
+    async def icans_risk(
         body: CdsRequest,
         request: Request,
         s: SettingsDep,
         model: ModelStateDep,
         principal: Principal = Depends(require_cds_client(SERVICE_PATH)),
     ) -> Any:
-        from serving.errors import sanitize_errors
-        from serving.fhir.mapping import PrefetchError, map_prefetch
-        from serving.fhir.card import card as build_card
-        from serving.fhir.resources import prune
-
         started = time.perf_counter()
         if body.hook != "patient-view":
             raise HTTPException(400, "this service answers the patient-view hook only")
         predictor = served_predictor(model)
-        data, fetch_notes = _prefetch_data(body, s, request)
-        try:
-            mapped = map_prefetch(
-                body.context.patientId,
-                data,
-                window_days=s.cds_baseline_window_days,
-                ld_window_days=s.cds_lymphodepletion_window_days,
-                extra_codes=s.cds_extra_codes,
-            )
-        except PrefetchError as exc:
-            raise HTTPException(400, str(exc)) from None
-        if mapped.missing:
-            return JSONResponse(
-                status_code=412,
-                content={
-                    "detail": "required data are missing from the prefetch and could not be fetched",
-                    "missing": [m.as_dict() for m in mapped.missing],
-                    "request_id": request.state.request_id,
-                },
-            )
-        try:
-            features = PatientFeatures.model_validate(mapped.record)
-        except ValidationError as exc:
-            return JSONResponse(
-                status_code=422,
-                content={"detail": sanitize_errors(exc.errors()), "request_id": request.state.request_id},
-            )
-        record = features.model_dump()
-        record.pop("patient_id", None)
-        answer = predictor.predict([record])[0]
-        card_uuid = str(uuid.uuid4())
-        _audit_card(request, principal, card_uuid, body.context.patientId, record, answer, started)
-        b = predictor.bundle
-        card = build_card(
-            answer,
-            outcome=b.outcome,
-            card_uuid=card_uuid,
-            source_url=_base_url(s, request) + MODEL_CARD_PATH,
-            thresholds=(float(b.low_threshold), float(b.high_threshold)),
-            sources=mapped.sources,
-            notes=mapped.notes + fetch_notes,
-            window=(mapped.window_start, mapped.anchor),
-        )
-        # the card's picture: a page of this service, linked by the card's uuid and a signed, expiring token
-        card["links"] = [{
-            "label": "Why this estimate (picture of the explanation)",
-            "url": explanation_page.link(request.app, _base_url(s, request), card_uuid),
-            "type": "absolute",
-        }]
-        return {"cards": [prune(card)]}
+        data, fetch_notes = await _prefetch_data(body, s, request)
+        return await run_in_threadpool(_answer, body, request, s, principal, predictor, data, fetch_notes, started)
 
     @router.post(
         FEEDBACK_PATH,
@@ -268,7 +248,23 @@ def build_router(settings: Settings) -> APIRouter:
 
         raw = await request.body()
         try:
-            body = FeedbackRequest.model_validate_json(raw)
+            doc = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+        except _DuplicateKey as exc:
+            return JSONResponse(  # type: ignore[return-value]
+                status_code=400,
+                content={
+                    "detail": [{"field": exc.field, "rule": "duplicate field (given more than once)",
+                                "type": "duplicate_field"}],
+                    "request_id": request.state.request_id,
+                },
+            )
+        except (ValueError, RecursionError):
+            doc = raw  # not JSON: pydantic names the error as before
+        try:
+            body = (
+                FeedbackRequest.model_validate_json(doc) if isinstance(doc, bytes)
+                else FeedbackRequest.model_validate(doc)
+            )
         except ValidationError as exc:
             return JSONResponse(  # type: ignore[return-value]
                 status_code=400,
@@ -279,6 +275,74 @@ def build_router(settings: Settings) -> APIRouter:
     return router
 
 
+def _answer(
+    body: CdsRequest,
+    request: Request,
+    s: Settings,
+    principal: Principal,
+    predictor: Any,
+    data: dict[str, Any],
+    fetch_notes: list[str],
+    started: float,
+) -> Any:
+    """Map, validate, score, audit and build the card (on the request thread pool: CPU and the store)."""
+    from serving.errors import sanitize_errors
+    from serving.fhir.card import card as build_card
+    from serving.fhir.mapping import PrefetchError, map_prefetch
+    from serving.fhir.resources import prune
+
+    try:
+        mapped = map_prefetch(
+            body.context.patientId,
+            data,
+            window_days=s.cds_baseline_window_days,
+            ld_window_days=s.cds_lymphodepletion_window_days,
+            extra_codes=s.cds_extra_codes,
+        )
+    except PrefetchError as exc:
+        raise HTTPException(400, str(exc)) from None
+    if mapped.missing:
+        return JSONResponse(
+            status_code=412,
+            content={
+                "detail": "required data are missing from the prefetch and could not be fetched",
+                "missing": [m.as_dict() for m in mapped.missing],
+                "request_id": request.state.request_id,
+            },
+        )
+    try:
+        features = PatientFeatures.model_validate(mapped.record)
+    except ValidationError as exc:
+        return JSONResponse(
+            status_code=422,
+            content={"detail": sanitize_errors(exc.errors()), "request_id": request.state.request_id},
+        )
+    record = features.model_dump()
+    record.pop("patient_id", None)
+    answer = predictor.predict([record])[0]
+    card_uuid = str(uuid.uuid4())
+    _audit_card(request, principal, card_uuid, body.context.patientId, record, answer, started)
+    b = predictor.bundle
+    card = build_card(
+        answer,
+        outcome=b.outcome,
+        card_uuid=card_uuid,
+        source_url=_base_url(s, request) + MODEL_CARD_PATH,
+        thresholds=(float(b.low_threshold), float(b.high_threshold)),
+        sources=mapped.sources,
+        notes=mapped.notes + fetch_notes,
+        window=(mapped.window_start, mapped.anchor),
+    )
+    # the card's picture: a page of this service, linked by the card's uuid and a signed, expiring token
+    card["links"] = [{
+        "label": "Why this estimate (picture of the explanation)",
+        "url": explanation_page.link(request.app, _base_url(s, request), card_uuid),
+        "type": "absolute",
+    }]
+    return {"cards": [prune(card)]}
+
+
+
 def _store_feedback(
     request: Request, store: Store, settings: Settings, throttle: LogThrottle, principal: Principal,
     body: FeedbackRequest,
@@ -287,18 +351,37 @@ def _store_feedback(
 
     auth_on = settings.auth != "off"
     records = []
-    for entry in body.feedback:
-        row = store.card_audit(entry.card.lower())
+    seen: set[tuple[str, str]] = set()
+    stored_before: dict[str, set[str]] = {}
+    duplicates = 0
+    now = datetime.now(UTC)
+    for i, entry in enumerate(body.feedback):
+        card_uuid = entry.card.lower()
+        row = store.card_audit(card_uuid)
         # A client sees only its own cards: another client's card is as unknown as a made-up one.
         if row is None or (auth_on and row["client_id"] != principal.client):
             raise HTTPException(404, "unknown card: this service never returned it to this client")
         when = entry.outcomeTimestamp
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
+        shown = _aware(row["time"])
+        if not shown - FEEDBACK_CLOCK_SKEW <= when <= now + FEEDBACK_CLOCK_SKEW:
+            raise HTTPException(
+                400,
+                f"feedback.{i}.outcomeTimestamp: must lie between the card's time and now "
+                f"(within {int(FEEDBACK_CLOCK_SKEW.total_seconds() // 60)} minutes of clock skew)",
+            )
+        # One entry per card and outcome: a repeat (in this body or already stored) is acknowledged, not stored.
+        if card_uuid not in stored_before:
+            stored_before[card_uuid] = {f["outcome"] for f in store.feedback_for(card_uuid)}
+        if (card_uuid, entry.outcome) in seen or entry.outcome in stored_before[card_uuid]:
+            duplicates += 1
+            continue
+        seen.add((card_uuid, entry.outcome))
         reason = entry.overrideReason
         records.append(
             FeedbackRecord(
-                card_uuid=entry.card.lower(),
+                card_uuid=card_uuid,
                 outcome=entry.outcome,
                 outcome_timestamp=when,
                 override_reason=reason.reason.model_dump(exclude_none=True) if reason and reason.reason else None,
@@ -315,7 +398,41 @@ def _store_feedback(
             log, logging.ERROR, ("feedback", kind), "feedback write failed (request %s): %s", request.state.request_id, kind
         )
         raise HTTPException(503, "the feedback could not be stored") from None
-    return {"stored": n, "request_id": request.state.request_id}
+    return {"stored": n, "duplicates": duplicates, "request_id": request.state.request_id}
+
+
+FEEDBACK_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _aware(t: Any) -> datetime:
+    if isinstance(t, str):
+        t = datetime.fromisoformat(t)
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, field: str) -> None:
+        super().__init__("duplicate key")
+        self.field = field
+
+
+_FEEDBACK_FIELDS = frozenset(
+    {"feedback", "card", "outcome", "acceptedSuggestions", "overrideReason", "outcomeTimestamp", "reason",
+     "userComment", "id", "code", "system", "display"}
+)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads hook: a key given twice is refused (last-wins would let a client smuggle a value
+    past whoever read the first); it is named only if it is one of the feedback schema's own names."""
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(k if k in _FEEDBACK_FIELDS else "<unknown field>")
+            seen.add(k)
+    return d
 
 
 def _audit_card(

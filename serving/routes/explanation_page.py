@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipeline import style, waterfall
 from pipeline.contract import INTENDED_USE
+from serving import page_cache
 from serving.deps import ModelStateDep, StoreDep, served_predictor, settings_of
 from serving.store import Store
 
@@ -60,10 +61,11 @@ def link(app, base_url: str, card_uuid: str) -> str:
 
 def verify(app, card_uuid: str, token: str, now: float | None = None) -> bool:
     expires_text, _, mac = token.partition(".")
-    if not expires_text.isdigit() or not mac:
+    if not (expires_text.isascii() and expires_text.isdigit() and len(expires_text) <= 12) or not mac.isascii():
         return False
     expires = int(expires_text)
-    if expires < (now if now is not None else time.time()):
+    now = now if now is not None else time.time()
+    if not now <= expires <= now + LINK_TTL_S + 60:  # a link this service signed never lives longer
         return False
     return hmac.compare_digest(mac, _mac(_key(app), card_uuid.lower(), expires))
 
@@ -118,6 +120,10 @@ async def explanation_page(
     if not verify(request.app, card_uuid, token):
         raise HTTPException(403, "this link is invalid or has expired; open the card again")
     predictor = served_predictor(model)  # after the link's check: a bad link is 403 even with no model
+    cache_key = (card_uuid.lower(), predictor.model.name, str(predictor.model.version))
+    cached = page_cache.of(request.app).get(cache_key)
+    if cached is not None:  # issue 25: one drawing per card and model version, not one per request
+        return HTMLResponse(cached, headers=HEADERS)
     row = await run_in_threadpool(_audited, store, card_uuid.lower())
     if row is None:
         raise HTTPException(404, "no card with this uuid")
@@ -143,4 +149,6 @@ async def explanation_page(
         f"{html.escape(served.name)} version {html.escape(str(served.version))}.</p>"
         f'<figure aria-label="Waterfall of the explanation">{svg_text}</figure>'  # its caption says how to read it
     )
-    return HTMLResponse(_page("Why this estimate", body), headers=HEADERS)
+    page = _page("Why this estimate", body)
+    page_cache.of(request.app).put(cache_key, page)
+    return HTMLResponse(page, headers=HEADERS)

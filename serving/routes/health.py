@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -11,9 +12,27 @@ from serving.deps import ModelStateDep, SettingsDep
 
 router = APIRouter(tags=["health"])
 
+# The probes are unauthenticated: they name the kind of failure, never an error's own text (which can
+# carry SQL, parameters, hosts or paths); the service log has the whole message.
+_KIND = re.compile(r"([A-Za-z_][A-Za-z0-9_.]{0,79}):")
+
+
+def public_reason(error: str | None) -> str:
+    """'<ExceptionType>: ...' -> a short reason naming the type, for an unauthenticated caller."""
+    if not error:
+        return "unknown"
+    lead = "the new model was refused" if error.startswith("new model refused") else (
+        "the registry is unreachable or the model missing" if error.startswith("registry unreachable") else
+        "the model could not be loaded"
+    )
+    tail = error.split(": ", 1)[1] if lead != "the model could not be loaded" and ": " in error else error
+    kind = _KIND.match(tail)
+    return f"{lead} ({kind.group(1).rsplit('.', 1)[-1] if kind else 'error'}); the service log has the details"
+
+
 
 @router.get("/healthz", summary="The process is alive")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
@@ -22,7 +41,7 @@ def healthz() -> dict[str, str]:
     summary="A model is loaded and the audit store can be written (503 otherwise, with the reason)",
     responses={503: {"description": "No model loaded yet, or the audit store cannot be written; `reason` says why"}},
 )
-def readyz(request: Request, state: ModelStateDep, settings: SettingsDep) -> JSONResponse:
+async def readyz(request: Request, state: ModelStateDep, settings: SettingsDep) -> JSONResponse:
     body: dict[str, Any] = {
         "status": state.status,
         "attempts": state.attempts,
@@ -30,8 +49,10 @@ def readyz(request: Request, state: ModelStateDep, settings: SettingsDep) -> JSO
     }
     if settings.auth == "off":
         body["warning"] = "authentication is off (development mode)"
-    if state.last_reload:
-        body["last_reload"] = state.last_reload
+    if state.last_reload:  # the result and when; the reason's text is for the log and the admin route
+        body["last_reload"] = {k: v for k, v in state.last_reload.items() if k != "reason"}
+        if state.last_reload.get("result") == "failed":
+            body["last_reload"]["reason"] = public_reason(state.last_reload.get("reason"))
     audit = getattr(request.app.state, "audit", None)  # not a dependency: absent until the lifespan starts it
     audit_reason = audit.reason if audit is not None else None
     if state.ready:
@@ -44,7 +65,11 @@ def readyz(request: Request, state: ModelStateDep, settings: SettingsDep) -> JSO
         if audit_reason is None:
             return JSONResponse(body)
     elif state.error:
-        body["reason"] = state.error
+        body["reason"] = public_reason(state.error)
+        if state.status == "loading":
+            body["reason"] = f"loading the model (attempt {state.attempts}); the last attempt failed: {body['reason']}"
+    else:
+        body["reason"] = f"loading the model (attempt {state.attempts})" if state.attempts else "starting"
     if audit_reason is not None:  # every scoring request would get 503: take no traffic
         body["status"] = "audit_store_unavailable"
         body["reason"] = "; ".join(filter(None, [body.get("reason"), f"{audit_reason}: scoring answers 503 until it can"]))

@@ -267,13 +267,14 @@ def test_feedback_is_stored_against_the_card(cds, keys, trained):
     r = call(cds, keys, now_chart("pat-feedback"))
     card_uuid = r.json()["cards"][0]["uuid"]
     path = f"{SERVICE}/feedback"
+    t0 = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # after the card, not in the future (issue 25)
     feedback = {
         "feedback": [
-            {"card": card_uuid, "outcome": "overridden", "outcomeTimestamp": "2026-05-10T10:00:00Z",
+            {"card": card_uuid, "outcome": "overridden", "outcomeTimestamp": t0,
              "overrideReason": {"reason": {"system": "urn:icans-risk:override-reasons", "code": "data-incomplete",
                                            "display": "Record data incomplete or outdated"},
                                 "userComment": "CRP pending"}},
-            {"card": card_uuid, "outcome": "accepted", "outcomeTimestamp": "2026-05-10T10:05:00Z"},
+            {"card": card_uuid, "outcome": "accepted", "outcomeTimestamp": t0},
         ]
     }
     r = cds.post(path, json=feedback, headers=bearer(make_token(keys, path)))
@@ -284,13 +285,13 @@ def test_feedback_is_stored_against_the_card(cds, keys, trained):
     assert stored[0]["override_reason"]["code"] == "data-incomplete" and stored[0]["user_comment"] == "CRP pending"
     assert stored[0]["client_id"] == f"cds:{ISS} tenant:hospital-1"
     # unknown card, another client's card, invalid bodies
-    unknown = {"feedback": [{"card": str(uuid.uuid4()), "outcome": "accepted", "outcomeTimestamp": "2026-05-10T10:00:00Z"}]}
+    unknown = {"feedback": [{"card": str(uuid.uuid4()), "outcome": "accepted", "outcomeTimestamp": t0}]}
     assert cds.post(path, json=unknown, headers=bearer(make_token(keys, path))).status_code == 404
-    theirs = {"feedback": [{"card": card_uuid, "outcome": "accepted", "outcomeTimestamp": "2026-05-10T10:00:00Z"}]}
+    theirs = {"feedback": [{"card": card_uuid, "outcome": "accepted", "outcomeTimestamp": t0}]}
     r = cds.post(path, json=theirs, headers=bearer(make_token(keys, path, iss=ISS_EC, alg="ES384")))
     assert r.status_code == 404
-    for bad in ({"feedback": [{"card": card_uuid, "outcome": "ignored", "outcomeTimestamp": "2026-05-10T10:00:00Z"}]},
-                {"feedback": [{"card": "not-a-uuid", "outcome": "accepted", "outcomeTimestamp": "2026-05-10T10:00:00Z"}]},
+    for bad in ({"feedback": [{"card": card_uuid, "outcome": "ignored", "outcomeTimestamp": t0}]},
+                {"feedback": [{"card": "not-a-uuid", "outcome": "accepted", "outcomeTimestamp": t0}]},
                 {"feedback": []}, {"nothing": 1}):
         r = cds.post(path, json=bad, headers=bearer(make_token(keys, path)))
         assert r.status_code == 400, (bad, r.text)
