@@ -296,12 +296,15 @@ def test_published_risk_factors_are_monotone_increasing(column: str) -> None:
     assert monotone_constraints()[MATRIX_NAMES.index(column)] == 1
 
 
-def test_constraints_follow_contract_directions_and_never_constrain_one_hot_blocks() -> None:
+def test_constraints_follow_contract_directions_and_one_hot_levels_only_their_declared_direction() -> None:
+    # a multi-level category's indicator is constrained only where the contract declares that level's
+    # direction (a product that fixes the costimulatory domain); otherwise it is free
     mc = monotone_constraints()
     for j, c in enumerate(MATRIX_COLUMNS):
         f = FEATURES_BY_NAME[c.feature]
         if f.kind == "category" and len(f.categories) > 2:
-            assert mc[j] == 0, c.name
+            declared = f.level_directions[f.categories.index(c.level)] if f.level_directions else 0
+            assert mc[j] == declared, c.name
         else:
             assert mc[j] == f.direction, c.name
 
