@@ -18,7 +18,7 @@ N ?=
 .PHONY: install browser lint test-fast data train update monitor evaluate score serve mlflow-ui mlflow-server test test-cohorts bench clean-venv help
 
 help:
-	@echo "make install | data | train [DATA= OUTCOME= SEED= ON_INVALID= ALLOW_UNGATED=1] | update DATA= | evaluate [DATA=] |"
+	@echo "make install | data | train [DATA= OUTCOME= SEED= ON_INVALID= ALLOW_UNGATED=1 PROMOTE=no] | update DATA= | evaluate [DATA=] |"
 	@echo "     score DATA= OUT= | serve [HOST= PORT= WORKERS=] | mlflow-ui | mlflow-server | test | test-cohorts | bench"
 
 # Each step says what it does and how long it took (about 90 s in all on a fresh 2-core machine).
@@ -43,7 +43,8 @@ data: install
 train: install
 	$(BIN)/icans-risk train --outcome $(OUTCOME) --on-invalid $(ON_INVALID) \
 		$(if $(DATA),--data $(DATA)) $(if $(SEED),--seed $(SEED)) $(if $(N),--n $(N)) \
-		$(if $(filter 1 true yes,$(ALLOW_UNGATED)),--allow-ungated)
+		$(if $(filter 1 true yes,$(ALLOW_UNGATED)),--allow-ungated) \
+		$(if $(filter 0 false no,$(PROMOTE)),--no-promote)
 
 # Local updating at a new centre: validate @champion on DATA and register the smallest justified update.
 update: install

@@ -144,6 +144,25 @@ SMALL_DATA_SPACES: dict[str, dict[str, list[Any]]] = {
 }
 
 
+# Each family's library defaults for the hyperparameters its search varies (xgboost 2.x/3.x,
+# scikit-learn 1.x documented defaults; the untuned comparator's settings). They are the first
+# configuration of every search at every size (`pipeline.validation.search_configurations`): a
+# tuned model can lose to the defaults only by chance in the cross-validated log-loss, never by
+# construction of the space. The monotone constraints stay (they are the contract's, not tuning).
+LIBRARY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "xgboost": {"n_estimators": 100, "learning_rate": 0.3, "max_depth": 6, "min_child_weight": 1.0,
+                "reg_lambda": 1.0, "gamma": 0.0, "subsample": 1.0, "colsample_bynode": 1.0},
+    "hist_gradient_boosting": {"max_iter": 100, "learning_rate": 0.1, "max_depth": None, "max_leaf_nodes": 31,
+                               "min_samples_leaf": 20, "l2_regularization": 0.0},
+    "logistic": {"model__C": 1.0},
+}
+
+
+def library_defaults(name: str) -> dict[str, Any]:
+    """The library's default values of the hyperparameters a family's search varies."""
+    return dict(LIBRARY_DEFAULTS[name])
+
+
 def search_space(name: str, n_events: int) -> dict[str, list[Any]]:
     """The random-search space of a family for data with `n_events` events: it shrinks with them."""
     if n_events < SMALL_DATA_EVENTS and name in SMALL_DATA_SPACES:

@@ -19,17 +19,13 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from models.artifact import ModelBundle
 from models.baselines import SCORES, ScoreToProbability
 from models.candidates import CANDIDATES, make_untuned_hist_gradient_boosting
-from pipeline.compare import fair_comparison
+from pipeline.compare import champion_configuration, non_inferiority
 from pipeline.contract import ORACLE_COLUMN
-from pipeline.evidence import (
-    build_evidence,
-    calibration_intervals,
-    discrimination_with_ci,
-    learning_curve,
-    paired_difference,
-)
+from pipeline.evidence import build_evidence, learning_curve, paired_difference
+from pipeline.evidence.thresholds import thresholds_table
 from pipeline.features import N_MATRIX, encode_frame
-from pipeline.metrics import binary_metrics, ranking_metrics
+from pipeline.metrics import auroc, binary_metrics, ranking_metrics
+from pipeline.repeat_intervals import paired_auroc_difference, paired_comparison, pooled_intervals
 from pipeline.runs import heartbeat
 from pipeline.settings import Settings
 from pipeline.validation import (
@@ -42,10 +38,68 @@ from pipeline.validation import (
     Fitted,
     Procedure,
     Resampled,
+    Search,
+    fit_configuration,
+    outer_splits,
     repeated_cv,
 )
 
 ORACLE_LABEL = f"oracle ({ORACLE_COLUMN})"
+FROZEN_BASIS = ("the champion's frozen model on the same patients (its configuration is not refittable; it may have "
+                "been fitted on some of them, which favours the champion)")
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def refit_predict(config: tuple[str, dict[str, Any]], X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray,
+                  cv_folds: int, seed: int) -> np.ndarray:
+    """A configuration's procedure (Platt on out-of-fold margins, then the fit) on the training
+    patients, predicting the test patients: the champion as the challenger was validated."""
+    from models.calibration import risk_of
+
+    estimator, platt, _ = fit_configuration(config[0], config[1], X_train, y_train, cv_folds, seed, 1)
+    return risk_of(platt.transform(_logit(estimator.predict_proba(X_test)[:, 1])))
+
+
+def refit_in_folds(config: tuple[str, dict[str, Any]], X: np.ndarray, y: np.ndarray, repeats: int, folds: int,
+                   seed: int, inner_folds: int) -> np.ndarray:
+    """(repeats, n) out-of-fold risks of a configuration refitted in `outer_splits`' folds: the
+    very folds of the challenger's repeated cross-validation."""
+    from threadpoolctl import threadpool_limits
+
+    out = np.full((repeats, len(y)), np.nan)
+    with threadpool_limits(1):
+        for r, fold_seed, tr, te in outer_splits(y, repeats, folds, seed):
+            out[r, te] = refit_predict(config, X[tr], y[tr], X[te], inner_folds, fold_seed)
+    return out
+
+
+def champion_comparison(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, thresholds: dict[str, float],
+                        basis: str, seed: int) -> dict[str, Any]:
+    """The promotion's evidence: `paired_comparison` on the same patients and its non-inferiority verdict."""
+    criteria = paired_comparison(y, challenger, champion, thresholds, seed=seed)
+    ok, lines = non_inferiority(criteria)
+    auc = criteria["auroc"]
+    return {"criteria": criteria, "non_inferior": ok, "lines": lines, "basis": basis,
+            "champion_auroc": auc["champion"], "challenger_auroc": auc["challenger"],
+            "difference": auc["difference"], "ci_low": auc["ci_low"], "ci_high": auc["ci_high"],
+            "champion_oof_auroc_first_repeat": float(auroc(y, champion[0]))}
+
+
+def fold_thresholds_table(y: np.ndarray, risk: np.ndarray, fold_thresholds: np.ndarray) -> pd.DataFrame:
+    """`thresholds_table`'s figures where each patient is classified at the thresholds chosen inside
+    the fold that predicted them (the reported threshold: the mean over folds)."""
+    rows = []
+    for j, name in enumerate(("low", "high")):
+        t = fold_thresholds[:, j]
+        above = risk >= t  # each patient against their own fold's threshold
+        row = thresholds_table(y, np.where(above, 1.0, 0.0), {name: 0.5}).iloc[0].to_dict()
+        row["threshold"] = float(np.nanmean(t))
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _prob_of(estimator: Any, X: np.ndarray) -> np.ndarray:
@@ -138,15 +192,33 @@ def _evaluate_split(
     )
     metrics.update(evidence.flat_metrics())
     validated = {k: metrics.get(f"test_{k}", np.nan) for k in VALIDATED_KEYS}
+    d = paired_difference(y_test, risk_test, probs[LOGISTIC], seed=settings.seed)
+    validated.update(logistic_auroc=d["auroc_other"], auroc_minus_logistic=d["difference"],
+                     auroc_minus_logistic_ci_low=d["ci_low"], auroc_minus_logistic_ci_high=d["ci_high"])
+    validated.update(platt_slope=fitted.fitted_platt_slope, events=float(y_test.sum()))
+    thresholds = {"low": bundle.low_threshold, "high": bundle.high_threshold}
 
     def compare(champ: ModelBundle) -> dict[str, Any]:
-        d = paired_difference(y_test, risk_test, champ.predict_proba(X_test), seed=settings.seed)
-        return fair_comparison(champ, d, validated)
+        config = champion_configuration(champ.metadata, champ.kind)
+        if config is None:  # not refittable: its frozen model on the held-out patients it never saw
+            champ_risk, basis = champ.predict_proba(X_test), FROZEN_BASIS
+        else:
+            champ_risk = refit_predict(config, X_dev, y_dev, X_test, Search.of(settings).cv_folds, settings.seed)
+            basis = (f"the champion's configuration ({config[0]}) refitted on the same development patients, "
+                     f"both scored on the same {len(y_test)} held-out patients")
+        return champion_comparison(y_test, risk_test[None, :], champ_risk[None, :], thresholds, basis, settings.seed)
 
     return Evaluation(design, validated, metrics, evidence, y_test, X_test, test, risk_test, plot_scores,
                       {f"{fitted.chosen} (chosen)": risk_test, "logistic": probs["logistic"],
                        **{s: probs[s] for s in SCORES}},
                       "held-out set", compare)
+
+
+def validation_procedure(settings: Settings, events: int) -> Procedure:
+    """The procedure each outer fold re-runs: the shipped search (`Search.of(settings)`, the one
+    `pipeline.tuning.tune_candidates` runs for the final model), in the whole cohort's space."""
+    search = Search.of(settings)
+    return Procedure(search.n_iter, search.cv_folds, space_events=events)
 
 
 def _evaluate_resampled(
@@ -160,7 +232,7 @@ def _evaluate_resampled(
     )
     apparent = {MODEL: bundle.predict_proba(X), **{n: _prob_of(m, X) for n, m in comparators.items()}}
     heartbeat()
-    procedure = Procedure(settings.resample_n_iter, settings.resample_cv_folds, space_events=int(y.sum()))
+    procedure = validation_procedure(settings, int(y.sum()))
     resampled = repeated_cv(X, y, procedure, apparent,
                             design.repeats, settings.cv_folds, settings.seed, n_jobs)
     heartbeat()
@@ -172,16 +244,16 @@ def _evaluate_resampled(
         learning_curve=learning_curve(seed=settings.seed, outcome=outcome) if synthetic else None,
         meta={"run_id": run_id, "model": model_name, "kind": fitted.chosen},
     )
+    if resampled.fold_thresholds is not None:  # sensitivity & co. at thresholds chosen inside each fold
+        evidence.thresholds = fold_thresholds_table(y, cv_risk, resampled.fold_thresholds[0])
     metrics = evidence.flat_metrics(prefix="cv")
-    first_ci = {**discrimination_with_ci(y, cv_risk, seed=settings.seed, with_auprc=False),
-                **calibration_intervals(y, cv_risk, seed=settings.seed)}
-    estimate, first = resampled.estimate(MODEL), {k: v[0] for k, v in resampled.per_repeat[MODEL].items()}
+    pooled = pooled_intervals(y, resampled.predictions[MODEL], seed=settings.seed)
+    estimate = resampled.estimate(MODEL)
     validated: dict[str, float] = {}
     for k in METRICS:
-        shift = estimate[k] - first[k]
         validated[k] = estimate[k]
-        validated[f"{k}_ci_low"] = first_ci.get(f"{k}_ci_low", np.nan) + shift
-        validated[f"{k}_ci_high"] = first_ci.get(f"{k}_ci_high", np.nan) + shift
+        validated[f"{k}_ci_low"] = pooled.get(f"{k}_ci_low", np.nan)
+        validated[f"{k}_ci_high"] = pooled.get(f"{k}_ci_high", np.nan)
         metrics[f"apparent_{k}"] = resampled.apparent[MODEL][k]
         metrics[f"optimism_{k}"] = resampled.optimism(MODEL)[k]
         metrics[f"cv_{k}_sd_over_repeats"] = resampled.spread(MODEL)[k]
@@ -189,22 +261,34 @@ def _evaluate_resampled(
             metrics[f"validated_{name}_{k}"] = resampled.estimate(name)[k]
     m_easix = SCORES["m_easix"](df)
     if np.all(np.isfinite(m_easix)):
-        d = paired_difference(y, cv_risk, m_easix, seed=settings.seed)
-        shift = estimate["auroc"] - first["auroc"]
-        validated.update(m_easix_auroc=d["auroc_other"], auroc_minus_m_easix=d["difference"] + shift,
-                         auroc_minus_m_easix_ci_low=d["ci_low"] + shift, auroc_minus_m_easix_ci_high=d["ci_high"] + shift)
+        d = paired_auroc_difference(y, resampled.predictions[MODEL], m_easix, seed=settings.seed)
+        validated.update(m_easix_auroc=d["auroc_other"], auroc_minus_m_easix=d["difference"],
+                         auroc_minus_m_easix_ci_low=d["ci_low"], auroc_minus_m_easix_ci_high=d["ci_high"])
+    d = paired_auroc_difference(y, resampled.predictions[MODEL], resampled.predictions[LOGISTIC], seed=settings.seed)
+    validated.update(logistic_auroc=d["auroc_other"], auroc_minus_logistic=d["difference"],
+                     auroc_minus_logistic_ci_low=d["ci_low"], auroc_minus_logistic_ci_high=d["ci_high"])
+    validated.update(platt_slope=fitted.fitted_platt_slope, events=float(y.sum()))
+    metrics["platt_refused_folds"] = resampled.platt_refused_folds
     metrics["cv_repeats"] = resampled.repeats
     metrics["resampling_seconds"] = resampled.seconds
     plot_scores = {f"{fitted.chosen} (chosen)": cv_risk, "logistic": others[LOGISTIC],
                    **{score: SCORES[score](df) for score in SCORES}}
     add_oracle(y, df, outcome, metrics, "oracle_auroc", plot_scores)
 
+    thresholds = {"low": bundle.low_threshold, "high": bundle.high_threshold}
+
     def compare(champ: ModelBundle) -> dict[str, Any]:
-        # the new procedure's cross-validated risks against the champion on the same patients
-        d = paired_difference(y, cv_risk, champ.predict_proba(X), seed=settings.seed)
-        shift = estimate["auroc"] - first["auroc"]
-        d.update(difference=d["difference"] + shift, ci_low=d["ci_low"] + shift, ci_high=d["ci_high"] + shift)
-        return fair_comparison(champ, d, validated)
+        # the challenger's out-of-fold risks against the champion's configuration refitted in the same folds
+        config = champion_configuration(champ.metadata, champ.kind)
+        if config is None:
+            frozen = champ.predict_proba(X)
+            return champion_comparison(y, resampled.predictions[MODEL], np.repeat(frozen[None, :], design.repeats, 0),
+                                       thresholds, FROZEN_BASIS, settings.seed)
+        champ_oof = refit_in_folds(config, X, y, design.repeats, settings.cv_folds, settings.seed,
+                                   Search.of(settings).cv_folds)
+        basis = (f"out of fold on the same {len(y)} patients: the champion's configuration ({config[0]}) refitted "
+                 f"inside the same {design.repeats} x {settings.cv_folds} outer folds as the challenger")
+        return champion_comparison(y, resampled.predictions[MODEL], champ_oof, thresholds, basis, settings.seed)
 
     probs = {f"{fitted.chosen} (chosen)": cv_risk, "logistic": others[LOGISTIC],
              **{s: prob_models[s].predict_proba(df)[:, 1] for s in SCORES}}

@@ -89,16 +89,18 @@ def generate(n: int, seed: int, out: Path | None, overwrite: bool, consortium: b
 @click.option("--on-invalid", type=click.Choice(["refuse", "drop"]), default="refuse", show_default=True)
 @click.option("--allow-ungated", is_flag=True, default=None,
               help="Register a model that fails the quality gate as champion anyway, tagged ungated.")
+@click.option("--promote/--no-promote", "promote", default=None,
+              help="--no-promote: register and record the decision, but never move @champion.")
 @click.pass_context
-def train(ctx, data, outcome, seed, n_patients, n_iter, on_invalid, allow_ungated) -> None:
-    """Train, validate and register; move @champion unless clearly worse than the current one."""
+def train(ctx, data, outcome, seed, n_patients, n_iter, on_invalid, allow_ungated, promote) -> None:
+    """Train, validate and register; move @champion only past the gate and non-inferior to the current one."""
     from pipeline.io_report import CohortError
     from pipeline.train import train as run_training
     from pipeline.validation import TrainingRefused
 
     from pipeline.runs import TrainingInterrupted, sigterm_interrupts
 
-    settings = _settings(seed=seed, n_iter=n_iter, outcome=outcome, allow_ungated=allow_ungated)
+    settings = _settings(seed=seed, n_iter=n_iter, outcome=outcome, allow_ungated=allow_ungated, promote=promote)
     try:
         with sigterm_interrupts():
             result = run_training(settings, data=data, outcome=outcome, on_invalid=on_invalid, n_patients=n_patients)
@@ -115,15 +117,17 @@ def train(ctx, data, outcome, seed, n_patients, n_iter, on_invalid, allow_ungate
         sys.exit(EXIT_TRAINING_FAILED)
     v = result.validated
     kind = "cross-validated" if result.design == "repeated_cv" else "held-out"
+    for note in result.notes:
+        click.echo(note)
     click.echo(f"run {result.run_id}: {result.model_name} v{result.version} ({result.chosen}), "
                f"validation: {result.design}")
     click.echo(
         f"{kind} AUROC {v['auroc']:.3f} (95% CI {v['auroc_ci_low']:.3f}-{v['auroc_ci_high']:.3f}), "
-        f"calibration slope {v['calibration_slope']:.2f}, Brier {v['brier']:.4f}; "
-        f"m-EASIX {v.get('m_easix_auroc', float('nan')):.3f}"
+        f"calibration slope {v['calibration_slope']:.2f} (95% CI {v['calibration_slope_ci_low']:.2f}-"
+        f"{v['calibration_slope_ci_high']:.2f}), Brier {v['brier']:.4f}; "
+        f"logistic {v.get('logistic_auroc', float('nan')):.3f}, m-EASIX {v.get('m_easix_auroc', float('nan')):.3f}"
     )
-    verdict = "promoted to @champion" if result.promoted else "NOT promoted"
-    click.echo(f"{verdict}: {result.reason}")
+    click.echo("\n".join(result.decision))  # last, in one block
     if not result.promoted and result.reason.startswith("quality gate"):
         sys.exit(EXIT_NOT_PROMOTED)
 

@@ -1,4 +1,4 @@
-"""Promotion: the champion alias moves last, under a lock, and never to a model clearly worse.
+"""Promotion: the champion alias moves last, under a lock, and only to a model non-inferior to the champion.
 
 A model refused by the quality gate is registered but not promoted, unless ALLOW_UNGATED=1 and
 no champion exists (then it is served, tagged as ungated). The comparison is with whatever is
@@ -7,13 +7,15 @@ champion when the lock is held: another training may have promoted its model mea
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 from mlflow import MlflowClient
 
+from pipeline.compare import PROMOTION_MARGINS
 from pipeline.registry import champion, load_bundle, promotion_lock
 from pipeline.runs import now_text, reconcile_tags
 from pipeline.settings import Settings
@@ -26,6 +28,21 @@ class Verdict:
     promoted: bool
     reason: str
     champion_auroc: float | None
+    comparison: dict[str, Any] = field(default_factory=dict)  # the champion comparison's evidence, if any
+    alias_held: bool = False  # PROMOTE=no: the decision was made but the alias not moved
+
+
+def _tag_version(client: MlflowClient, name: str, version: str, promoted: bool, reason: str,
+                 comparison: dict[str, Any] | None = None, held: bool = False) -> None:
+    """The decision, its reason, the margins it used and each criterion's figures, on the version."""
+    status = "champion" if promoted else ("not promoted (PROMOTE=no)" if held else "not promoted")
+    client.set_model_version_tag(name, version, "promotion", status)
+    client.set_model_version_tag(name, version, "promotion_reason", reason[:5000])
+    client.set_model_version_tag(name, version, "promotion_time", now_text())
+    client.set_model_version_tag(name, version, "promotion_margins", json.dumps(PROMOTION_MARGINS))
+    for key, d in ((comparison or {}).get("criteria") or {}).items():
+        client.set_model_version_tag(name, version, f"noninferiority_{key}",
+                                     f"{d['difference']:+.4f} ({d['ci_low']:+.4f} to {d['ci_high']:+.4f})")
 
 
 def promote(
@@ -33,16 +50,21 @@ def promote(
     settings: Settings,
     name: str,
     version: str,
-    compare: Callable[[Any], dict[str, float]],
+    compare: Callable[[Any], dict[str, Any]],
     new_auroc: float,
+    details: dict[str, Any] | None = None,
 ) -> tuple[bool, str, float | None]:
-    """Move the alias unless the new version is clearly worse than the champion on the same estimate.
+    """Move the alias when the new version is non-inferior to the champion on the same patients.
 
-    "Clearly": the 95% paired-bootstrap interval of AUROC(new) - AUROC(champion) lies wholly below 0.
-    Within the noise the newer model, fitted on the newer data, is promoted and the reason says so.
+    A training's `compare` refits the champion's configuration in the challenger's folds and
+    returns `criteria` judged on `PROMOTION_MARGINS` (`non_inferior`, `lines`); the local update's
+    `compare` gives a paired AUROC difference, and there "clearly worse" (the 95% interval wholly
+    below 0) keeps the champion. With `settings.promote` off the decision is made and recorded but
+    the alias never moves. `details` (if given) receives the comparison.
     """
     current = champion(client, name, settings.champion_alias)
     champ_auroc = None
+    d: dict[str, Any] = {}
     if current is None:
         promoted, reason = True, "no champion yet"
     else:
@@ -53,30 +75,44 @@ def promote(
             promoted, reason = True, f"current champion v{current.version} could not be scored"
         else:
             champ_auroc = d["champion_auroc"]
-            hi = d["ci_high"] if np.isfinite(d["ci_high"]) else d["difference"]
-            promoted = bool(hi >= 0)
-            ci = (f" (95% CI {d['ci_low']:+.3f} to {d['ci_high']:+.3f})" if np.isfinite(d["ci_low"]) else "")
-            verdict = ("not clearly worse: promoted" if promoted else "clearly worse: the champion stays")
-            reason = (f"AUROC {new_auroc:.4f} vs champion v{current.version}'s {champ_auroc:.4f}, difference "
-                      f"{d['difference']:+.3f}{ci} {d.get('basis', 'on the same patients')}: {verdict}")
+            if "criteria" in d:
+                promoted = bool(d["non_inferior"])
+                verdict = "non-inferior on every criterion: promoted" if promoted else (
+                    "not shown non-inferior: the champion stays")
+                reason = (f"against champion v{current.version}, {d['basis']}: " + "; ".join(d["lines"])
+                          + f". {verdict}")
+            else:
+                hi = d["ci_high"] if np.isfinite(d["ci_high"]) else d["difference"]
+                promoted = bool(hi >= 0)
+                ci = (f" (95% CI {d['ci_low']:+.3f} to {d['ci_high']:+.3f})" if np.isfinite(d["ci_low"]) else "")
+                verdict = ("not clearly worse: promoted" if promoted else "clearly worse: the champion stays")
+                reason = (f"AUROC {new_auroc:.4f} vs champion v{current.version}'s {champ_auroc:.4f}, difference "
+                          f"{d['difference']:+.3f}{ci} {d.get('basis', 'on the same patients')}: {verdict}")
+    held = promoted and not settings.promote
+    if held:
+        promoted, reason = False, f"PROMOTE=no: the alias was not moved (it would have been: {reason})"
+    elif not settings.promote:
+        reason = f"PROMOTE=no (and it would not have been promoted: {reason})"
     if promoted:
         client.set_registered_model_alias(name, settings.champion_alias, version)
-    client.set_model_version_tag(name, version, "promotion", "champion" if promoted else "not promoted")
-    client.set_model_version_tag(name, version, "promotion_reason", reason)
-    client.set_model_version_tag(name, version, "promotion_time", now_text())
+    _tag_version(client, name, version, promoted, reason, d, held)
     if promoted:  # the version that lost the alias says so
         reconcile_tags(client, name, settings.champion_alias)
+    if details is not None:
+        details.update(d)
+        details["alias_held"] = held
     return promoted, reason, champ_auroc
 
 
 def promote_if_allowed(
     client: MlflowClient, settings: Settings, model_name: str, version: str, gate_ok: bool, gate_reason: str,
-    ungated: bool, compare: Callable[[Any], dict[str, float]], new_auroc: float,
+    ungated: bool, compare: Callable[[Any], dict[str, Any]], new_auroc: float,
 ) -> Verdict:
     """The gate's verdict, then (if it allows) the champion comparison; the version's tags say which."""
+    details: dict[str, Any] = {}
     with promotion_lock(settings.lock_url or settings.tracking_uri, settings.data_dir, model_name):
         if gate_ok or (ungated and champion(client, model_name, settings.champion_alias) is None):
-            promoted, reason, champ_auroc = promote(client, settings, model_name, version, compare, new_auroc)
+            promoted, reason, champ_auroc = promote(client, settings, model_name, version, compare, new_auroc, details)
             if ungated:
                 reason = f"UNGATED (quality gate: {gate_reason}; ALLOW_UNGATED=1): {reason}"
                 client.set_model_version_tag(model_name, version, "promotion_reason", reason)
@@ -84,10 +120,8 @@ def promote_if_allowed(
             promoted, reason, champ_auroc = False, f"quality gate: {gate_reason}", None
             if settings.allow_ungated and champion(client, model_name, settings.champion_alias) is not None:
                 reason += ". ALLOW_UNGATED applies only while no champion exists; the champion stays"
-            elif champion(client, model_name, settings.champion_alias) is None:
+            elif champion(client, model_name, settings.champion_alias) is None and settings.promote:
                 reason += (". No champion exists: to score with this model anyway, retrain with ALLOW_UNGATED=1 "
                            "(make train ... ALLOW_UNGATED=1); it is then served tagged as ungated")
-            client.set_model_version_tag(model_name, version, "promotion", "not promoted")
-            client.set_model_version_tag(model_name, version, "promotion_reason", reason)
-            client.set_model_version_tag(model_name, version, "promotion_time", now_text())
-    return Verdict(promoted, reason, champ_auroc)
+            _tag_version(client, model_name, version, False, reason)
+    return Verdict(promoted, reason, champ_auroc, details, bool(details.get("alias_held")))

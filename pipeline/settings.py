@@ -93,7 +93,15 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=lambda: Path.cwd() / "data")
     default_cohort_size: int = 2000
     seed: int = 42
-    n_iter: int = Field(default=10, ge=1, description="random-search configurations per family")
+    # The one hyperparameter search (pipeline.validation.Search), shipped and validated alike: the
+    # final fit and every fold of the outer cross-validation score n_iter configurations per family
+    # (the library defaults first) by search_cv_folds-fold log-loss; Platt calibration and the
+    # thresholds use search_cv_folds folds of another split. cv_folds: the outer cross-validation's.
+    n_iter: int = Field(default=4, ge=1, description="search configurations per family (library defaults included)")
+    search_cv_folds: int = Field(
+        default=3, ge=2, validation_alias=AliasChoices("search_cv_folds", "ICANS_SEARCH_CV_FOLDS", "resample_cv_folds"),
+        description="inner folds of the search and of the Platt calibration",
+    )
     cv_folds: int = Field(default=5, ge=2)
     instability_models: int = Field(
         default=200, ge=0,
@@ -108,8 +116,6 @@ class Settings(BaseSettings):
     split_min_test_events: int = Field(default=100, ge=1)
     min_events: int = Field(default=20, ge=5, description="fewest events (and non-events) to train on")
     cv_repeats: int = Field(default=5, ge=1, description="repeats of the cross-validation of the whole procedure")
-    resample_n_iter: int = Field(default=4, ge=1, description="search configurations per family in each fold")
-    resample_cv_folds: int = Field(default=3, ge=2, description="tuning/calibration folds inside each fold")
     # Issue 27: where the parallel work (the internal-external cross-validation's centres) runs.
     # Unset: in this process (joblib's own workers); "local": a dask.distributed LocalCluster of
     # cluster_workers processes; "tcp://host:8786": an existing Dask scheduler (pipeline/cluster.py).
@@ -130,6 +136,8 @@ class Settings(BaseSettings):
     allow_ungated: bool = Field(
         default=False, validation_alias=AliasChoices("ALLOW_UNGATED", "ICANS_ALLOW_UNGATED")
     )
+    # PROMOTE=no / --no-promote: register and record the decision, but never move the alias.
+    promote: bool = Field(default=True, validation_alias=AliasChoices("promote", "ICANS_PROMOTE"))
 
     # ---- NEW (issue 6): FHIR and CDS Hooks ---------------------------------------------------
     # Public base URL of this service as EHRs call it (e.g. https://cds.example.org). The `aud`

@@ -1,8 +1,9 @@
 """Training: validate (held-out split or repeated cross-validation), tune, choose, calibrate, log, register, promote.
 
 Everything is tracked in MLflow: one parent run per training, one child run per candidate family.
-The champion alias moves last, and only when the new model is at least as good as the current
-champion on the new held-out set, so a crash or a worse model never replaces what is served.
+The champion alias moves last, only for a model that passed the quality gate (`pipeline.compare.GATE_RULE`)
+and is non-inferior to the current champion refitted on the same patients (`PROMOTION_RULE`), and
+never with PROMOTE=no; a crash or a worse model never replaces what is served.
 
 `train` is the sequence of stages; each stage lives in the module named for it:
 `pipeline.loading` (the cohort), `pipeline.validation` (the design, tuning and the fitted
@@ -13,6 +14,7 @@ and `pipeline.tracking` (what MLflow records) and `pipeline.promote` (the alias)
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -27,12 +29,12 @@ from sklearn.model_selection import train_test_split
 
 from pipeline import iecv, instability, train_log
 from pipeline.assessment import assess
-from pipeline.compare import comparison_notes, quality_gate
+from pipeline.compare import PROMOTION_MARGINS, comparison_notes, gate_status, quality_gate
 from pipeline.contract import FEATURES, OUTCOMES
 from pipeline.features import encode_frame
 from pipeline.io import Cohort
 from pipeline.loading import load_cohort
-from pipeline.promote import promote_if_allowed
+from pipeline.promote import Verdict, promote_if_allowed
 from pipeline.registry import champion
 from pipeline.runs import end_interrupted, heartbeat, mark_alive, sweep
 from pipeline.settings import Settings
@@ -54,6 +56,8 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     design: str = SPLIT
     validated: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    decision: list[str] = field(default_factory=list)  # the gate's and the promotion's verdicts, one block
 
 
 def train(
@@ -150,22 +154,51 @@ def _train_in_run(
         )
         heartbeat()
         version = log_bundle_version(bundle_dir, model_name)  # register
-    train_log.describe_version(client, model_name, version, ev, outcome, fitted.chosen, gate_ok, ungated, run_id)
+    train_log.describe_version(client, model_name, version, ev, outcome, fitted.chosen, gate_ok, ungated, run_id,
+                               gate_reason)
 
     # promote: under the lock, the comparison is with whatever is champion NOW
     verdict = promote_if_allowed(client, settings, model_name, version, gate_ok, gate_reason, ungated, ev.compare,
                                  ev.validated["auroc"])
-    if verdict.champion_auroc is not None:
+    if verdict.champion_auroc is not None:  # the champion's configuration, out of fold on these patients
         mlflow.log_metric("champion_validated_auroc", verdict.champion_auroc)
-    mlflow.set_tags({"promoted": str(verdict.promoted).lower(), "promotion_reason": verdict.reason})
+    mlflow.set_tags({"promoted": str(verdict.promoted).lower(), "promotion_reason": verdict.reason[:5000],
+                     "promotion_margins": json.dumps(PROMOTION_MARGINS),
+                     "promotion_decision": ("promoted" if verdict.promoted else
+                                            "held (PROMOTE=no)" if verdict.alias_held else "not promoted")})
+    for key, d in (verdict.comparison.get("criteria") or {}).items():
+        mlflow.log_metrics({f"noninferiority_{key}_difference": d["difference"],
+                            f"noninferiority_{key}_ci_low": d["ci_low"], f"noninferiority_{key}_ci_high": d["ci_high"]})
     seconds = time.perf_counter() - started
     mlflow.log_metric("train_seconds", seconds)
     mlflow.set_tag("mlflow.note.content", train_log.run_description(
         ev, fitted.chosen, gate_ok, ungated, gate_reason, verdict.promoted, verdict.reason, empty, notes, seconds))
-    for note in notes:
-        print(note)
+    decision = decision_block(model_name, version, gate_ok, gate_reason, ungated, verdict)
     return TrainResult(run_id, model_name, version, verdict.promoted, verdict.reason, fitted.chosen, metrics,
-                       design.kind, ev.validated)
+                       design.kind, ev.validated, notes, decision)
+
+
+def decision_block(model_name: str, version: str, gate_ok: bool, gate_reason: str, ungated: bool,
+                   verdict: Verdict) -> list[str]:
+    """What was decided and why, as the last lines a training prints: the gate, then the promotion."""
+    status = gate_status(gate_ok, gate_reason)
+    lines = [f"DECISION for {model_name} v{version}:"]
+    lines.append(f"  quality gate: {status}{', served ungated (ALLOW_UNGATED=1)' if ungated and verdict.promoted else ''}")
+    if not gate_ok:
+        lines += [f"    - {part.strip()}" for part in gate_reason.split("; ")]
+    if verdict.promoted:
+        lines.append("  promotion: promoted to @champion")
+    elif verdict.alias_held:
+        lines.append("  promotion: NOT promoted: PROMOTE=no (registered only; the alias did not move)")
+    else:
+        lines.append("  promotion: NOT promoted")
+    for line in verdict.comparison.get("lines", []):
+        lines.append(f"    - {line}")
+    if verdict.comparison.get("basis"):
+        lines.append(f"    compared {verdict.comparison['basis']}")
+    if not verdict.comparison.get("lines"):
+        lines.append(f"    reason: {verdict.reason}")
+    return lines
 
 
 def _empty_features(df: pd.DataFrame) -> list[str]:

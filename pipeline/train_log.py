@@ -20,6 +20,7 @@ from models.artifact import Explained, ModelBundle
 from models.candidates import CANDIDATES, SMALL_DATA_EVENTS
 from pipeline import plots
 from pipeline.assessment import Evaluation
+from pipeline.compare import GATE_RULE, PROMOTION_RULE, gate_status
 from pipeline.contract import CONTRACT_VERSION, FEATURE_NAMES
 from pipeline.directions import feature_directions, unconstrained_fit
 from pipeline.features import N_MATRIX
@@ -58,6 +59,7 @@ def log_inputs(
             "on_invalid": on_invalid,
             "cv_folds": settings.cv_folds,
             "n_iter": settings.n_iter,
+            "search_cv_folds": settings.search_cv_folds,
             "validation_design": design.kind,
             "test_fraction": settings.test_fraction if design.kind == SPLIT else 0.0,
             "cv_repeats": design.repeats if design.kind == RESAMPLING else 0,
@@ -120,7 +122,8 @@ def record_verdicts(
     """The figures and the gate's verdict in the bundle's metadata, the evidence and the run."""
     design = ev.design
     bundle.metadata["test_metrics"] = {k: round(float(v), 4) for k, v in metrics.items() if np.isfinite(v)}
-    bundle.metadata["gate"] = {"passed": gate_ok, "reason": gate_reason, "ungated": ungated}
+    bundle.metadata["gate"] = {"passed": gate_ok, "reason": gate_reason, "ungated": ungated, "rule": GATE_RULE,
+                               "status": gate_status(gate_ok, gate_reason)}
     bundle.metadata["validation"] = {
         "design": design.kind,
         "description": design.reason,
@@ -142,8 +145,9 @@ def record_verdicts(
     if overridden:
         mlflow.set_tag("direction_constraints_against_data", ", ".join(overridden))
     mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
-    mlflow.set_tags({"quality_gate": "passed" if gate_ok else ("failed, ungated" if ungated else "failed"),
-                     "quality_gate_reason": gate_reason})
+    status = gate_status(gate_ok, gate_reason)
+    mlflow.set_tags({"quality_gate": status + (", ungated" if ungated else ""), "quality_gate_reason": gate_reason[:5000],
+                     "quality_gate_rule": GATE_RULE})
 
 
 def write_artifacts(
@@ -209,7 +213,7 @@ def provenance(
 
 def describe_version(
     client: MlflowClient, model_name: str, version: str, ev: Evaluation, outcome: str, chosen: str, gate_ok: bool,
-    ungated: bool, run_id: str,
+    ungated: bool, run_id: str, gate_reason: str = "",
 ) -> None:
     """The registered version's description and tags: what it is and how it was validated."""
     design = ev.design
@@ -218,12 +222,13 @@ def describe_version(
     client.update_model_version(model_name, version, description=(
         f"{chosen} for {outcome}: {design.kind} AUROC {fmt_ci(v, 'auroc')}, calibration slope "
         f"{fmt_ci(v, 'calibration_slope', 2)}, Brier {v.get('brier', np.nan):.4f}; m-EASIX AUROC "
-        f"{v.get('m_easix_auroc', np.nan):.3f}. Quality gate: {'passed' if gate_ok else 'failed'}. Model card: "
+        f"{v.get('m_easix_auroc', np.nan):.3f}. Quality gate: {gate_status(gate_ok, gate_reason)}. Model card: "
         f"artifact model/artifacts/{BUNDLE_ARTIFACT}/model_card.html of run {run_id} (also GET /v1/model/card). "
         "Research use only."))
     client.set_model_version_tag(model_name, version, "validation_design", design.kind)
     client.set_model_version_tag(model_name, version, "validated_auroc", f"{ev.validated['auroc']:.4f}")
-    client.set_model_version_tag(model_name, version, "quality_gate", "passed" if gate_ok else "failed")
+    client.set_model_version_tag(model_name, version, "quality_gate", gate_status(gate_ok, gate_reason))
+    client.set_model_version_tag(model_name, version, "quality_gate_reason", gate_reason[:5000])
     if ungated:
         client.set_model_version_tag(model_name, version, "ungated", "true")
 
@@ -255,8 +260,13 @@ def run_description(ev: Evaluation, chosen: str, gate_ok: bool, ungated: bool, g
         "",
         f"Validation: **{ev.design.kind}**: {ev.design.reason}.",
         "",
-        f"Quality gate: {'passed' if gate_ok else ('FAILED, registered ungated' if ungated else 'FAILED')}"
+        f"Quality gate: {gate_status(gate_ok, gate_reason).upper() if not gate_ok else 'passed'}"
+        f"{', registered ungated' if ungated else ''}"
         f"{'' if gate_ok else f' ({gate_reason})'}. Promotion: {'champion' if promoted else 'not promoted'}: {reason}.",
+        "",
+        f"Gate rule: {GATE_RULE}",
+        "",
+        f"Promotion rule: {PROMOTION_RULE}",
     ]
     if empty:
         lines += ["", f"Columns with no value in any row (ignored by every model): {', '.join(empty)}."]

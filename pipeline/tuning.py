@@ -1,8 +1,9 @@
 """Tune every candidate family (one nested MLflow run each), choose one, calibrate it, and bundle it.
 
-The choice and the Platt calibration are `pipeline.validation.fit_procedure`'s (the same
-procedure that repeated cross-validation refits); here they are logged and turned into the
-model bundle, with risk-group thresholds from the development patients' out-of-fold risks.
+The search (`pipeline.validation.Search`: configurations, inner folds), the choice and the Platt
+calibration are `pipeline.validation`'s, the same that every fold of the repeated cross-validation
+runs; here they are logged and turned into the model bundle, with risk-group thresholds from the
+development patients' out-of-fold risks (a fold split other than the search's).
 """
 
 from __future__ import annotations
@@ -20,13 +21,17 @@ from models.candidates import CANDIDATES
 from pipeline.features import training_ranges
 from pipeline.runs import heartbeat, mark_alive
 from pipeline.settings import Settings
-from pipeline.validation import Fitted, fit_procedure, tune
+from pipeline.validation import (  # noqa: F401  (thresholds re-exported: their historical home)
+    HIGH_GROUP_SPECIFICITY,
+    LOW_GROUP_SENSITIVITY,
+    Fitted,
+    Search,
+    choose_thresholds,
+    fit_procedure,
+    tune,
+)
 
 log = logging.getLogger(__name__)
-
-# Sensitivity kept above the low threshold, specificity kept above the high threshold.
-LOW_GROUP_SENSITIVITY = 0.90
-HIGH_GROUP_SPECIFICITY = 0.90
 
 
 def tune_candidates(
@@ -39,7 +44,8 @@ def tune_candidates(
         with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=True):
             mark_alive()
             t0 = time.perf_counter()
-            tuned[name] = tune(name, X_dev, y_dev, settings.n_iter, settings.cv_folds, settings.seed, n_jobs)
+            search = Search.of(settings)  # the search the outer cross-validation validates
+            tuned[name] = tune(name, X_dev, y_dev, search.n_iter, search.cv_folds, settings.seed, n_jobs)
             mlflow.log_params({f"best_{k}": v for k, v in tuned[name]["params"].items()})
             mlflow.log_metrics(
                 {
@@ -58,28 +64,13 @@ def choose(
     X_dev: np.ndarray, y_dev: np.ndarray, tuned: dict[str, dict[str, Any]], settings: Settings, n_jobs: int
 ) -> Fitted:
     """The chosen family refitted on the development patients and calibrated, logged on the parent run."""
-    fitted = fit_procedure(X_dev, y_dev, tuned, settings.cv_folds, settings.seed, n_jobs)
+    fitted = fit_procedure(X_dev, y_dev, tuned, Search.of(settings).cv_folds, settings.seed, n_jobs)
     chosen = fitted.chosen
     mlflow.set_tag("chosen_family", chosen)
     # the chosen candidate's hyperparameters and CV figures on the parent run too (the UI's run page)
     mlflow.log_params({f"chosen_{k}": plain(v) for k, v in fitted.params.items()})
     mlflow.log_metrics({"chosen_cv_log_loss": tuned[chosen]["cv_log_loss"], "chosen_cv_auroc": tuned[chosen]["cv_auroc"]})
     return fitted
-
-
-def choose_thresholds(y: np.ndarray, risk: np.ndarray) -> tuple[float, float]:
-    """Risk-group cut-offs from development (out-of-fold) risks only.
-
-    low: below it lie at most 10% of the events (a "low" answer misses few events);
-    high: at or above it lie at most 10% of the non-events (a "high" answer is specific).
-    """
-    events = np.sort(risk[y == 1])
-    non_events = np.sort(risk[y == 0])
-    low = float(np.quantile(events, 1 - LOW_GROUP_SENSITIVITY)) if len(events) else 0.5
-    high = float(np.quantile(non_events, HIGH_GROUP_SPECIFICITY)) if len(non_events) else 0.5
-    if high <= low:
-        low = high
-    return round(low, 4), round(high, 4)
 
 
 def build_bundle(

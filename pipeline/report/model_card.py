@@ -104,6 +104,8 @@ def render_model_card(
                               f"AUROC {ci(r, 'auroc')}, CITL {num(r['calibration_in_the_large'], 4)}{flag}")
 
     gate = model_info.get("gate") or {}
+    if gate.get("rule"):  # the gate's rule, stated once (pipeline.compare.GATE_RULE)
+        details[2].append(["quality gate rule", str(gate["rule"])])
     if gate and not gate.get("passed", True):
         details[2].append(["quality gate", f"FAILED: {gate.get('reason')}"
                            + ("; registered as champion with ALLOW_UNGATED=1 (ungated)" if gate.get("ungated") else "")])
