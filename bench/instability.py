@@ -68,7 +68,7 @@ def tune_and_fit(size: int, gen_seed: int, settings: Any, n_jobs: int) -> dict[s
     from models.candidates import CANDIDATES
     from pipeline.cohort import generate_cohort
     from pipeline.features import encode_frame
-    from pipeline.train import choose_thresholds
+    from pipeline.tuning import choose_thresholds
     from pipeline.validation import choose_design, fit_procedure, tune
 
     df = generate_cohort(size, gen_seed)

@@ -74,15 +74,15 @@ def report(rows: list[dict], spd: dict | None, args: argparse.Namespace, total_s
             f"{r['bootstrap_s']} | {r['limit_fit_s']} | {r['ensemble_mb']} | {'/'.join(map(str, r['loadavg']))} |")
     out += [
         "",
-        "Reading the coverage. The interval is built to cover the risk that the same procedure would give "
-        "this patient when developed on another sample of this size; its centre is the bootstrap models' "
+        "Reading the coverage. The interval is built to cover the risk that the chosen configuration, refitted "
+        "(not re-tuned) on another sample of this size, would give this patient; its centre is the bootstrap models' "
         "spread around the final model, so it covers the limit only as far as the final model's distance "
         "from the limit is variance rather than bias (shrinkage, a calibration fitted on few events). "
         "Coverage below 95% means the interval understates how far a small-sample model is from the "
-        "large-sample one; `limit below / above` shows in which direction it misses. Coverage of p_true is "
-        "shown for context only: p_true is the generator's probability, which no fitted configuration "
-        "reaches (the model's form, its features and its tuning differ from the generator's), so the "
-        "interval is NOT meant to cover it.",
+        "large-sample one; `limit below / above` shows in which direction it misses. Coverage of p_true is coverage of "
+        "the generator's true probability: the interval is NOT a confidence interval for a patient's true "
+        "risk, and it covers it for far fewer patients than 95% (the model's bias relative to the truth, "
+        "and the re-tuning left out of the bootstrap, are not in it; see bench/instability_retune.md).",
         "",
     ]
     if spd:

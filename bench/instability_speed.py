@@ -3,7 +3,7 @@
 `bench/instability.py` times the configuration training happened to choose (often depth-1 trees,
 which all fold into the per-feature tables, the cheap case). Here the configuration is forced to the
 largest of the search space, 300 xgboost trees of depth 2 and of depth 3, fitted on a 2,000-patient
-generator cohort, with B bootstrap models by the same procedure: the expensive case, where most trees
+generator cohort, with B bootstrap models (that configuration refitted): the expensive case, where most trees
 mix features and must be evaluated as trees. Results: bench/instability_speed.md and .json.
 """
 

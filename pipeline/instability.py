@@ -1,23 +1,27 @@
 """How much another development sample of the same size would move each patient's risk.
 
 Riley et al. (BMJ 2025;388:e080749) and Riley & Collins (Biom J 2023) ask that a prediction model
-developed on a few hundred patients report its instability: refit the whole fitting procedure on
-B >= 200 bootstrap samples of the development data, and compare each bootstrap model's risk for
+developed on a few hundred patients report its instability: refit the whole model-building process
+on B >= 200 bootstrap samples of the development data, and compare each bootstrap model's risk for
 every development patient with the final model's (the instability plot), summarised as the mean
 absolute prediction error (MAPE) and by how often a patient's risk group would change.
 
-Here the procedure refitted on each bootstrap sample is the chosen configuration as shipped: the
-chosen family with its tuned hyperparameters (not re-tuned: tuning is the costliest step and the
-configuration is what is served), its Platt calibration on `cv_folds`-fold out-of-fold margins of
+Here what is refitted on each bootstrap sample is LESS than that: the chosen configuration as
+shipped, the chosen family with its tuned hyperparameters (not re-tuned and the family not chosen
+again: tuning is the costliest step and would multiply training time by B), its Platt calibration on `cv_folds`-fold out-of-fold margins of
 that sample, and the fit on the whole sample. The B models are kept in the bundle
 (`models.ensemble.MarginEnsemble`), so that the service can give every answer the 2.5th-97.5th
 percentile range of the B models' risks for that patient.
 
-What the interval is: the spread of the risk that the same procedure, developed on another sample
-of this many patients from the same population, would give this patient (model-development
-uncertainty). What it is not: a range for the patient's outcome, nor for the patient-level
-variation that no baseline feature measures, nor for a shift between the development centre's
-patients and another centre's.
+What the interval is: the spread of the risk that the chosen configuration, refitted on another
+sample of this many patients from the same population, would give this patient (part of the
+model-development uncertainty). What it is not: a range for the patient's outcome; a confidence
+interval for the patient's TRUE risk (by simulation it covers the generator's true risk for 80%,
+74% and 48% of patients at 150, 300 and 2,000 development patients, because the model's bias
+relative to the truth is not in it: bench/instability.md); it leaves out the variation that
+re-tuning and choosing the family again would add (bench/instability_retune.md measures it), the
+patient-level variation that no baseline feature measures, and a shift between the development
+centre's patients and another centre's.
 """
 
 from __future__ import annotations
@@ -45,8 +49,8 @@ if TYPE_CHECKING:
 MAPE_WARNING_RATIO = 0.25
 INTERVAL_MEANING = (
     "95% model-development uncertainty: the 2.5th-97.5th percentiles of the risk that {b} models, "
-    "each developed by the same procedure on a bootstrap sample of the {n} development patients, give "
-    "this patient. It is not a confidence interval for the patient's outcome, and it does not cover "
+    "each the chosen configuration refitted (not re-tuned) on a bootstrap sample of the {n} development "
+    "patients, give this patient. It is not a confidence interval for the patient's outcome, and it does not cover "
     "unmeasured patient-level effects or differences between centres."
 )
 
@@ -225,7 +229,8 @@ def instability_plot(inst: Instability, low: float, high: float, path: Path, max
     ax.set_title(f"Prediction instability: MAPE {s['mape']:.3f}, group changes {s['group_change']:.0%}")
     ax.legend(loc="upper left", fontsize=8, markerscale=4)
     caption(fig, f"Each development patient's risk from {inst.risks.shape[1]} models refitted on bootstrap samples "
-                 "(whole procedure, calibration included). Dotted lines: risk-group thresholds.")
+                 "(the chosen configuration refitted, calibration included; not re-tuned). Dotted lines: risk-group "
+                 "thresholds.")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)

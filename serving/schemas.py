@@ -82,8 +82,8 @@ class Uncertainty(BaseModel):
 
     interval: tuple[float, float] = Field(
         description="95% model-development uncertainty of the risk: the 2.5th-97.5th percentiles of the risks "
-        "that models developed by the same procedure on bootstrap samples of the development cohort give this "
-        "patient. Not a confidence interval for the patient's outcome; it does not cover unmeasured "
+        "that the chosen configuration (family and hyperparameters not re-tuned), refitted with its calibration on "
+        "bootstrap samples of the development cohort, gives this patient. Not a confidence interval for the patient's outcome; it does not cover unmeasured "
         "patient-level effects or differences between centres."
     )
     level: float = Field(0.95, description="coverage the interval is built for")

@@ -34,8 +34,8 @@ FHIR_JSON = "application/fhir+json"
 REQUEST_ID_SYSTEM = "urn:icans-risk:request-id"
 INTERVAL_EXTENSION = "urn:icans-risk:fhir:extension:model-development-interval"
 INTERVAL_WORDS = (
-    "95% model-development interval: the range of the probability that models developed by the same procedure "
-    "on other samples of the development cohort give; not a range for the patient's outcome"
+    "95% model-development interval: the range of the probability that the chosen configuration (not re-tuned), "
+    "refitted on bootstrap samples of the development cohort, gives; not a range for the patient's outcome"
 )
 RUN_ID_SYSTEM = "urn:icans-risk:mlflow-run-id"
 OVERRIDE_SYSTEM = "urn:icans-risk:override-reasons"

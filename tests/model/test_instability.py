@@ -26,7 +26,7 @@ def test_replicates_are_the_procedure_on_a_resample_and_reproducible(cohort) -> 
     np.testing.assert_array_equal(a.margins(X), b.margins(X))  # the same seed, any number of workers
     c, _ = instability.bootstrap_ensemble("xgboost", PARAMS, X, y, 6, 3, seed=6, n_jobs=1)
     assert not np.allclose(a.margins(X), c.margins(X))
-    # replicate 0 is the whole procedure (tuned parameters, Platt on out-of-fold margins, fit) on its resample
+    # replicate 0 is the chosen configuration refitted (tuned parameters, Platt on out-of-fold margins, fit) on its resample
     rng = np.random.default_rng([5, 0])
     idx = rng.integers(0, len(y), len(y))
     fitted = fit_procedure(X[idx], y[idx], {"xgboost": {"params": PARAMS, "cv_log_loss": 0.0}}, 3, 5, 1)
