@@ -12,6 +12,7 @@ Older bundles (`model.ubj`) still load, through xgboost.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from dataclasses import dataclass, field, fields
@@ -33,6 +34,29 @@ BUNDLE_FILE = "bundle.json"
 XGBOOST_FILE = "model.json"  # older bundles: model.ubj
 RISK_GROUPS = ("low", "intermediate", "high")
 _LOAD_LOCK = threading.Lock()
+
+
+class BundleError(ValueError):
+    """A bundle that must not be served; the message names the file (and the caller adds the version)."""
+
+    def __init__(self, file: str, reason: str) -> None:
+        super().__init__(f"{file}: {reason}")
+        self.file = file
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digests(path: Path) -> dict[str, str]:
+    """sha256 of every file under a bundle directory, by its relative POSIX path (what registration
+    records in the version's tag and loading checks)."""
+    path = Path(path)
+    return {p.relative_to(path).as_posix(): sha256_file(p) for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 @dataclass
@@ -140,14 +164,27 @@ class ModelBundle:
         meta["estimator_file"] = estimator_file
         if self.instability is not None:
             self.instability.save(path / ENSEMBLE_FILE)
+        # the parts this bundle is made of, declared with their digests: a part missing or changed
+        # is refused at load, never served as if it had never been there
+        meta["parts"] = {name: sha256_file(path / name) for name in (estimator_file, ENSEMBLE_FILE)
+                         if (path / name).exists()}
         (path / BUNDLE_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
         return path
 
     @classmethod
     def load(cls, path: Path, nthread: int = 1) -> "ModelBundle":
+        """Load a saved bundle; BundleError (naming the file) for a part that is missing, differs
+        from the digest bundle.json declares, or cannot be read."""
         path = Path(path)
-        meta = json.loads((path / BUNDLE_FILE).read_text())
-        estimator_file = meta.pop("estimator_file")
+        try:
+            meta = json.loads((path / BUNDLE_FILE).read_text())
+            estimator_file = meta.pop("estimator_file")
+        except FileNotFoundError:
+            raise BundleError(BUNDLE_FILE, "missing") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BundleError(BUNDLE_FILE, f"unreadable ({type(exc).__name__})") from None
+        parts = meta.pop("parts", None)
+        _check_parts(path, estimator_file, parts, meta)
         if tuple(meta["matrix_names"]) != MATRIX_NAMES:
             raise ValueError(
                 "model bundle was trained on another feature encoding than this code "
@@ -155,27 +192,56 @@ class ModelBundle:
             )
         estimator: Any = None
         lazy: dict[str, Any] = {}
-        if meta["kind"] == "xgboost" and estimator_file.endswith(".json"):
-            # the trees straight from xgboost's JSON document: no xgboost import until needed
-            import orjson
+        try:
+            if meta["kind"] == "xgboost" and estimator_file.endswith(".json"):
+                # the trees straight from xgboost's JSON document: no xgboost import until needed
+                import orjson
 
-            from models.trees import from_xgboost_json
+                from models.trees import from_xgboost_json
 
-            raw = (path / estimator_file).read_bytes()
-            lazy = {"_trees": from_xgboost_json(orjson.loads(raw)), "_estimator_raw": raw}
-        elif meta["kind"] == "xgboost":
-            estimator = _load_booster(path / estimator_file, nthread)
-        else:
-            import joblib
+                raw = (path / estimator_file).read_bytes()
+                lazy = {"_trees": from_xgboost_json(orjson.loads(raw)), "_estimator_raw": raw}
+            elif meta["kind"] == "xgboost":
+                estimator = _load_booster(path / estimator_file, nthread)
+            else:
+                import joblib
 
-            estimator = joblib.load(path / estimator_file)
+                estimator = joblib.load(path / estimator_file)
+        except Exception as exc:
+            raise BundleError(estimator_file, f"unreadable ({type(exc).__name__})") from None
         meta["training_ranges"] = {k: tuple(v) for k, v in meta["training_ranges"].items()}
         meta["matrix_names"] = tuple(meta["matrix_names"])
         meta["feature_names"] = tuple(meta["feature_names"])
         documents = {p.name: p.read_text(encoding="utf-8") for p in path.glob("model_card.*")}
-        instability = MarginEnsemble.load(path / ENSEMBLE_FILE) if (path / ENSEMBLE_FILE).exists() else None
+        instability = None
+        if (path / ENSEMBLE_FILE).exists():
+            try:
+                instability = MarginEnsemble.load(path / ENSEMBLE_FILE)
+            except Exception as exc:
+                raise BundleError(ENSEMBLE_FILE, f"unreadable ({type(exc).__name__})") from None
         return cls(estimator=estimator, nthread=nthread, documents=documents, instability=instability, **meta,
                    **lazy)
+
+
+def _check_parts(path: Path, estimator_file: str, parts: Any, meta: dict[str, Any]) -> None:
+    """Every part bundle.json declares is there with its digest. Bundles saved before parts were
+    declared: the estimator, and the bootstrap ensemble when the metadata describes one."""
+    if parts is None:
+        declared = {estimator_file: None}
+        if meta.get("metadata", {}).get("instability"):
+            declared[ENSEMBLE_FILE] = None
+    elif isinstance(parts, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in parts.items()):
+        declared = dict(parts)
+    else:
+        raise BundleError(BUNDLE_FILE, "unreadable (parts)")
+    for name, digest in declared.items():
+        part = path / name
+        if Path(name).name != name or not part.is_file():
+            raise BundleError(name, "missing (declared by bundle.json)")
+        if digest is not None and sha256_file(part) != digest:
+            raise BundleError(name, "sha256 differs from the digest bundle.json declares")
+    if parts is not None and ENSEMBLE_FILE not in declared and (path / ENSEMBLE_FILE).exists():
+        raise BundleError(ENSEMBLE_FILE, "not declared by bundle.json")
 
 
 def _get_estimator(self: ModelBundle) -> Any:

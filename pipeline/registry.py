@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUNDLE_ARTIFACT = "bundle"
+# the version tag that holds {relative path: sha256} of every file of the registered bundle,
+# set at registration (record_digests) and checked at every load and reload (load_bundle)
+DIGEST_TAG = "bundle_sha256"
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
@@ -41,10 +44,54 @@ class ResolvedModel:
     alias: str | None = None
     # the version's artifact directory when `resolve_direct` found it on a local path
     location: Path | None = field(default=None, compare=False, repr=False)
+    # the version's DIGEST_TAG (JSON text), None for a version registered without one
+    digests: str | None = field(default=None, compare=False, repr=False)
 
 
 class ModelNotFound(LookupError):
     pass
+
+
+class BundleRefused(RuntimeError):
+    """A registered bundle that fails its integrity checks or cannot be read: names version and file."""
+
+
+def record_digests(client: MlflowClient, name: str, version: str, bundle_dir: Path) -> dict[str, str]:
+    """Tag a just-registered version with the sha256 of every file of the bundle it was logged from."""
+    import json
+
+    from models.artifact import file_digests
+
+    digests = file_digests(bundle_dir)
+    client.set_model_version_tag(name, version, DIGEST_TAG, json.dumps(digests, sort_keys=True))
+    return digests
+
+
+def check_digests(resolved: ResolvedModel, bundle_dir: Path) -> None:
+    """The files under `bundle_dir` are exactly those registered, byte for byte (BundleRefused
+    otherwise). A version without the tag (registered before digests were recorded) loads with a warning."""
+    import json
+
+    from models.artifact import sha256_file
+
+    where = f"{resolved.name} v{resolved.version}"
+    if resolved.digests is None:
+        log.warning("%s has no %s tag (registered before digests were recorded): its files are not verified",
+                    where, DIGEST_TAG)
+        return
+    try:
+        expected = json.loads(resolved.digests)
+        assert isinstance(expected, dict) and all(isinstance(v, str) for v in expected.values())
+    except (ValueError, AssertionError):
+        raise BundleRefused(f"{where}: the {DIGEST_TAG} tag is unreadable") from None
+    present = {p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*") if p.is_file()}
+    for rel in sorted(set(expected) | present):
+        if rel not in present:
+            raise BundleRefused(f"{where}: {rel}: missing (registered with the version)")
+        if rel not in expected:
+            raise BundleRefused(f"{where}: {rel}: not registered with the version")
+        if sha256_file(bundle_dir / rel) != expected[rel]:
+            raise BundleRefused(f"{where}: {rel}: sha256 differs from the digest recorded at registration")
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
@@ -69,22 +116,31 @@ def resolve(client: MlflowClient, uri: str) -> ResolvedModel:
         if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
             raise ModelNotFound(f"no model at {uri}") from None
         raise
-    return ResolvedModel(mv.name, str(mv.version), mv.run_id, mv.source, alias)
+    return ResolvedModel(mv.name, str(mv.version), mv.run_id, mv.source, alias,
+                         digests=(mv.tags or {}).get(DIGEST_TAG))
 
 
 def load_bundle(resolved: ResolvedModel, dst: Path | None = None, nthread: int = 1) -> ModelBundle:
-    from models.artifact import ModelBundle
+    """The version's bundle, its files checked against the digests recorded at registration;
+    BundleRefused (naming the version and the file) for anything missing, changed or unreadable."""
+    from models.artifact import BundleError, ModelBundle
 
     if resolved.location is not None and dst is None:
         # registry artifacts are immutable and the bundle is read into memory: no copy needed
-        return ModelBundle.load(resolved.location / "artifacts" / BUNDLE_ARTIFACT, nthread=nthread)
-    import mlflow.artifacts
+        path = resolved.location / "artifacts" / BUNDLE_ARTIFACT
+    else:
+        import mlflow.artifacts
 
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{resolved.name}/{resolved.version}",
-        dst_path=str(dst) if dst else None,
-    )
-    return ModelBundle.load(Path(local) / "artifacts" / BUNDLE_ARTIFACT, nthread=nthread)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{resolved.name}/{resolved.version}",
+            dst_path=str(dst) if dst else None,
+        )
+        path = Path(local) / "artifacts" / BUNDLE_ARTIFACT
+    check_digests(resolved, path)
+    try:
+        return ModelBundle.load(path, nthread=nthread)
+    except BundleError as exc:
+        raise BundleRefused(f"{resolved.name} v{resolved.version}: {exc}") from None
 
 
 _DELETED_STAGE = "Deleted_Internal"  # mlflow's marker of a deleted version (kept as a row)
@@ -145,6 +201,13 @@ def resolve_direct(tracking_uri: str, uri: str) -> ResolvedModel | None:
                     )
                     params["version"] = int(version)  # type: ignore[arg-type]  # a version when there is no alias
                 rows = conn.execute(sa.text(sql), params).all()
+                digests = None
+                if len(rows) == 1:
+                    digests = conn.execute(sa.text(
+                        "SELECT value FROM model_version_tags WHERE workspace = :ws AND name = :name"
+                        " AND version = :version AND key = :key"),
+                        {"ws": _DEFAULT_WORKSPACE, "name": rows[0][0], "version": rows[0][1], "key": DIGEST_TAG},
+                    ).scalar()
         finally:
             engine.dispose()
     except Exception as exc:  # mlflow answers instead, with its own errors
@@ -156,7 +219,7 @@ def resolve_direct(tracking_uri: str, uri: str) -> ResolvedModel | None:
     location = _local_dir(storage_location or source)
     if location is None or not (location / "artifacts" / BUNDLE_ARTIFACT / "bundle.json").is_file():
         return None
-    return ResolvedModel(mv_name, str(mv_version), run_id, source, alias, location=location)
+    return ResolvedModel(mv_name, str(mv_version), run_id, source, alias, location=location, digests=digests)
 
 
 def resolve_configured(tracking_uri: str, uri: str) -> ResolvedModel:

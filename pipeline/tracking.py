@@ -142,7 +142,11 @@ def log_bundle_version(bundle_dir: Path, model_name: str) -> str:
         pip_requirements=pip_requirements(),
     )
     describe_registered_model(MlflowClient(), model_name)
-    return str(info.registered_model_version)
+    version = str(info.registered_model_version)
+    from pipeline.registry import record_digests  # every file's sha256, checked at each load
+
+    record_digests(MlflowClient(), model_name, version, bundle_dir)
+    return version
 
 
 def pip_requirements() -> list[str]:

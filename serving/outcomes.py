@@ -198,24 +198,27 @@ def _owns(conn: sa.Connection, owner: Owner, audit_id: int | None) -> bool:
 
 def _answer(conn: sa.Connection, values: dict[str, Any], owner: Owner) -> int:
     """The audit row this outcome labels, among `owner`'s answers only (404 alike for "not yours"
-    and "never scored"): the request's row (that patient's, with patient_id), or the patient's latest."""
+    and "never scored"): the request's row (that patient's, with patient_id), or the patient's latest.
+
+    No ORDER BY id ... LIMIT in SQL: a planner may answer that by walking the primary key backwards
+    and filtering (a scan of the audit trail); the few rows of one request or patient come from
+    their index and the latest is picked here."""
     q = _owned(sa.select(audit_log.c.id, audit_log.c.patient_hash), owner)
     if values["request_id"] is not None:
         q = q.where(audit_log.c.request_id == values["request_id"])
         if values["patient_hash"] is not None:
             q = q.where(audit_log.c.patient_hash == values["patient_hash"])
-        rows = conn.execute(q.order_by(audit_log.c.id.desc()).limit(1000)).all()
+        rows = conn.execute(q).all()
         if not rows:
             field = "request_id" if values["patient_hash"] is None else "request_id and patient_id"
             raise UnknownTarget(f"{field}: no answer to this client matches")
         if values["patient_hash"] is None and len({r.patient_hash for r in rows}) > 1:
             raise UnknownTarget("request_id: this request scored several patients; name the patient by patient_id")
-        return int(rows[0].id)
-    found = conn.execute(q.where(audit_log.c.patient_hash == values["patient_hash"])
-                         .order_by(audit_log.c.id.desc()).limit(1)).first()
-    if found is None:
+        return max(int(r.id) for r in rows)
+    rows = conn.execute(q.where(audit_log.c.patient_hash == values["patient_hash"])).all()
+    if not rows:
         raise UnknownTarget("patient_id: no answer to this client matches")
-    return int(found.id)
+    return max(int(r.id) for r in rows)
 
 
 def _lock_answer(conn: sa.Connection, audit_id: int) -> None:

@@ -46,15 +46,22 @@ def load_predictor(settings: Settings, resolved: ResolvedModel | None = None) ->
 
 
 def verify(predictor: Predictor) -> None:
-    """Refuse a model that cannot answer the stored input example with an explanation that adds up."""
+    """Refuse a model that cannot answer the stored input example with an explanation that adds up,
+    or (with bootstrap models) whose risk for it falls outside its own interval (a calibration that
+    does not belong to the trees or to the ensemble)."""
     from pipeline.contract import example_request
 
     answer = predictor.predict([example_request()])[0]
     total = answer["explanation"]["base_log_odds"] + sum(
         c["log_odds"] for c in answer["explanation"]["contributions"]
     )
+    where = f"{predictor.model.name} v{predictor.model.version}"
     if not 0.0 <= answer["risk"] <= 1.0 or abs(total - answer["log_odds"]) > 1e-6:
-        raise RuntimeError("model verification failed: the explanation does not add up to the answer")
+        raise RuntimeError(f"model verification failed ({where}): the explanation does not add up to the answer")
+    unc = answer["uncertainty"]
+    if unc is not None and not unc["interval"][0] <= answer["risk"] <= unc["interval"][1]:
+        raise RuntimeError(f"model verification failed ({where}): the example's risk is outside its own "
+                           "interval (the bundle's calibration and its bootstrap models disagree)")
 
 
 Loader = Callable[[Settings, ResolvedModel | None], Predictor]  # load_predictor, or a test's stand-in
