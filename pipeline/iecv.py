@@ -112,6 +112,12 @@ def centres_with_events(df: pd.DataFrame, outcome: str) -> tuple[int, int]:
     return len(per), int(ok.sum())
 
 
+def _no_events_note(df: pd.DataFrame, outcome: str) -> str:
+    events = df[outcome].astype(int).groupby(df[CENTRE_COLUMN]).sum()
+    none = int((events == 0).sum())
+    return f" ({none} with no events at all)" if none else ""
+
+
 def applies(df: pd.DataFrame, outcome: str) -> bool:
     """IECV is the design for this file: a centre column with >= MIN_CENTRES estimable centres."""
     return centres_with_events(df, outcome)[1] >= MIN_CENTRES
@@ -147,6 +153,7 @@ def run_iecv(df: pd.DataFrame, outcome: str, settings: Any, thresholds: dict[str
         raise IECVRefused(
             f"IECV needs at least {MIN_CENTRES} centres with at least {MIN_CENTRE_EVENTS} events and "
             f"{MIN_CENTRE_EVENTS} patients without the outcome each; this file has {estimable} of {total} centres"
+            f"{_no_events_note(df, outcome)}"
         )
     started = time.perf_counter()
     X, y = encode_frame(df), df[outcome].astype(int).to_numpy()

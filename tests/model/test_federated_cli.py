@@ -25,7 +25,6 @@ def test_two_centres_summaries_pool_like_the_served_model_on_the_pooled_file(cli
     from pipeline.features import encode_frame
     from pipeline.federated import MIN_CELL
     from pipeline.meta_analysis import pool_measures
-    from tests.conftest import make_settings  # noqa: F401  (the settings come from the env here)
 
     settings, result = cli_env
     frames = {"NORTH": generate_centre(CentreSpec("NORTH", 300), seed=21),
