@@ -55,6 +55,7 @@ class IECVResult:
     seconds: float
     task_seconds: list[float] = field(default_factory=list)
     where: str = "in-process"  # or "dask (N workers)"
+    task_cpu_seconds: list[float] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
         """MLflow metrics: centre_<code>_<measure>[_se], centre_<code>_n/_events, iecv_<measure>
@@ -112,23 +113,30 @@ def centres_with_events(df: pd.DataFrame, outcome: str) -> tuple[int, int]:
     return len(per), int(ok.sum())
 
 
+def _no_events_note(df: pd.DataFrame, outcome: str) -> str:
+    events = df[outcome].astype(int).groupby(df[CENTRE_COLUMN]).sum()
+    none = int((events == 0).sum())
+    return f" ({none} with no events at all)" if none else ""
+
+
 def applies(df: pd.DataFrame, outcome: str) -> bool:
     """IECV is the design for this file: a centre column with >= MIN_CENTRES estimable centres."""
     return centres_with_events(df, outcome)[1] >= MIN_CENTRES
 
 
 def _leave_out(X: np.ndarray, y: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray, procedure: Any,
-               seed: int) -> tuple[np.ndarray, float]:
-    """One task: the procedure on the other centres, the left-out centre's risks (no logging)."""
+               seed: int) -> tuple[np.ndarray, float, float]:
+    """One task: the procedure on the other centres, the left-out centre's risks (no logging),
+    its wall seconds and the CPU seconds of its process (the cost on a dedicated core)."""
     from threadpoolctl import threadpool_limits
 
     from pipeline.validation import MODEL
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with threadpool_limits(1):
         models = procedure(X[train_idx], y[train_idx], seed)
         risk = models[MODEL](X[test_idx])
-    return risk, time.perf_counter() - t0
+    return risk, time.perf_counter() - t0, time.process_time() - cpu0
 
 
 def run_iecv(df: pd.DataFrame, outcome: str, settings: Any, thresholds: dict[str, float] | None = None,
@@ -147,6 +155,7 @@ def run_iecv(df: pd.DataFrame, outcome: str, settings: Any, thresholds: dict[str
         raise IECVRefused(
             f"IECV needs at least {MIN_CENTRES} centres with at least {MIN_CENTRE_EVENTS} events and "
             f"{MIN_CENTRE_EVENTS} patients without the outcome each; this file has {estimable} of {total} centres"
+            f"{_no_events_note(df, outcome)}"
         )
     started = time.perf_counter()
     X, y = encode_frame(df), df[outcome].astype(int).to_numpy()
@@ -164,12 +173,13 @@ def run_iecv(df: pd.DataFrame, outcome: str, settings: Any, thresholds: dict[str
         where = f"dask ({len(client.scheduler_info()['workers'])} workers)" if client is not None else "in-process"
     predictions = np.full(len(y), np.nan)
     rows = []
-    for code, (_, test_idx, _), (risk, _) in zip(codes, tasks, done):
+    for code, (_, test_idx, _), (risk, _, _) in zip(codes, tasks, done):
         predictions[test_idx] = risk
         rows.append({"centre": code, **centre_row(y[test_idx], risk, thresholds)})
     pooled = pool_measures([r for r in rows if r["estimable"]],
                            MEASURES + tuple(f"net_benefit_{k}" for k in (thresholds or {})))
-    return IECVResult(rows, pooled, predictions, time.perf_counter() - started, [s for _, s in done], where)
+    return IECVResult(rows, pooled, predictions, time.perf_counter() - started, [s for _, s, _ in done], where,
+                      [c for _, _, c in done])
 
 
 def validate_by_centre(df: pd.DataFrame, outcome: str, settings: Any, bundle: Any, n_jobs: int = 1) -> list[str]:

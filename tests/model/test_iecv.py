@@ -112,6 +112,11 @@ def test_iecv_refuses_too_few_centres_with_events(consortium):
     with pytest.raises(IECVRefused, match="at least 3 centres") as exc:
         run_iecv(two, "severe_icans", settings)
     assert "TINY" not in str(exc.value)
+    none = df[df["centre"].isin(["A", "B"])].copy()
+    none.loc[none["centre"] == "B", "severe_icans"] = False
+    with pytest.raises(IECVRefused, match=r"0 of 2 centres|1 of 2 centres") as exc:
+        run_iecv(none, "severe_icans", settings)
+    assert "1 with no events at all" in str(exc.value)
     with pytest.raises(IECVRefused, match="'centre' column"):
         run_iecv(df.drop(columns="centre"), "severe_icans", settings)
 
