@@ -76,7 +76,7 @@ def task_costs(sizes: list[int], seed: int) -> list[dict]:
         df = generate_consortium((CentreSpec("T", n), CentreSpec("V", 100)), seed=seed)
         X, y = encode_frame(df), df["severe_icans"].astype(int).to_numpy()
         tr, te = np.flatnonzero(df[CENTRE_COLUMN] == "T"), np.flatnonzero(df[CENTRE_COLUMN] == "V")
-        proc = Procedure(settings.resample_n_iter, settings.resample_cv_folds, space_events=int(y.sum()))
+        proc = Procedure(settings.n_iter, settings.search_cv_folds, space_events=int(y.sum()))
         # CPU seconds of the single-threaded task: what it costs on a dedicated core (the wall
         # seconds depend on the machine's load)
         _, seconds, cpu = _leave_out(X, y, tr, te, proc, seed)

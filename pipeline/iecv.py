@@ -161,7 +161,7 @@ def run_iecv(df: pd.DataFrame, outcome: str, settings: Any, thresholds: dict[str
     X, y = encode_frame(df), df[outcome].astype(int).to_numpy()
     codes = sorted(df[CENTRE_COLUMN].astype(str).unique())
     centre = df[CENTRE_COLUMN].astype(str).to_numpy()
-    procedure = Procedure(settings.resample_n_iter, settings.resample_cv_folds, space_events=int(y.sum()))
+    procedure = Procedure(settings.n_iter, settings.search_cv_folds, space_events=int(y.sum()))
     tasks = []
     for i, code in enumerate(codes):
         test_idx = np.flatnonzero(centre == code)
@@ -229,7 +229,7 @@ def run_standalone(settings: Any, data: Path, outcome: str, on_invalid: str) -> 
     experiment_id = setup_mlflow(settings, settings.experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"iecv-{outcome}") as run:
         mlflow.log_params({"data_sha256": cohort.sha256, "outcome": outcome, "seed": settings.seed,
-                           "resample_n_iter": settings.resample_n_iter, "cluster": settings.cluster or "in-process"})
+                           "n_iter": settings.n_iter, "cluster": settings.cluster or "in-process"})
         result = run_iecv(df, outcome, settings, None, max(1, os.cpu_count() or 1))
         mlflow.log_metrics(result.metrics())
         mlflow.log_metric("iecv_seconds", result.seconds)

@@ -34,8 +34,8 @@ def test_local_cluster_of_two_workers_gives_byte_identical_metrics(tmp_path):
     df = generate_consortium((CentreSpec("A", 150), CentreSpec("B", 150), CentreSpec("C", 150, logit_shift=0.5)),
                              seed=3)
     thresholds = {"low": 0.08, "high": 0.3}
-    here = run_iecv(df, "severe_icans", make_settings(tmp_path, resample_n_iter=1, resample_cv_folds=2), thresholds)
-    there = run_iecv(df, "severe_icans", make_settings(tmp_path, resample_n_iter=1, resample_cv_folds=2,
+    here = run_iecv(df, "severe_icans", make_settings(tmp_path, n_iter=1, search_cv_folds=2), thresholds)
+    there = run_iecv(df, "severe_icans", make_settings(tmp_path, n_iter=1, search_cv_folds=2,
                                                        cluster="local", cluster_workers=2), thresholds)
     assert json.dumps(here.metrics(), sort_keys=True).encode() == json.dumps(there.metrics(), sort_keys=True).encode()
     assert here.predictions.tobytes() == there.predictions.tobytes()

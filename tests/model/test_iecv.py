@@ -24,7 +24,7 @@ SPECS = (
 def consortium(tmp_path_factory) -> tuple[pd.DataFrame, object]:
     root = tmp_path_factory.mktemp("iecv")
     df = generate_consortium(SPECS, seed=11)
-    settings = make_settings(root, resample_n_iter=1, resample_cv_folds=2)
+    settings = make_settings(root, n_iter=1, search_cv_folds=2)
     return df, settings
 
 

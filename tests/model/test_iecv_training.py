@@ -19,8 +19,8 @@ def test_a_five_centre_file_trains_with_iecv(tmp_path):
              CentreSpec("D", 160, prevalence_factor=1.6), CentreSpec("E", 160))
     path = tmp_path / "consortium.csv"
     generate_consortium(specs, seed=5).to_csv(path, index=False)
-    settings = make_settings(tmp_path, validation="repeated_cv", cv_repeats=1, cv_folds=3, resample_n_iter=1,
-                             resample_cv_folds=2, instability_models=0, n_iter=1)
+    settings = make_settings(tmp_path, validation="repeated_cv", cv_repeats=1, cv_folds=3, n_iter=1,
+                             search_cv_folds=2, instability_models=0)
     result = train(settings, data=path)
     mlflow.set_tracking_uri(settings.tracking_uri)
     run = MlflowClient().get_run(result.run_id)
