@@ -37,6 +37,7 @@ from joblib import Parallel, delayed
 
 from models.ensemble import MarginEnsemble
 from models.trees import FlatTrees, flatten
+from pipeline import progress
 from pipeline.validation import fit_configuration
 
 if TYPE_CHECKING:
@@ -83,9 +84,10 @@ def _replicate(kind: str, params: dict[str, Any], X: np.ndarray, y: np.ndarray, 
 def bootstrap_ensemble(kind: str, params: dict[str, Any], X: np.ndarray, y: np.ndarray, n_models: int,
                        cv_folds: int, seed: int, n_jobs: int) -> tuple[MarginEnsemble, int]:
     """The B bootstrap models of the chosen configuration, compiled; and how many samples were redrawn."""
-    out = Parallel(n_jobs=n_jobs)(
+    replicates = Parallel(n_jobs=n_jobs, return_as="generator")(  # in order, reported as each ends
         delayed(_replicate)(kind, params, X, y, cv_folds, seed, b) for b in range(n_models)
     )
+    out = list(progress.steps(replicates, f"instability: {n_models} bootstrap models", total=n_models))
     trees, intercepts, slopes, redraws = zip(*out)
     return MarginEnsemble.build(list(trees), intercepts, slopes), int(sum(redraws))
 

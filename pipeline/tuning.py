@@ -18,6 +18,7 @@ import pandas as pd
 
 from models.artifact import ModelBundle
 from models.candidates import CANDIDATES
+from pipeline import progress
 from pipeline.features import training_ranges
 from pipeline.runs import heartbeat, mark_alive
 from pipeline.settings import Settings
@@ -39,7 +40,7 @@ def tune_candidates(
 ) -> dict[str, dict[str, Any]]:
     """Each family's best hyperparameters and cross-validated figures, each in its own child run."""
     tuned: dict[str, dict[str, Any]] = {}
-    for name in CANDIDATES:
+    for name in progress.steps(list(CANDIDATES), "tuning: each family's search"):
         heartbeat()
         with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=True):
             mark_alive()

@@ -52,6 +52,7 @@ from models.candidates import (
     make_untuned_hist_gradient_boosting,
     search_space,
 )
+from pipeline import progress
 from pipeline.metrics import auroc, brier, calibration_slope_intercept
 
 SPLIT = "split"
@@ -411,11 +412,13 @@ def repeated_cv(
     started = time.perf_counter()
     tasks = outer_splits(y, repeats, folds, seed)
     n_jobs = max(1, min(n_jobs, len(tasks)))
+    label = f"validation: {repeats} x {folds}-fold cross-validation of the whole procedure"
     if n_jobs == 1:
-        done = _run_folds(X, y, procedure, tasks)
-    else:
-        parts = Parallel(n_jobs=n_jobs)(delayed(_run_folds)(X, y, procedure, tasks[i::n_jobs]) for i in range(n_jobs))
-        done = [d for part in parts for d in part]
+        done = [d for task in progress.steps(tasks, label) for d in _run_folds(X, y, procedure, [task])]
+    else:  # one task per fold (each seeded by its task, so the same results), reported as each ends
+        parts = Parallel(n_jobs=n_jobs, return_as="generator")(
+            delayed(_run_folds)(X, y, procedure, [task]) for task in tasks)
+        done = [d for part in progress.steps(parts, label, total=len(tasks)) for d in part]
     names = list(done[0][2])
     predictions = {name: np.full((repeats, len(y)), np.nan) for name in names}
     fold_thresholds = np.full((repeats, len(y), 2), np.nan)
