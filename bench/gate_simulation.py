@@ -7,7 +7,7 @@ are promoted (the gate must not simply be closed), and the shipped model's AUROC
 20,000-patient sample beside untuned library defaults fitted on the same cohort; (e) the wall time
 of `icans-risk train --n N` (what `make train N=...` runs) on 300 and 2,000 patients.
 
-    .venv/bin/python -m bench.gate_simulation [--sizes 150 300 1000] [--seeds 1 2 3 4 5] [--timing 300 2000]
+    .venv/bin/python -m bench.gate_simulation [--sizes 150 300 1000] [--seeds 1 2 3 4 5] [--timing 300 2000] [--reduced]
 
 The gate runs do not depend on the per-patient intervals, so they train with instability_models=0
 (the bootstrap models of the interval are skipped); the timing runs use every default. Writes
@@ -46,7 +46,12 @@ def cohort(kind: str, n: int, seed: int):
     return df
 
 
-def one(kind: str, n: int, seed: int, fresh: Any) -> dict[str, Any]:
+# --reduced: the settings of tests/model/test_promotion.py's gate tests (5 repeats x 3 outer folds, 2
+# configurations x 2 inner folds), for a machine that cannot afford the defaults' 5 x 5 and 4 x 3.
+REDUCED = dict(cv_repeats=5, cv_folds=3, n_iter=2, search_cv_folds=2)
+
+
+def one(kind: str, n: int, seed: int, fresh: Any, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     from models.candidates import make_untuned_hist_gradient_boosting
@@ -67,7 +72,7 @@ def one(kind: str, n: int, seed: int, fresh: Any) -> dict[str, Any]:
     path = work / "cohort.csv"
     df.to_csv(path, index=False)
     settings = Settings(tracking_uri=f"sqlite:///{work / 'mlflow.db'}", artifact_root=(work / "art").as_uri(),
-                        data_dir=work / "data", instability_models=0)
+                        data_dir=work / "data", instability_models=0, **(overrides or {}))
     row: dict[str, Any] = {"kind": kind, "n": n, "seed": seed, "events": int(df["severe_icans"].sum())}
     started = time.perf_counter()
     try:
@@ -176,6 +181,7 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=["shuffled", "real"])
     ap.add_argument("--timing", type=int, nargs="*", default=[300, 2000])
     ap.add_argument("--out", type=Path, default=HERE / "gate_simulation.json")
+    ap.add_argument("--reduced", action="store_true", help=f"Gate runs with {REDUCED} instead of the defaults.")
     ap.add_argument("--merge", type=Path, nargs="*", default=None, help="Only merge these parts into --out.")
     args = ap.parse_args()
     if args.merge:
@@ -187,11 +193,12 @@ def main() -> None:
     report: dict[str, Any] = {
         "command": "python -m bench.gate_simulation " + " ".join(sys.argv[1:]),
         "machine": f"{os.cpu_count()} cores, shared (load average at start {os.getloadavg()[0]:.1f})",
-        "settings": "defaults, instability_models=0 for the gate runs", "runs": [], "timing": []}
+        "settings": ("instability_models=0 and " + (f"{REDUCED}" if args.reduced else "every other default"))
+        + " for the gate runs", "runs": [], "timing": []}
     for n in args.sizes:
         for kind in args.kinds:
             for seed in args.seeds:
-                row = one(kind, n, seed, fresh)
+                row = one(kind, n, seed, fresh, REDUCED if args.reduced else None)
                 report["runs"].append(row)
                 report["summary"] = summarise(report["runs"])
                 args.out.write_text(json.dumps(report, indent=1, default=float))

@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     # thresholds use search_cv_folds folds of another split. cv_folds: the outer cross-validation's.
     n_iter: int = Field(default=4, ge=1, description="search configurations per family (library defaults included)")
     search_cv_folds: int = Field(
-        default=3, ge=2, validation_alias=AliasChoices("search_cv_folds", "ICANS_SEARCH_CV_FOLDS", "resample_cv_folds"),
+        default=3, ge=2, validation_alias=AliasChoices("search_cv_folds", "ICANS_SEARCH_CV_FOLDS", "resample_cv_folds", "ICANS_RESAMPLE_CV_FOLDS"),
         description="inner folds of the search and of the Platt calibration",
     )
     cv_folds: int = Field(default=5, ge=2)

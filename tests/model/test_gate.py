@@ -216,3 +216,12 @@ def test_the_champion_is_refitted_in_the_challengers_folds_and_never_predicts_a_
 
     repeated_cv(X, y, Stub(), {}, 2, 4, 3, 1)  # type: ignore[arg-type]
     assert calls == [s for _, s, _, _ in outer_splits(y, 2, 4, 3)]
+
+
+def test_the_readme_states_the_gate_and_promotion_rules_word_for_word():
+    from pathlib import Path
+
+    from pipeline.compare import PROMOTION_RULE
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"> {GATE_RULE}" in readme and f"> {PROMOTION_RULE}" in readme
