@@ -88,6 +88,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._fields = 0
         self._timer: asyncio.TimerHandle | None = None
         self._refused: tuple[int, str] | None = None
+        self._running: Any = None  # the request cycle whose ASGI task runs now
 
     # -- the connection ---------------------------------------------------------------------
 
@@ -97,7 +98,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        # uvicorn marks only the last *parsed* request disconnected; with pipelining the one running
+        # is an earlier one, which then writes to the closed transport (uvloop: RuntimeError, two
+        # tracebacks per connection). Mark the running one and drop the queued ones (issue 25).
+        running = self._running
+        if running is not None and not running.response_complete:
+            running.disconnected = True
+            running.message_event.set()
+        for cycle, _ in self.pipeline:
+            cycle.disconnected = True
+        self.pipeline.clear()
         super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
 
     def data_received(self, data: bytes) -> None:
         if self._refused is not None or self.parser is None:

@@ -180,3 +180,76 @@ class StrictJSONRoute(APIRoute):
             return await handler(request)
 
         return strict
+
+
+# -- CDS Hooks bodies (issue 25): not the contract's shape, so only duplicate keys are refused ------
+
+# Key names that may be quoted back in an error: the CDS Hooks request's and feedback's own, and the
+# FHIR element names a prefetch commonly holds. Any other key is named by position only.
+CDS_NAMES = frozenset(
+    {
+        "hook", "hookInstance", "context", "prefetch", "fhirServer", "fhirAuthorization", "userId", "patientId",
+        "encounterId", "access_token", "token_type", "expires_in", "scope", "subject", "feedback", "card",
+        "outcome", "acceptedSuggestions", "overrideReason", "outcomeTimestamp", "reason", "userComment",
+        "resourceType", "id", "meta", "status", "intent", "category", "code", "coding", "system", "display",
+        "text", "value", "valueQuantity", "valueString", "valueCodeableConcept", "unit", "comparator",
+        "effectiveDateTime", "issued", "authoredOn", "birthDate", "gender", "type", "entry", "resource",
+        "fullUrl", "link", "url", "relation", "reference", "medicationCodeableConcept",
+        "medicationReference", "dosageInstruction", "doseAndRate", "doseQuantity", "onsetDateTime",
+        "performedDateTime", "clinicalStatus", "verificationStatus", "extension", "valueDecimal",
+    }
+)
+
+
+class DuplicateKey(ValueError):
+    def __init__(self, field: str) -> None:
+        super().__init__("duplicate key")
+        self.field = field
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        for i, (k, _) in enumerate(pairs, 1):
+            if k in seen:
+                raise DuplicateKey(k if k in CDS_NAMES else unknown_field(i))
+            seen.add(k)
+    return d
+
+
+def parse_no_duplicates(body: bytes) -> Any:
+    """The JSON document; DuplicateKey if an object gives a key twice (last-wins would let a value
+    slip past whoever read the first); ValueError/RecursionError for what is not JSON."""
+    return json.loads(body, object_pairs_hook=_refuse_duplicates)
+
+
+def duplicate_error(exc: DuplicateKey, request: Request) -> JSONResponse:
+    rid = request.scope.get("state", {}).get("request_id")
+    return JSONResponse(
+        {
+            "detail": [{"field": exc.field, "rule": "duplicate field (given more than once)", "type": "duplicate_field"}],
+            "request_id": rid,
+        },
+        status_code=400,
+    )
+
+
+class NoDuplicateKeysRoute(APIRoute):
+    """An APIRoute whose JSON body is refused (400) if a key is given twice; otherwise as FastAPI parses it."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            body = await request.body()
+            if body and _json_content(request.headers.get("content-type")):
+                try:
+                    request._json = parse_no_duplicates(body)
+                except DuplicateKey as exc:
+                    return duplicate_error(exc, request)
+                except (ValueError, RecursionError):  # not JSON: FastAPI answers it as it always has
+                    pass
+            return await handler(request)
+
+        return strict

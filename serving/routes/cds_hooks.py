@@ -13,7 +13,6 @@ The request and response models are in serving/cds_schemas.py.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -51,6 +50,7 @@ from serving.deps import (
     served_predictor,
     settings_of,
 )
+from serving.jsonbody import DuplicateKey, NoDuplicateKeysRoute, duplicate_error, parse_no_duplicates
 from serving.observability import LogThrottle
 from serving.routes.risk import audit_failed
 from serving.schemas import ErrorResponse, PatientFeatures
@@ -184,7 +184,7 @@ def check_settings(settings: Settings) -> None:
 
 def build_router(settings: Settings) -> APIRouter:
     check_settings(settings)
-    router = APIRouter(tags=["cds-hooks"])
+    router = APIRouter(tags=["cds-hooks"], route_class=NoDuplicateKeysRoute)
 
     @router.get(
         DISCOVERY_PATH,
@@ -248,16 +248,9 @@ def build_router(settings: Settings) -> APIRouter:
 
         raw = await request.body()
         try:
-            doc = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
-        except _DuplicateKey as exc:
-            return JSONResponse(  # type: ignore[return-value]
-                status_code=400,
-                content={
-                    "detail": [{"field": exc.field, "rule": "duplicate field (given more than once)",
-                                "type": "duplicate_field"}],
-                    "request_id": request.state.request_id,
-                },
-            )
+            doc = parse_no_duplicates(raw)
+        except DuplicateKey as exc:
+            return duplicate_error(exc, request)  # type: ignore[return-value]
         except (ValueError, RecursionError):
             doc = raw  # not JSON: pydantic names the error as before
         try:
@@ -408,31 +401,6 @@ def _aware(t: Any) -> datetime:
     if isinstance(t, str):
         t = datetime.fromisoformat(t)
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-
-
-class _DuplicateKey(ValueError):
-    def __init__(self, field: str) -> None:
-        super().__init__("duplicate key")
-        self.field = field
-
-
-_FEEDBACK_FIELDS = frozenset(
-    {"feedback", "card", "outcome", "acceptedSuggestions", "overrideReason", "outcomeTimestamp", "reason",
-     "userComment", "id", "code", "system", "display"}
-)
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """json.loads hook: a key given twice is refused (last-wins would let a client smuggle a value
-    past whoever read the first); it is named only if it is one of the feedback schema's own names."""
-    d = dict(pairs)
-    if len(d) != len(pairs):
-        seen: set[str] = set()
-        for k, _ in pairs:
-            if k in seen:
-                raise _DuplicateKey(k if k in _FEEDBACK_FIELDS else "<unknown field>")
-            seen.add(k)
-    return d
 
 
 def _audit_card(

@@ -235,15 +235,30 @@ def test_slow_head_and_slow_body_get_408(server):
     slow.close()
 
 
-def test_connections_beyond_the_limit_get_503_until_they_go(server):
+def test_requests_in_flight_beyond_the_limit_get_503_but_idle_connections_and_probes_do_not(server):
+    """The limit counts requests in flight (issue 25): idle connections leave every endpoint
+    answering; requests in flight (heads sent, bodies pending) fill it, and then everything but
+    the probes gets 503 until they go."""
     port, _ = server
     idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(LIMIT_CONCURRENCY + 2)]
     time.sleep(0.3)
-    status = _request(port, "GET", "/healthz", None)[0]
+    with_idle = [_request(port, "GET", path, None)[0] for path in ("/healthz", "/readyz", "/v1/model")]
     for s in idle:
         s.close()
+    head = b"POST /v1/risk HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    pending = []
+    for _ in range(LIMIT_CONCURRENCY):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(head)  # the head only: the request is in flight, waiting for its body
+        pending.append(s)
+    time.sleep(0.3)
+    full = {path: _request(port, "GET", path, None)[0] for path in ("/healthz", "/readyz", "/v1/model")}
+    for s in pending:
+        s.close()
     time.sleep(0.5)
-    after = _request(port, "GET", "/healthz", None)[0]
-    print(f"\n[connections] {len(idle)} idle connections open (limit {LIMIT_CONCURRENCY}): a request got {status}; "
-          f"after they closed: {after}")
-    assert status == 503 and after == 200
+    after = _request(port, "GET", "/v1/model", None)[0]
+    print(f"\n[connections] {len(idle)} idle connections (limit {LIMIT_CONCURRENCY}): {with_idle}; "
+          f"{len(pending)} requests in flight: {full}; after they went: {after}")
+    assert with_idle == [200, 200, 200]
+    assert full == {"/healthz": 200, "/readyz": 200, "/v1/model": 503}
+    assert after == 200

@@ -321,6 +321,20 @@ def test_feedback_with_a_duplicate_key_is_refused(app_client, keys):
     assert r.status_code == 400 and "secret-x" not in r.text
 
 
+def test_a_hook_call_with_a_duplicate_key_is_refused(app_client, keys):
+    c, _, _ = app_client
+    body = json.dumps(hook_body(now_chart("pat-dup-hook")))
+    raw = body.replace('"hook": "patient-view"', '"hook": "patient-view", "hook": "order-select"', 1).encode()
+    headers = {**bearer(make_token(keys, SERVICE)), "content-type": "application/json"}
+    r = c.post(SERVICE, content=raw, headers=headers)
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"][0] == {"field": "hook", "rule": "duplicate field (given more than once)",
+                                     "type": "duplicate_field"}
+    raw = body.replace('"patientId": "pat-dup-hook"', '"MRN 12345": 1, "MRN 12345": 2, "patientId": "pat-dup-hook"', 1)
+    r = c.post(SERVICE, content=raw.encode(), headers={**headers, **bearer(make_token(keys, SERVICE))})
+    assert r.status_code == 400 and "MRN" not in r.text
+
+
 def test_feedback_is_stored_once_per_card_and_outcome(app_client, keys):
     from tests.conftest import open_store
 
