@@ -292,3 +292,20 @@ def test_duplicate_keys_and_fhir_statuses_are_refused(clinics):
                     headers=headers)
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "valueInteger"
     assert client.post("/v1/outcomes/fhir", content=text, headers=headers).status_code == 201
+
+
+def test_concurrent_first_reports_for_one_answer_store_one(store):
+    """Eight reports for one answer at once (threads, one store): exactly one is stored."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    barrier = Barrier(8)
+
+    def post(i: int) -> str:
+        barrier.wait()
+        return _try(store, _rec(f"race-{i}", request_id="req-00001", icans_max_grade=i % 5))
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(post, range(8)))
+    assert results.count("created") == 1 and results.count("conflict") == 7
+    assert len(current_outcomes(store)) == 1
