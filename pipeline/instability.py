@@ -167,9 +167,12 @@ def analyse(bundle: ModelBundle, kind: str, params: dict[str, Any], X: np.ndarra
     if settings.instability_models <= 0:
         print("NOTE: ICANS_INSTABILITY_MODELS=0: no instability analysis, and answers carry no uncertainty interval.")
         return None
+    import mlflow
+
     from pipeline.runs import heartbeat
 
-    heartbeat()
+    if mlflow.active_run() is not None:  # a tag without an active run would start a stray run
+        heartbeat()
     t0 = time.perf_counter()
     ensemble, redraws = bootstrap_ensemble(kind, params, X, y, settings.instability_models, settings.cv_folds,
                                            settings.seed, n_jobs)
