@@ -14,6 +14,7 @@ router = APIRouter(tags=["health"])
 
 # The probes are unauthenticated: they name the kind of failure, never an error's own text (which can
 # carry SQL, parameters, hosts or paths); the service log has the whole message.
+_OWN_WORDS = frozenset({"ModelNotFound"})  # exceptions whose text this service writes itself
 _KIND = re.compile(r"([A-Za-z_][A-Za-z0-9_.]{0,79}):")
 
 
@@ -27,6 +28,8 @@ def public_reason(error: str | None) -> str:
     )
     tail = error.split(": ", 1)[1] if lead != "the model could not be loaded" and ": " in error else error
     kind = _KIND.match(tail)
+    if kind and kind.group(1).rsplit(".", 1)[-1] in _OWN_WORDS:  # our own message: the configured URI, no internals
+        return f"{lead}: {tail.split(': ', 1)[1][:200]}"
     return f"{lead} ({kind.group(1).rsplit('.', 1)[-1] if kind else 'error'}); the service log has the details"
 
 
@@ -68,8 +71,8 @@ async def readyz(request: Request, state: ModelStateDep, settings: SettingsDep) 
         body["reason"] = public_reason(state.error)
         if state.status == "loading":
             body["reason"] = f"loading the model (attempt {state.attempts}); the last attempt failed: {body['reason']}"
-    else:
-        body["reason"] = f"loading the model (attempt {state.attempts})" if state.attempts else "starting"
+    else:  # no failure yet: what it is doing (a `reason` is a failure's)
+        body["detail"] = f"loading the model (attempt {state.attempts})" if state.attempts else "starting"
     if audit_reason is not None:  # every scoring request would get 503: take no traffic
         body["status"] = "audit_store_unavailable"
         body["reason"] = "; ".join(filter(None, [body.get("reason"), f"{audit_reason}: scoring answers 503 until it can"]))
