@@ -16,6 +16,10 @@ from contextlib import contextmanager
 from typing import Any
 
 
+QUIET_WORKERS = {"distributed.worker.profile.enabled": False,
+                 "distributed.admin.system-monitor.gil.enabled": False}
+
+
 @contextmanager
 def joblib_backend(address: str | None, workers: int = 2) -> Iterator[Any]:
     """Inside the block, `joblib.Parallel` runs on the cluster (yields the dask Client), or, with
@@ -23,20 +27,26 @@ def joblib_backend(address: str | None, workers: int = 2) -> Iterator[Any]:
     if not address:
         yield None
         return
+    import dask
     import joblib
     from dask.distributed import Client, LocalCluster
 
     cluster = None
-    if address == "local":
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=40)
-        client = Client(cluster)
-    else:
-        client = Client(address, timeout=30)
-    try:
-        with joblib.parallel_config(backend="dask"):
-            yield client
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+    # The workers' statistical profiler samples every 10 ms: measured on a loaded 2-core machine it
+    # cost each task about 4x its CPU seconds (bench/iecv_consortium.py); our tasks need no profile.
+    # Set here for a LocalCluster's workers (they inherit the config); a remote cluster's workers set
+    # DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False themselves (deploy/).
+    with dask.config.set(QUIET_WORKERS):
+        if address == "local":
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=40)
+            client = Client(cluster)
+        else:
+            client = Client(address, timeout=30)
+        try:
+            with joblib.parallel_config(backend="dask"):
+                yield client
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()

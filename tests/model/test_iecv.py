@@ -208,3 +208,32 @@ def test_meta_cli_pools_and_logs(result, consortium, tmp_path, monkeypatch):
     other.mkdir()
     bad = CliRunner().invoke(main, ["meta", str(paths[0]), str(_summaries(result, df, other, ["DOUBLE"], "9")[0])])
     assert bad.exit_code == 2 and "another model version" in bad.output and "Traceback" not in bad.output
+
+
+def test_iecv_command_logs_a_run_and_refuses_a_file_without_centres(consortium, tmp_path, monkeypatch):
+    import mlflow
+    from click.testing import CliRunner
+    from mlflow import MlflowClient
+
+    from pipeline.cli import main
+
+    df, _ = consortium
+    data = tmp_path / "consortium.csv"
+    df[df["centre"] != "TINY"].to_csv(data, index=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for key, value in {"MLFLOW_TRACKING_URI": uri, "ICANS_ARTIFACT_ROOT": (tmp_path / "art").as_uri(),
+                       "ICANS_RESAMPLE_N_ITER": "1", "ICANS_RESAMPLE_CV_FOLDS": "2", "ICANS_SEED": "7"}.items():
+        monkeypatch.setenv(key, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = CliRunner().invoke(main, ["iecv", "--data", str(data)])
+    assert out.exit_code == 0, out.output
+    run_id = out.output.split("IECV run ", 1)[1].split(":", 1)[0]
+    mlflow.set_tracking_uri(uri)
+    run = MlflowClient().get_run(run_id)
+    assert run.data.metrics["iecv_centres"] == 5 and "iecv_auroc_pi_low" in run.data.metrics
+    assert "Internal-external" in run.data.tags["mlflow.note.content"]
+    plain = tmp_path / "plain.csv"
+    df.drop(columns="centre").to_csv(plain, index=False)
+    refused = CliRunner().invoke(main, ["iecv", "--data", str(plain)])
+    assert refused.exit_code == 2 and "'centre' column" in refused.output and "Traceback" not in refused.output
