@@ -17,6 +17,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from xgboost import XGBClassifier
 
+from models.ensemble import MAX_DEPTH
 from models.hgb import HistGradientBoosting
 
 from pipeline.contract import FEATURES_BY_NAME
@@ -152,7 +153,9 @@ SMALL_DATA_SPACES: dict[str, dict[str, list[Any]]] = {
 LIBRARY_DEFAULTS: dict[str, dict[str, Any]] = {
     "xgboost": {"n_estimators": 100, "learning_rate": 0.3, "max_depth": 6, "min_child_weight": 1.0,
                 "reg_lambda": 1.0, "gamma": 0.0, "subsample": 1.0, "colsample_bynode": 1.0},
-    "hist_gradient_boosting": {"max_iter": 100, "learning_rate": 0.1, "max_depth": None, "max_leaf_nodes": 31,
+    # scikit-learn's max_depth default is None (31-leaf trees of any depth); capped at the bootstrap
+    # ensemble's limit (models.ensemble.MAX_DEPTH), or the served intervals could not be compiled
+    "hist_gradient_boosting": {"max_iter": 100, "learning_rate": 0.1, "max_depth": MAX_DEPTH, "max_leaf_nodes": 31,
                                "min_samples_leaf": 20, "l2_regularization": 0.0},
     "logistic": {"model__C": 1.0},
 }
