@@ -93,7 +93,7 @@ def quality_gate(validated: dict[str, float]) -> tuple[bool, str]:
             need = int(math.ceil(events * ((s_hi - s_lo) / MAX_SLOPE_CI_WIDTH) ** 2))
             more = f" (this cohort has {int(events)} events: about {need} would narrow it enough)"
         insufficient.append(f"the calibration slope's 95% CI {s_lo:.2f}-{s_hi:.2f} is {s_hi - s_lo:.2f} wide, too wide "
-                            f"to judge (at most {MAX_SLOPE_CI_WIDTH}); what would settle it: more events{more}, "
+                            f"to judge (at most {MAX_SLOPE_CI_WIDTH}). What would settle it: more events{more}, "
                             "or an external validation cohort (make evaluate)")
     if refused:
         return False, "; ".join(refused + insufficient)

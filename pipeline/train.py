@@ -29,7 +29,7 @@ from sklearn.model_selection import train_test_split
 
 from pipeline import iecv, instability, train_log
 from pipeline.assessment import assess
-from pipeline.compare import PROMOTION_MARGINS, comparison_notes, gate_status, quality_gate
+from pipeline.compare import INSUFFICIENT, PROMOTION_MARGINS, comparison_notes, gate_status, quality_gate
 from pipeline.contract import FEATURES, OUTCOMES
 from pipeline.features import encode_frame
 from pipeline.io import Cohort
@@ -185,7 +185,7 @@ def decision_block(model_name: str, version: str, gate_ok: bool, gate_reason: st
     lines = [f"DECISION for {model_name} v{version}:"]
     lines.append(f"  quality gate: {status}{', served ungated (ALLOW_UNGATED=1)' if ungated and verdict.promoted else ''}")
     if not gate_ok:
-        lines += [f"    - {part.strip()}" for part in gate_reason.split("; ")]
+        lines += [f"    - {part.strip()}" for part in gate_reason.removeprefix(f"{INSUFFICIENT}: ").split("; ")]
     if verdict.promoted:
         lines.append("  promotion: promoted to @champion")
     elif verdict.alias_held:

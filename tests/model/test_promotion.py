@@ -235,7 +235,7 @@ def test_a_challenger_meets_the_champion_out_of_fold_on_the_same_patients_and_no
     assert "refitted inside the same 5 x 3 outer folds" in second.reason and "out of fold on the same 600" in second.reason
     mlflow.set_tracking_uri(make_settings(tmp_path).tracking_uri)
     client = MlflowClient()
-    assert client.get_model_version_by_alias(second.model_name, "champion").version == first.version
+    assert str(client.get_model_version_by_alias(second.model_name, "champion").version) == first.version
     tags = client.get_model_version(second.model_name, second.version).tags
     assert json.loads(tags["promotion_margins"]) == PROMOTION_MARGINS
     assert tags["promotion"] == "not promoted (PROMOTE=no)" or tags["promotion"] == "not promoted"
