@@ -7,8 +7,8 @@ from `FEATURES` and `OUTCOMES` below. Change a range here and all of them change
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 CONTRACT_VERSION = "1"
 
@@ -41,6 +41,28 @@ class Feature:
     # The source of `direction`/`level_directions` (clinical-evidence.md), or why there is none.
     evidence: str = ""
     example: float | bool | str | None = None
+    # What people read (the waterfall, the pages, the CDS card): a short name, the unit as printed,
+    # and the categories in words; set from DISPLAY below. Machines keep name, unit and categories.
+    label: str = ""
+    display_unit: str | None = None
+    category_labels: tuple[str, ...] = ()
+
+    @property
+    def display_name(self) -> str:
+        """The name people read: the label, else the description."""
+        return self.label or self.description
+
+    @property
+    def unit_text(self) -> str:
+        """The unit as people read it; '' when the value has none."""
+        unit = self.unit if self.display_unit is None else self.display_unit
+        return "" if unit == "-" else unit
+
+    def category_text(self, value: str) -> str:
+        """A category in words (the contract's code when it has no label)."""
+        if value in self.categories and self.category_labels:
+            return self.category_labels[self.categories.index(value)]
+        return value
 
     @property
     def range_text(self) -> str:
@@ -245,6 +267,34 @@ FEATURES: tuple[Feature, ...] = (
         example=None,
     ),
 )
+
+# The names people read, kept apart from the rules above: one place for the waterfall, the
+# explanation page, the calculator and the CDS card.
+DISPLAY: dict[str, dict[str, Any]] = {
+    "age_years": {"label": "Age"},
+    "sex": {"label": "Sex"},
+    "prior_neuro_comorbidity": {"label": "Neurological comorbidity"},
+    "cns_involvement": {"label": "Active CNS leukaemia"},
+    "prior_allo_hct": {"label": "Prior allogeneic transplant"},
+    "marrow_blasts_pct": {"label": "Bone-marrow blasts"},
+    "ldh_u_l": {"label": "LDH"},
+    "product": {
+        "label": "CAR T-cell product",
+        "category_labels": ("tisagenlecleucel", "brexucabtagene autoleucel", "obecabtagene autoleucel", "other"),
+    },
+    "costimulatory_domain": {"label": "Costimulatory domain"},
+    "target_antigen": {"label": "Target antigen"},
+    "car_t_dose_10e6_per_kg": {"label": "CAR T-cell dose", "display_unit": "× 10⁶ CAR+ cells/kg"},
+    "lymphodepletion": {"label": "Lymphodepletion", "category_labels": ("fludarabine + cyclophosphamide", "other")},
+    "crp_mg_l": {"label": "CRP"},
+    "platelets_10e9_l": {"label": "Platelets", "display_unit": "× 10⁹/L"},
+    "creatinine_mg_dl": {"label": "Creatinine"},
+    "ferritin_ng_ml": {"label": "Ferritin"},
+    "il6_pg_ml": {"label": "IL-6"},
+    "ifng_pg_ml": {"label": "IFN-γ"},
+    "il15_pg_ml": {"label": "IL-15"},
+}
+FEATURES = tuple(replace(f, **DISPLAY.get(f.name, {})) for f in FEATURES)
 
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 FEATURES_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}

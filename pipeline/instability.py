@@ -233,6 +233,7 @@ def instability_plot(inst: Instability, low: float, high: float, path: Path, max
     s = inst.summary
     ax.set_title(f"Prediction instability: MAPE {s['mape']:.3f}, group changes {s['group_change']:.0%}")
     ax.legend(loc="upper left", fontsize=8, markerscale=4)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))  # room under the axis label for the caption (issue 26)
     caption(fig, f"Each development patient's risk from {inst.risks.shape[1]} models refitted on bootstrap samples "
                  "(the chosen configuration refitted, calibration included; not re-tuned). Dotted lines: risk-group "
                  "thresholds.")

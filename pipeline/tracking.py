@@ -141,12 +141,32 @@ def log_bundle_version(bundle_dir: Path, model_name: str) -> str:
         registered_model_name=model_name,
         pip_requirements=pip_requirements(),
     )
-    describe_registered_model(MlflowClient(), model_name)
     version = str(info.registered_model_version)
+    describe_registered_model(MlflowClient(), model_name)
     from pipeline.registry import record_digests  # every file's sha256, checked at each load
 
     record_digests(MlflowClient(), model_name, version, bundle_dir)
+    log_versioned_card(bundle_dir, version)
     return version
+
+
+def log_versioned_card(bundle_dir: Path, version: str) -> None:
+    """The run's evidence/model_card.{md,html} again, now naming the registered version (the copy in
+    the registered model was written before the registry numbered it; the service names it when served)."""
+    from pipeline.report.model_card import MODEL_CARD_HTML, MODEL_CARD_MD, with_version
+
+    run = mlflow.active_run()
+    if run is None or not (bundle_dir / MODEL_CARD_HTML).exists():
+        return
+    logged = {Path(a.path).name for a in MlflowClient().list_artifacts(run.info.run_id, "evidence")}
+    if MODEL_CARD_HTML not in logged:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in (MODEL_CARD_MD, MODEL_CARD_HTML):
+            if (bundle_dir / name).exists():
+                text = (bundle_dir / name).read_text(encoding="utf-8")
+                (Path(tmp) / name).write_text(with_version(text, version), encoding="utf-8")
+        mlflow.log_artifacts(tmp, artifact_path="evidence")
 
 
 def pip_requirements() -> list[str]:

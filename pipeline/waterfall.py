@@ -1,7 +1,8 @@
 """One patient's picture: a waterfall of an answer's exact SHAP explanation.
 
 From the average patient's log-odds (the base) each feature's contribution moves the estimate,
-one bar per feature with its value and unit, down to this patient's log-odds; the axis is the
+one bar per input with its value and unit as people read them (the labs not measured share one bar),
+down to this patient's log-odds; the axis is the
 log-odds (where the contributions add up exactly) and the probability scale is marked on top.
 Drawn from the answer alone (never from the request), so a patient identifier cannot appear.
 
@@ -16,7 +17,8 @@ from typing import Any, Mapping
 import matplotlib
 from matplotlib.figure import Figure
 
-from pipeline import style
+from pipeline import display, style
+from pipeline.contract import FEATURES_BY_NAME
 
 # Text stays text in SVG (searchable, accessible, no embedded glyphs); a process-wide setting
 # that only SVG output reads.
@@ -40,32 +42,30 @@ def _logit(p):
     return np.log(p / (1 - p))
 
 
-def _value_text(c: Mapping[str, Any]) -> str:
-    v, unit = c.get("value"), c.get("unit") or "-"
-    if v is None:
-        return "not provided"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        text = f"{v:.4g}"
-    else:
-        text = str(v)
-    return text if unit in ("-", "") else f"{text} {unit}"
-
-
 def steps(answer: Mapping[str, Any]) -> list[tuple[str, float, float]]:
     """(label, start, end) of every bar, in drawing order: the base, each contribution, the total.
 
-    Each contribution starts where the previous one ended; the total ends at
-    base + sum(contributions), which is the answer's log-odds."""
+    Labels are the contract's names for people with the value rounded for people ('CRP: 8 mg/L');
+    the optional labs that were not measured share one bar ('Not measured: IL-6, IFN-γ'), their
+    contributions summed, after the others. Each contribution starts where the previous one ended;
+    the total ends at base + sum(contributions), which is the answer's log-odds."""
     ex = answer["explanation"]
     base = float(ex["base_log_odds"])
     out = [("average patient (base)", 0.0, base)]
     at = base
+    unmeasured: list[Mapping[str, Any]] = []
     for c in ex["contributions"]:
-        label = f"{c['feature']} = {_value_text(c)}"
-        out.append((label, at, at + float(c["log_odds"])))
+        f = FEATURES_BY_NAME.get(c["feature"])
+        if c.get("value") is None and f is not None and not f.required:
+            unmeasured.append(c)
+            continue
+        out.append((display.label(c["feature"], c.get("value")), at, at + float(c["log_odds"])))
         at += float(c["log_odds"])
+    if unmeasured:
+        total = sum(float(c["log_odds"]) for c in unmeasured)
+        names = ", ".join(display.name(c["feature"]) for c in unmeasured)
+        out.append((f"Not measured: {names}", at, at + total))
+        at += total
     out.append(("this patient", 0.0, at))
     return out
 
@@ -74,11 +74,13 @@ def figure(
     answer: Mapping[str, Any],
     thresholds: tuple[float, float] | None = None,
     outcome: str = "severe ICANS",
+    notice: bool = True,
 ) -> Figure:
-    """The waterfall as a matplotlib Figure (drawn, not saved)."""
+    """The waterfall as a matplotlib Figure (drawn, not saved). `notice=False` leaves the
+    research-use line out, for a page that states it once itself; a picture on its own keeps it."""
     bars = steps(answer)
     n = len(bars)
-    fig = Figure(figsize=(8.6, 0.32 * n + 2.6))
+    fig = Figure(figsize=(8.6, 0.32 * n + 2.9))
     ax = fig.add_subplot(1, 1, 1)
     ends = [b[2] for b in bars] + [b[1] for b in bars[1:-1]]
     lo, hi = min(ends), max(ends)
@@ -86,13 +88,14 @@ def figure(
         lo = min(lo, float(_logit(thresholds[0])))
         hi = max(hi, float(_logit(thresholds[1])))
     pad = max(0.25, 0.08 * (hi - lo))
-    lo, hi = lo - pad, hi + pad
+    # room on the right for the labels of the rightmost bar and of the total ("-0.74  (risk 32%)")
+    lo, hi = lo - pad, hi + pad + 0.16 * (hi - lo + 2 * pad)
     for i, (label, start, end) in enumerate(bars):
         y = i
         if i == 0 or i == n - 1:  # base and total: a marker at the value, a thin line from the axis
             colour = style.NEUTRAL if i == 0 else style.COLOURS[style.MODEL]
             ax.plot([end], [y], marker="D", color=colour, ms=7, zorder=3, gid="base" if i == 0 else "total")
-            text = f"{end:+.3f}  (risk {float(_expit(end)):.3f})"
+            text = f"{display.log_odds(end)}  (risk {display.percent(float(_expit(end)))})"
             ax.annotate(text, (end, y), xytext=(8, 0), textcoords="offset points", va="center", fontsize=8,
                         color=colour, fontweight="bold" if i == n - 1 else None)
             continue
@@ -101,21 +104,21 @@ def figure(
         ax.barh(y, width, left=start, height=0.62, color=colour, gid=f"contribution-{i}")
         if i < n - 2:
             ax.plot([end, end], [y + 0.31, y + 0.69], color="#999999", lw=0.6)
-        ax.annotate(f"{width:+.3f}", (max(start, end), y), xytext=(3, 0), textcoords="offset points",
+        ax.annotate(display.log_odds(width), (max(start, end), y), xytext=(3, 0), textcoords="offset points",
                     va="center", fontsize=7, color=colour)
     ax.plot([bars[-2][2], bars[-2][2]], [n - 2 + 0.31, n - 1], color="#999999", lw=0.6)
     ax.set_yticks(range(n))
     ax.set_yticklabels([b[0] for b in bars], fontsize=8)
     ax.get_yticklabels()[-1].set_fontweight("bold")
-    ax.invert_yaxis()
+    ax.set_ylim(n + 0.6, -0.6)  # top to bottom; a free band under the total for the thresholds' labels
     ax.set_xlim(lo, hi)
     ax.set_xlabel("log-odds of " + outcome + " (contributions add up on this scale)")
     if thresholds:
         for t, what, side in zip(thresholds, ("low | intermediate", "intermediate | high"), ("left", "right")):
             x = float(_logit(t))
             ax.axvline(x, color="#777777", ls=":", lw=1)
-            ax.annotate(f"{what}\n(risk {t:.3g})", (x, 0.0), xycoords=("data", "axes fraction"),
-                        xytext=(2 if side == "left" else -2, 2), textcoords="offset points", fontsize=6.5,
+            ax.annotate(f"{what}\n(risk {display.percent(t)})", (x, n + 0.55),
+                        xytext=(2 if side == "left" else -2, 0), textcoords="offset points", fontsize=6.5,
                         va="bottom", ha=side, color="#555555")
     top = ax.secondary_xaxis("top", functions=(_expit, _logit))
     p_lo, p_hi = float(_expit(lo)), float(_expit(hi))
@@ -123,16 +126,17 @@ def figure(
     while len(ticks) > 9:  # keep them legible: every other one
         ticks = ticks[::2]
     top.set_xticks(ticks)
-    top.set_xticklabels([f"{p:g}" for p in ticks], fontsize=8)
-    top.set_xlabel("probability (risk)")
+    top.set_xticklabels([f"{p * 100:g}%" for p in ticks], fontsize=8)
+    top.set_xlabel("risk")
     model = answer.get("model") or {}
     risk = float(answer["risk"])
     ax.set_title(
-        f"Why this estimate: risk {risk:.3f} ({answer.get('risk_group', '?')}), "
+        f"Why this estimate: risk {display.percent(risk)} ({answer.get('risk_group', '?')}), "
         f"{model.get('name', 'model')} version {model.get('version', '?')}",
         fontsize=10, pad=34,
     )
-    fig.text(0.5, 0.995, style.RESEARCH_ONLY, ha="center", va="top", fontsize=8.5, color="#7b1d12", fontweight="bold")
+    if notice:
+        fig.text(0.5, 0.995, style.RESEARCH_ONLY, ha="center", va="top", fontsize=8.5, color="#7b1d12", fontweight="bold")
     fig.tight_layout(rect=(0, 0.07, 1, 0.97))
     style.caption(
         fig,
@@ -148,11 +152,12 @@ def render(
     fmt: str = "svg",
     thresholds: tuple[float, float] | None = None,
     outcome: str = "severe ICANS",
+    notice: bool = True,
 ) -> bytes:
     """The waterfall as SVG or PNG bytes."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}")
-    fig = figure(answer, thresholds=thresholds, outcome=outcome)
+    fig = figure(answer, thresholds=thresholds, outcome=outcome, notice=notice)
     buf = io.BytesIO()
     metadata = {"Title": "ICANS risk explanation", "Description": style.RESEARCH_ONLY} if fmt == "png" else {
         "Title": "ICANS risk explanation", "Description": style.RESEARCH_ONLY, "Date": None}

@@ -18,7 +18,7 @@ from serving.audit import AuditWriter
 from serving import docs
 from serving.errors import sanitize_errors
 from serving.observability import LogThrottle, Metrics, RequestContextMiddleware
-from serving.routes import admin, cds_hooks, explanation_page, health, model, outcomes, risk
+from serving.routes import admin, calculator, cds_hooks, explanation_page, health, model, outcomes, risk
 from serving.state import ModelState, load_predictor
 
 if TYPE_CHECKING:
@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None, loader=load_predictor, store=No
     app.include_router(outcomes.router)
     app.include_router(cds_hooks.build_router(settings))
     app.include_router(explanation_page.router)
+    app.include_router(calculator.router)
     docs.install(app)
     return app
 

@@ -64,6 +64,25 @@ CAPTIONS: dict[str, str] = {
 }
 
 
+def evaluated_on(evidence: Evidence) -> str:
+    """Which patients a figure shows, from the validation design actually used (for titles)."""
+    design = (evidence.validation or {}).get("design")
+    if design == "repeated_cv":
+        return "all patients, out-of-fold risks (repeated CV)"
+    if design == "split":
+        return "held-out set"
+    if design in ("local update", "local validation"):
+        return "local patients"
+    if evidence.meta.get("external"):
+        return "external cohort"
+    return "evaluation patients"
+
+
+def auroc_text(x: float | None) -> str:
+    """An AUROC in every figure, table and page: three decimals (pipeline.report.document.num)."""
+    return num(x, 3)
+
+
 def plot_calibration(evidence: Evidence, path: Path) -> Path:
     """Model: deciles of predicted risk (observed proportion with Wilson 95% intervals) and the
     loess curve with its bootstrap band; comparators' loess curves; distribution of the model's
@@ -93,8 +112,8 @@ def plot_calibration(evidence: Evidence, path: Path) -> Path:
     ax.set_ylim(0, top)
     ax.set_ylabel("observed proportion")
     cal = evidence.calibration.get(MODEL, {})
-    ax.set_title(f"Calibration ({evidence.outcome}): slope {num(cal.get('calibration_slope'), 2)}, "
-                 f"ICI {num(cal.get('ici'), 3)}", fontsize=10)
+    ax.set_title(f"Calibration ({evidence.outcome}, {evaluated_on(evidence)}): slope "
+                 f"{num(cal.get('calibration_slope'), 2)}, ICI {num(cal.get('ici'), 3)}", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     if evidence.y_test is not None and MODEL in evidence.predictions:
         p, y = evidence.predictions[MODEL], evidence.y_test
@@ -125,7 +144,7 @@ def plot_decision_curve(evidence: Evidence, path: Path) -> Path:
     ax.axhline(0, color="black", lw=0.5)
     ax.set_xlabel("threshold probability")
     ax.set_ylabel("net benefit")
-    ax.set_title(f"Decision curve ({evidence.outcome}, held-out set)", fontsize=10)
+    ax.set_title(f"Decision curve ({evidence.outcome}, {evaluated_on(evidence)})", fontsize=10)
     ax.legend(fontsize=8)
     return plots.save(fig, path, CAPTIONS["decision_curve"], bottom=0.11)
 
@@ -157,14 +176,14 @@ def plot_subgroups(evidence: Evidence, path: Path) -> Path:
             row += 1
     overall = evidence.discrimination.get(MODEL, {}).get("auroc", float("nan"))
     if math.isfinite(overall):
-        ax.axvline(overall, color=style.COLOURS[MODEL], ls="--", lw=1, label=f"overall {overall:.3f}")
+        ax.axvline(overall, color=style.COLOURS[MODEL], ls="--", lw=1, label=f"overall {auroc_text(overall)}")
     ax.axvline(0.5, color="grey", lw=1, label="no discrimination")
     ax.set_yticks(ys)
     ax.set_yticklabels(labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0.3, 1.0)
     ax.set_xlabel("AUROC (95% bootstrap interval); hollow = small subgroup")
-    ax.set_title("Subgroups, held-out set", fontsize=10)
+    ax.set_title(f"Subgroups, {evaluated_on(evidence)}", fontsize=10)
     ax.legend(fontsize=7, loc="lower left")
     fig.subplots_adjust(left=0.3, right=0.72, top=1 - 0.45 / fig.get_figheight(), bottom=1.25 / fig.get_figheight())
     return plots.save(fig, path, CAPTIONS["subgroups"], tight=False)

@@ -68,8 +68,9 @@ def render_model_card(
     synthetic = bool(data_provenance.get("synthetic"))
     outcome = s.outcome_text(ev.outcome)
     name = _get(model_info, "name", "icans-risk")
-    # The card is written before the registry numbers the version that will carry it.
-    version = _get(model_info, "version", f"see the model registry (models:/{name}) or GET /v1/model")
+    # The card is written before the registry numbers the version that will carry it: a marker that
+    # `with_version` replaces in the run's copy once it is registered (pipeline.tracking).
+    version = _get(model_info, "version", PENDING_VERSION)
     params = model_info.get("params")
     thresholds = model_info.get("thresholds") or {r["name"]: r["threshold"] for r in ev.thresholds.to_dict(orient="records")}
 
@@ -141,6 +142,14 @@ def render_model_card(
     ]
     title = f"Model card: {name}"
     return to_markdown(title, sections, BANNER), to_html(title, sections, BANNER)
+
+
+PENDING_VERSION = "not yet registered (named in the copy under the run evidence/ folder once registered; GET /v1/model)"
+
+
+def with_version(document: str, version: str) -> str:
+    """A card written before registration, with its registered version in place of the marker."""
+    return document.replace(PENDING_VERSION, str(version))
 
 
 def write_model_card(evidence: Evidence, model_info: Mapping[str, Any], data_provenance: Mapping[str, Any],

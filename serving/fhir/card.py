@@ -9,18 +9,21 @@ import re
 from datetime import datetime
 from typing import Any
 
+from pipeline import display
 from pipeline.contract import FEATURES_BY_NAME, INTENDED_USE, OUTCOMES
+from pipeline.display import percent
 from serving.fhir.resources import (
     CARD_EXTENSION,
     INDICATOR,
     OUTCOME_SHORT,
     OVERRIDE_SYSTEM,
     TOP_FACTORS,
-    feature_label,
-    format_value,
-    percent,
 )
 
+# Names and values as people read them, from the contract (pipeline.display): the same words
+# as the waterfall, the explanation page and the calculator.
+feature_label = display.name
+format_value = display.value
 
 
 def _md(text: Any) -> str:
@@ -43,9 +46,8 @@ def summary(answer: dict[str, Any], outcome: str) -> str:
 
 
 def interval_text(unc: dict[str, Any]) -> str:
-    """"12-25%": the interval in the card's own rounding."""
-    lo, hi = (percent(float(v)) for v in unc["interval"])
-    return f"{lo.rstrip('%')}-{hi}" if not lo.startswith("<") else f"{lo}-{hi}"
+    """"12-25%": the interval in the pages' rounding (pipeline.display)."""
+    return display.percent_range(float(unc["interval"][0]), float(unc["interval"][1]))
 
 
 def card(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import html
 import math
 import time
 
@@ -21,20 +20,14 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from pipeline import style, waterfall
-from pipeline.contract import INTENDED_USE
-from serving import page_cache
+from pipeline import waterfall
+from serving import page_cache, pages
 from serving.deps import ModelStateDep, StoreDep, served_predictor, settings_of
 from serving.store import Store
 
 PAGE_PATH = "/v1/explanations/{card_uuid}"
 LINK_TTL_S = 24 * 3600  # a card is read during the visit it was shown in
-HEADERS = {
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors *",
-}
+HEADERS = pages.HEADERS
 router = APIRouter(tags=["cds-hooks"])
 
 
@@ -87,19 +80,8 @@ def _audited(store: Store, card_uuid: str) -> dict | None:
     return dict(row._mapping) if row is not None else None
 
 
-def _page(title: str, body: str) -> str:
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="robots" content="noindex"><title>{html.escape(title)}</title>
-<style>body{{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:980px;margin:1em auto;padding:0 1em;color:#222}}
-.banner{{background:#fff3cd;border:2px solid #c0392b;color:#7b1d12;padding:.6em 1em;font-weight:bold}}
-figure{{margin:1em 0}}svg{{max-width:100%;height:auto}}p.small{{font-size:.9em;color:#444}}</style></head>
-<body><div class="banner" role="alert">{html.escape(style.RESEARCH_ONLY)}</div>
-<h1>{html.escape(title)}</h1>
-{body}
-<p class="small">{html.escape(INTENDED_USE)}</p>
-</body></html>
-"""
+def _page(title: str, message: str | None = None, r: dict | None = None, when: str | None = None) -> str:
+    return pages.render("explanation.html.j2", title=title, message=message, r=r, when=when)
 
 
 @router.get(
@@ -130,25 +112,19 @@ async def explanation_page(
     served = predictor.model
     if (row["model_name"], str(row["model_version"])) != (served.name, str(served.version)):
         page = _page("Explanation not available", (
-            f"<p>This card was computed by {html.escape(row['model_name'])} version "
-            f"{html.escape(str(row['model_version']))}; the service now serves version {html.escape(str(served.version))}, "
-            "so it cannot draw that card's explanation. Open the card again for a current estimate.</p>"))
+            f"This card was computed by {row['model_name']} version {row['model_version']}; the service now serves "
+            f"version {served.version}, so it cannot draw that card's explanation. Open the card again for a "
+            "current estimate."))
         return HTMLResponse(page, status_code=409, headers=HEADERS)
     answer = predictor.predict([dict(row["inputs"])])[0]
     if not math.isclose(answer["risk"], float(row["risk"]), rel_tol=0, abs_tol=1e-9):  # the same model, the same answer
         raise HTTPException(409, "the served model does not reproduce this card's risk")
     b = predictor.bundle
     outcome = "severe CRS" if b.outcome == "severe_crs" else "severe ICANS"
-    svg = await run_in_threadpool(waterfall.render, answer, "svg", (b.low_threshold, b.high_threshold), outcome)
-    svg_text = svg.decode("utf-8")
-    svg_text = svg_text[svg_text.index("<svg"):]  # inline: without the XML declaration and doctype
+    thresholds = (b.low_threshold, b.high_threshold)
+    svg = await run_in_threadpool(waterfall.render, answer, "svg", thresholds, outcome, False)  # the page says it once
     when = row["time"].strftime("%Y-%m-%d %H:%M UTC") if hasattr(row["time"], "strftime") else str(row["time"])
-    body = (
-        f"<p>Estimated probability of {html.escape(outcome)}: <strong>{answer['risk']:.1%}</strong> "
-        f"(risk group <strong>{html.escape(answer['risk_group'])}</strong>), computed {html.escape(when)} by "
-        f"{html.escape(served.name)} version {html.escape(str(served.version))}.</p>"
-        f'<figure aria-label="Waterfall of the explanation">{svg_text}</figure>'  # its caption says how to read it
-    )
-    page = _page("Why this estimate", body)
+    r = pages.result(answer, b.outcome, thresholds, svg)
+    page = _page("Why this estimate", r=r, when=when)
     page_cache.of(request.app).put(cache_key, page)
     return HTMLResponse(page, headers=HEADERS)

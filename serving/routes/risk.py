@@ -71,6 +71,10 @@ async def _audit(request: Request, principal: Principal, endpoint: str, records:
     metrics_of(request.app).patients.inc(len(rows))
 
 
+# The audit step every scoring route shares (the calculator page's too).
+audit_answers = _audit
+
+
 def audit_failed(request: Request, exc: Exception, n: int, what: str) -> HTTPException:
     """The 503 of an answer withheld because its audit record was not written (counted; logged once
     per interval and kind of failure, with the number of repeats)."""

@@ -107,10 +107,13 @@ def test_card_says_where_the_registered_version_is(evidence):  # noqa: F811
     markdown, page = _card(evidence)
     assert markdown.startswith("# Model card: icans-risk\n")
     assert "<h1>Model card: icans-risk</h1>" in page
-    assert "| registered version | see the model registry (models:/icans-risk) or GET /v1/model |" in markdown
+    assert f"| registered version | {report.model_card.PENDING_VERSION} |" in markdown
     assert "vthe" not in markdown and "Served as" not in markdown
     numbered, _ = _card(evidence, version="7")
     assert "| registered version | 7 |" in numbered
+    # the run's copy, rewritten once the registry has numbered it, names its version
+    assert report.model_card.with_version(markdown, "7") == numbered
+    assert "not yet registered" not in report.model_card.with_version(page, "7")
 
 
 def test_card_calls_target_antigen_an_input(evidence):  # noqa: F811

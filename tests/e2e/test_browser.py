@@ -3,7 +3,10 @@ installed by `make browser`, which `make test` runs) driven by Selenium, against
 and a trained run's documents.
 
 Each page must render its key content with no console error, no failed request and no request
-to another host. Screenshots go to test-artifacts/browser/ (ICANS_TEST_ARTIFACTS overrides).
+to another host, and no text on it may overlap other text (the drawn boxes of every text node,
+SVG text included). Screenshots go to test-artifacts/browser/ (ICANS_TEST_ARTIFACTS overrides).
+The calculator is also used with the keyboard alone, and every control must have a name in
+Chromium's accessibility tree (what a screen reader announces).
 Skipped, with the reason, where Chromium or its driver is not installed.
 """
 
@@ -31,9 +34,17 @@ ARTIFACTS = Path(os.environ.get("ICANS_TEST_ARTIFACTS", ROOT / "test-artifacts")
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free local port; within ICANS_TEST_PORTS ("8600-8699") when it is set (a shared machine)."""
+    low, _, high = os.environ.get("ICANS_TEST_PORTS", "").partition("-")
+    candidates = range(int(low), int(high) + 1) if low and high else [0]
+    for port in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError(f"no free port in {low}-{high}")
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +148,7 @@ def test_model_card_renders(live, browser):
     text = browser.find_element("tag name", "body").text
     assert "Model card: icans-risk" in text and "registered version" in text
     assert "Research use only" in text and "`" not in text
+    _no_overlapping_text(browser)
 
 
 def test_the_page_a_cds_card_links_to(live, browser):
@@ -150,8 +162,12 @@ def test_the_page_a_cds_card_links_to(live, browser):
     _visit(browser, link, "document.querySelector('svg')", "explanation_page")
     text = browser.find_element("tag name", "body").text
     assert "Research use only" in text and "this patient" in text and "pat-browser-1" not in browser.page_source
+    assert text.count("Research use only") == 1  # the notice once, not in the banner, the picture and the foot
+    assert "between" in browser.find_element("id", "interval").text  # the card's interval, in words
+    assert "_pg_ml" not in text and "_mg_l" not in text  # people's names, not column names
     box = browser.execute_script("const r = document.querySelector('svg').getBoundingClientRect(); return [r.width, r.height]")
     assert box[0] > 400 and box[1] > 400
+    assert _no_overlapping_text(browser) > 40  # the page's and the SVG's text, compared
 
 
 def test_validation_report_and_model_card_files(trained, browser, tmp_path):
@@ -169,9 +185,14 @@ def test_validation_report_and_model_card_files(trained, browser, tmp_path):
     text = browser.find_element("tag name", "body").text
     for heading in ("Summary", "Discrimination", "Calibration", "ROC curves and SHAP summary"):
         assert heading in text, heading
+    _no_overlapping_text(browser)
     card = Path(client.download_artifacts(result.run_id, "evidence/model_card.html", str(tmp_path)))
     _visit(browser, card.as_uri(), "document.querySelector('h1')", "model_card_file")
     assert browser.find_element("css selector", "h1").text == "Model card: icans-risk"
+    rows = browser.execute_script(
+        "return [...document.querySelectorAll('tr')].map(r => [...r.cells].map(c => c.textContent.trim()))")
+    assert ["registered version", str(result.version)] in rows  # the run's card names its registered version
+    _no_overlapping_text(browser)
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +246,146 @@ def test_the_mlflow_ui_shows_the_run_its_description_and_datasets(trained, brows
                 for e in browser.get_log("performance")]
     foreign = [u for u in requests if u.startswith("http") and not u.startswith(mlflow_ui)]
     assert not foreign, f"requests to another host: {foreign}"
+
+
+# --- what a clinician reads: no overlapping text, the calculator by keyboard, a name on every input ---------
+
+_OVERLAPS_JS = """
+const boxes = [];
+const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+let node = 0;
+while (walker.nextNode()) {
+  const n = walker.currentNode;
+  node += 1;
+  if (!n.textContent.trim() || !n.parentElement) continue;
+  const st = getComputedStyle(n.parentElement);
+  if (st.visibility === 'hidden' || st.display === 'none' || st.opacity === '0') continue;
+  const range = document.createRange();
+  range.selectNodeContents(n);
+  for (const r of range.getClientRects()) {
+    if (r.width > 0 && r.height > 0) boxes.push([node, n.textContent.trim().slice(0, 40), r.left, r.top, r.right, r.bottom]);
+  }
+}
+const out = [];
+for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+  const a = boxes[i], b = boxes[j];
+  if (a[0] === b[0]) continue;
+  const dx = Math.min(a[4], b[4]) - Math.max(a[2], b[2]), dy = Math.min(a[5], b[5]) - Math.max(a[3], b[3]);
+  if (dx > 1 && dy > 1) out.push([a[1], b[1]]);
+}
+return [boxes.length, out];
+"""
+
+
+def _no_overlapping_text(driver) -> int:
+    """Asserts that no two text nodes' boxes overlap (more than a pixel each way); returns how many were compared."""
+    n, overlaps = driver.execute_script(_OVERLAPS_JS)
+    assert not overlaps, overlaps[:10]
+    return n
+
+
+def _unnamed_controls(driver) -> list[str]:
+    """Form controls without an accessible name in Chromium's accessibility tree (what a screen reader reads)."""
+    tree = driver.execute_cdp_cmd("Accessibility.getFullAXTree", {})
+    unnamed = []
+    for n in tree["nodes"]:
+        role = (n.get("role") or {}).get("value")
+        if role in ("textbox", "spinbutton", "combobox", "radio", "checkbox", "button", "listbox") and not n.get("ignored"):
+            name = ((n.get("name") or {}).get("value") or "").strip()
+            if not name:
+                unnamed.append(f"{role} {n.get('backendDOMNodeId')}")
+    return unnamed
+
+
+def test_the_overlap_check_sees_an_overlap(browser):
+    browser.get("data:text/html,<p style='position:absolute;top:10px'>first words</p>"
+                "<p style='position:absolute;top:14px'>second words</p>")
+    with pytest.raises(AssertionError):
+        _no_overlapping_text(browser)
+
+
+def test_the_calculator_names_every_input_and_is_used_by_keyboard_alone(live, browser):
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from pipeline import display
+    from pipeline.contract import FEATURES, example_request
+
+    _visit(browser, f"{live}/calculator", "document.querySelector('form')", "calculator_empty")
+    assert _unnamed_controls(browser) == []
+    # the DOM check too: every control has a <label for> with text, every yes/no pair its fieldset's legend
+    unlabelled = browser.execute_script("""
+      return [...document.querySelectorAll('input, select, textarea')].filter(e => e.type !== 'hidden')
+        .filter(e => !(e.labels && e.labels.length && [...e.labels].every(l => l.textContent.trim())))
+        .map(e => e.id || e.name);""")
+    assert unlabelled == []
+    legends = browser.execute_script("""
+      return [...document.querySelectorAll('input[type=radio]')].every(r => {
+        const f = r.closest('fieldset'); return f && f.querySelector('legend') && f.querySelector('legend').textContent.trim(); });""")
+    assert legends
+    _no_overlapping_text(browser)
+
+    record = example_request()
+    browser.find_element("tag name", "body").click()
+    order: list[str] = []
+
+    def tab() -> object:
+        browser.switch_to.active_element.send_keys(Keys.TAB)
+        return browser.switch_to.active_element
+
+    for f in FEATURES:
+        el = tab()
+        for _ in range(5):  # the hint text is not focusable; only controls are
+            if el.get_attribute("name") == f.name:
+                break
+            el = tab()
+        assert el.get_attribute("name") == f.name, (f.name, el.get_attribute("name"))
+        order.append(f.name)
+        value = record.get(f.name)
+        if value is None:
+            continue  # an optional lab left empty
+        if f.kind == "bool":
+            el.send_keys(Keys.SPACE)  # selects the first radio ("yes"); an arrow moves to "no"
+            if value is False:
+                el.send_keys(Keys.ARROW_RIGHT)
+        elif f.kind == "category":
+            el.send_keys(f.category_text(str(value)))  # typing an option's text selects it
+        else:
+            el.send_keys(str(value))
+    assert order == [f.name for f in FEATURES]  # the tab order is the contract's order
+    button = tab()
+    assert button.tag_name == "button"
+    button.send_keys(Keys.ENTER)
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements("id", "result"))
+    time.sleep(0.3)
+    browser.save_screenshot(str(ARTIFACTS / "calculator_result.png"))
+    import httpx
+
+    api = httpx.post(f"{live}/v1/risk", json=record, timeout=30).json()
+    text = browser.find_element("tag name", "body").text
+    assert f"{display.percent(api['risk'])} (risk group {api['risk_group']})" in text
+    lo, hi = api["uncertainty"]["interval"]
+    assert f"between {display.percent(lo)} and {display.percent(hi)}" in text
+    assert text.count("Research use only") == 1  # once, at the top
+    assert browser.find_elements("css selector", "#result svg")
+    _no_overlapping_text(browser)
+
+
+def test_the_calculator_errors_are_listed_and_linked(live, browser):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{live}/calculator")
+    browser.execute_script("""
+      document.querySelector('form').noValidate = true;
+      document.getElementById('crp_mg_l').value = '700';
+      document.querySelector('form').submit();""")
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements("id", "errors"))
+    time.sleep(0.3)
+    browser.save_screenshot(str(ARTIFACTS / "calculator_errors.png"))
+    errors = browser.find_element("id", "errors").text
+    assert "CRP: must be a number, at least 0 and at most 600 mg/L" in errors and "700" not in errors
+    assert browser.find_element("id", "crp_mg_l").get_attribute("aria-invalid") == "true"
+    links = [a.get_attribute("href") for a in browser.find_elements("css selector", "#errors a")]
+    assert all("#" in h for h in links) and any(h.endswith("#crp_mg_l") for h in links)
+    assert _unnamed_controls(browser) == []
+    _no_overlapping_text(browser)

@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from fastapi.testclient import TestClient
 
-from pipeline import waterfall
+from pipeline import display, waterfall
 from pipeline.contract import FEATURES, example_request
 from serving.app import create_app
 from serving.routes.risk import image_format
@@ -42,17 +42,22 @@ def test_the_drawn_waterfall_adds_up_to_the_answers_log_odds(answer):
     ex = answer["explanation"]
     bars = waterfall.steps(answer)
     assert bars[0][2] == ex["base_log_odds"]
-    for (_, _, previous_end), (_, start, _) in zip(bars[1:-2], bars[2:-1]):
+    for (_, _, previous_end), (_, start, _) in zip(bars[:-2], bars[1:-1]):
         assert start == previous_end  # each contribution starts where the previous one ended
-    assert len(bars) == len(ex["contributions"]) + 2
+    measured = [c for c in ex["contributions"] if c["value"] is not None]
+    unmeasured = [c for c in ex["contributions"] if c["value"] is None]
+    assert unmeasured, "the example patient has labs not measured"
+    assert len(bars) == len(measured) + 1 + 2  # one bar for all the labs not measured
+    (grouped,) = [b for b in bars if b[0].startswith("Not measured: ")]
+    assert grouped[2] - grouped[1] == pytest.approx(sum(c["log_odds"] for c in unmeasured), abs=1e-12)
     fig = waterfall.figure(answer)
     ax = fig.axes[0]
     drawn = {p.get_gid(): p for p in ax.patches if (p.get_gid() or "").startswith("contribution-")}
-    assert len(drawn) == len(ex["contributions"])
-    for i, c in enumerate(ex["contributions"], start=1):
+    assert len(drawn) == len(bars) - 2
+    for i, (_, start, end) in enumerate(bars[1:-1], start=1):
         bar = drawn[f"contribution-{i}"]
-        assert bar.get_width() == pytest.approx(c["log_odds"], abs=1e-12)
-        assert bar.get_x() == pytest.approx(bars[i][1], abs=1e-12)
+        assert bar.get_width() == pytest.approx(end - start, abs=1e-12)
+        assert bar.get_x() == pytest.approx(start, abs=1e-12)
     (total,) = [line for line in ax.lines if line.get_gid() == "total"]
     (base,) = [line for line in ax.lines if line.get_gid() == "base"]
     end = float(total.get_xdata()[0])
@@ -74,10 +79,12 @@ def test_svg_from_the_api_is_the_answers_explanation_with_no_patient_id(client, 
     assert SECRET_ID not in svg
     assert "Research use only" in svg
     texts = " ".join(t for t in ET.fromstring(r.content).itertext())
-    assert f"{answer['log_odds']:+.3f}" in texts and f"risk {answer['risk']:.3f}" in texts
-    assert f"{answer['explanation']['base_log_odds']:+.3f}" in texts
-    for f in FEATURES:
-        assert f"{f.name} = " in texts, f.name
+    assert f"{answer['log_odds']:+.2f}" in texts and f"risk {display.percent(answer['risk'])}" in texts
+    assert f"{answer['explanation']['base_log_odds']:+.2f}" in texts
+    given = {c["feature"] for c in answer["explanation"]["contributions"] if c["value"] is not None}
+    for f in FEATURES:  # people's names, never the column names; each lab not measured named once
+        assert f.name not in texts, f.name
+        assert f"{f.display_name}: " in texts if f.name in given else f.display_name in texts, f.name
     assert "ldh_u_l = 240 U/L" in texts  # value and unit
     assert "probability (risk)" in texts and "log-odds" in texts
     assert "href=\"http" not in svg  # nothing loaded from elsewhere
@@ -157,7 +164,7 @@ def test_batch_scoring_draws_one_waterfall_per_patient_named_by_row(trained, tmp
     for row in scored.itertuples():
         svg = (pictures / row.waterfall).read_text()
         assert "Research use only" in svg and SECRET_ID not in svg
-        assert f"{row.log_odds:+.3f}" in svg and f"risk {row.risk:.3f}" in svg
+        assert f"{row.log_odds:+.2f}" in svg and f"risk {display.percent(row.risk)}" in svg
     with pytest.raises(FileExistsError):  # never overwrites a picture silently
         score_file(settings, data, tmp_path / "again.csv", waterfalls=pictures)
     # the batch's picture explains exactly what the API explains for the same patient
@@ -219,7 +226,7 @@ def test_the_page_draws_the_cards_explanation_and_loads_nothing(cds, card_and_li
     for ref in re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", page):
         assert ref.startswith("#"), ref  # only the SVG's own definitions
     prediction = card["extension"][CARD_EXTENSION]
-    assert f"{prediction['log_odds']:+.3f}" in page and f"risk {prediction['risk']:.3f}" in page
+    assert f"{prediction['log_odds']:+.2f}" in page and f"risk {display.percent(prediction['risk'])}" in page
 
 
 def test_the_link_is_signed_bound_to_its_card_and_expires(cds, card_and_link):  # noqa: F811
