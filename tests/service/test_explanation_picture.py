@@ -86,8 +86,8 @@ def test_svg_from_the_api_is_the_answers_explanation_with_no_patient_id(client, 
         if "_" in f.name:  # 'product' and 'sex' are also words
             assert f.name not in texts, f.name
         assert f"{f.display_name}: " in texts if f.name in given else f.display_name in texts, f.name
-    assert "ldh_u_l = 240 U/L" in texts  # value and unit
-    assert "probability (risk)" in texts and "log-odds" in texts
+    assert "LDH: 240 U/L" in texts  # value and unit, rounded for people
+    assert "risk" in texts and "log-odds" in texts
     assert "href=\"http" not in svg  # nothing loaded from elsewhere
 
 
