@@ -159,8 +159,11 @@ def render(
         raise ValueError(f"format must be one of {sorted(FORMATS)}")
     fig = figure(answer, thresholds=thresholds, outcome=outcome, notice=notice)
     buf = io.BytesIO()
-    metadata = {"Title": "ICANS risk explanation", "Description": style.RESEARCH_ONLY} if fmt == "png" else {
-        "Title": "ICANS risk explanation", "Description": style.RESEARCH_ONLY, "Date": None}
+    metadata: dict[str, Any] = {"Title": "ICANS risk explanation"}
+    if notice:  # a page that states the notice itself inlines the picture without it
+        metadata["Description"] = style.RESEARCH_ONLY
+    if fmt == "svg":
+        metadata["Date"] = None
     fig.savefig(buf, format=fmt, dpi=style.DPI, metadata=metadata)
     return buf.getvalue()
 

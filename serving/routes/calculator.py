@@ -71,7 +71,7 @@ def _page(request: Request, values: dict[str, str], errors: dict[str, str], r: d
 
 def _rule(f: Feature, etype: str, msg: str) -> str:
     """The rule broken, in words, from the contract (never the value entered)."""
-    if etype == "missing" or (etype.endswith("_type") and f.required and etype != "float_type"):
+    if etype == "missing":
         return "required"
     if f.kind == "float":
         unit = f" {f.unit_text}" if f.unit_text else ""
@@ -92,6 +92,8 @@ def _record(values: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
         text = values.get(f.name, "").strip()
         if text == "":
             record[f.name] = None
+            if f.required:
+                errors[f.name] = "required"
             continue
         if f.kind == "float":
             try:
@@ -149,14 +151,13 @@ async def calculator_result(request: Request) -> HTMLResponse:
                             headers=pages.HEADERS)
     values.pop("api_key", None)
     record, errors = _record(values)
-    if not errors:
-        try:
-            PatientFeatures.model_validate(record)
-        except ValidationError as exc:
-            for e in exc.errors():
-                name = str(e["loc"][0]) if e.get("loc") else ""
-                if name in FEATURES_BY_NAME and name not in errors:
-                    errors[name] = _rule(FEATURES_BY_NAME[name], e.get("type", ""), e.get("msg", ""))
+    try:  # every rule at once: the contract's ranges too, beside what could not be read
+        PatientFeatures.model_validate(record)
+    except ValidationError as exc:
+        for e in exc.errors():
+            name = str(e["loc"][0]) if e.get("loc") else ""
+            if name in FEATURES_BY_NAME and name not in errors:
+                errors[name] = _rule(FEATURES_BY_NAME[name], e.get("type", ""), e.get("msg", ""))
     if errors:  # the values that were wrong are not shown back; the others stay filled in
         kept = {k: v for k, v in values.items() if k not in errors}
         return HTMLResponse(_page(request, kept, errors), status_code=422, headers=pages.HEADERS)

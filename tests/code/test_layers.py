@@ -2,7 +2,7 @@
 across packages.
 
     core      pipeline.contract, pipeline.features, pipeline.settings: import nothing else of ours
-    shared    pipeline.style, pipeline.waterfall (what a figure looks like): core and shared only
+    shared    pipeline.style, pipeline.waterfall, pipeline.display (what a figure and a number look like): core and shared only
     models    core and models
     pipeline  core, models and pipeline (never serving)
     serving   core, shared, models, pipeline.registry (reads) and serving (never training code)
@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 OURS = ("pipeline", "models", "serving")
 CORE = {"pipeline.contract", "pipeline.features", "pipeline.settings"}
-SHARED = {"pipeline.style", "pipeline.waterfall"}
+SHARED = {"pipeline.style", "pipeline.waterfall", "pipeline.display"}
 CLI = {"pipeline.cli"}
 
 

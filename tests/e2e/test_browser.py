@@ -258,6 +258,8 @@ while (walker.nextNode()) {
   const n = walker.currentNode;
   node += 1;
   if (!n.textContent.trim() || !n.parentElement) continue;
+  const closed = n.parentElement.closest('details:not([open])');
+  if (closed && !n.parentElement.closest('summary')) continue;  // a closed <details>' content is not shown
   const st = getComputedStyle(n.parentElement);
   if (st.visibility === 'hidden' || st.display === 'none' || st.opacity === '0') continue;
   const range = document.createRange();
