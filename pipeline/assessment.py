@@ -29,7 +29,7 @@ from pipeline.repeat_intervals import paired_auroc_difference, paired_comparison
 from pipeline.runs import heartbeat
 from pipeline.settings import Settings
 from pipeline.validation import (
-    LOGISTIC,
+    LOGISTIC_MODEL,
     METRICS,
     MODEL,
     SPLIT,
@@ -192,7 +192,7 @@ def _evaluate_split(
     )
     metrics.update(evidence.flat_metrics())
     validated = {k: metrics.get(f"test_{k}", np.nan) for k in VALIDATED_KEYS}
-    d = paired_difference(y_test, risk_test, probs[LOGISTIC], seed=settings.seed)
+    d = paired_difference(y_test, risk_test, probs[LOGISTIC_MODEL], seed=settings.seed)
     validated.update(logistic_auroc=d["auroc_other"], auroc_minus_logistic=d["difference"],
                      auroc_minus_logistic_ci_low=d["ci_low"], auroc_minus_logistic_ci_high=d["ci_high"])
     validated.update(platt_slope=fitted.fitted_platt_slope, events=float(y_test.sum()))
@@ -237,7 +237,7 @@ def _evaluate_resampled(
                             design.repeats, settings.cv_folds, settings.seed, n_jobs)
     heartbeat()
     cv_risk = resampled.predictions[MODEL][0]  # the first repeat: every patient predicted out of fold
-    others = {LOGISTIC: resampled.predictions[LOGISTIC][0], UNTUNED_HGB: resampled.predictions[UNTUNED_HGB][0]}
+    others = {LOGISTIC_MODEL: resampled.predictions[LOGISTIC_MODEL][0], UNTUNED_HGB: resampled.predictions[UNTUNED_HGB][0]}
     evidence = build_evidence(
         y, cv_risk, df, y, cv_risk, df, {"low": bundle.low_threshold, "high": bundle.high_threshold}, N_MATRIX,
         outcome, prob_models["m_easix"], other_predictions=others, seed=settings.seed,
@@ -257,21 +257,21 @@ def _evaluate_resampled(
         metrics[f"apparent_{k}"] = resampled.apparent[MODEL][k]
         metrics[f"optimism_{k}"] = resampled.optimism(MODEL)[k]
         metrics[f"cv_{k}_sd_over_repeats"] = resampled.spread(MODEL)[k]
-        for name in (LOGISTIC, UNTUNED_HGB):
+        for name in (LOGISTIC_MODEL, UNTUNED_HGB):
             metrics[f"validated_{name}_{k}"] = resampled.estimate(name)[k]
     m_easix = SCORES["m_easix"](df)
     if np.all(np.isfinite(m_easix)):
         d = paired_auroc_difference(y, resampled.predictions[MODEL], m_easix, seed=settings.seed)
         validated.update(m_easix_auroc=d["auroc_other"], auroc_minus_m_easix=d["difference"],
                          auroc_minus_m_easix_ci_low=d["ci_low"], auroc_minus_m_easix_ci_high=d["ci_high"])
-    d = paired_auroc_difference(y, resampled.predictions[MODEL], resampled.predictions[LOGISTIC], seed=settings.seed)
+    d = paired_auroc_difference(y, resampled.predictions[MODEL], resampled.predictions[LOGISTIC_MODEL], seed=settings.seed)
     validated.update(logistic_auroc=d["auroc_other"], auroc_minus_logistic=d["difference"],
                      auroc_minus_logistic_ci_low=d["ci_low"], auroc_minus_logistic_ci_high=d["ci_high"])
     validated.update(platt_slope=fitted.fitted_platt_slope, events=float(y.sum()))
     metrics["platt_refused_folds"] = resampled.platt_refused_folds
     metrics["cv_repeats"] = resampled.repeats
     metrics["resampling_seconds"] = resampled.seconds
-    plot_scores = {f"{fitted.chosen} (chosen)": cv_risk, "logistic": others[LOGISTIC],
+    plot_scores = {f"{fitted.chosen} (chosen)": cv_risk, "logistic": others[LOGISTIC_MODEL],
                    **{score: SCORES[score](df) for score in SCORES}}
     add_oracle(y, df, outcome, metrics, "oracle_auroc", plot_scores)
 
@@ -290,7 +290,7 @@ def _evaluate_resampled(
                  f"inside the same {design.repeats} x {settings.cv_folds} outer folds as the challenger")
         return champion_comparison(y, resampled.predictions[MODEL], champ_oof, thresholds, basis, settings.seed)
 
-    probs = {f"{fitted.chosen} (chosen)": cv_risk, "logistic": others[LOGISTIC],
+    probs = {f"{fitted.chosen} (chosen)": cv_risk, "logistic": others[LOGISTIC_MODEL],
              **{s: prob_models[s].predict_proba(df)[:, 1] for s in SCORES}}
     return Evaluation(design, validated, metrics, evidence, y, X, df, cv_risk, plot_scores, probs,
                       "all patients, out-of-fold risks of repeated cross-validation", compare, resampled)
