@@ -28,8 +28,9 @@ from pipeline.metrics import auroc, binary_metrics, ranking_metrics
 from pipeline.repeat_intervals import paired_auroc_difference, paired_comparison, pooled_intervals
 from pipeline.runs import heartbeat
 from pipeline.settings import Settings
+from pipeline.training_run import TrainingRun
 from pipeline.validation import (
-    LOGISTIC,
+    LOGISTIC_MODEL,
     METRICS,
     MODEL,
     SPLIT,
@@ -162,15 +163,27 @@ def _comparator_probs(
     return probs, fitted, prob_models
 
 
-def _evaluate_split(
-    fitted: Fitted, bundle: ModelBundle, dev: pd.DataFrame, test: pd.DataFrame, design: Design,
-    settings: Settings, n_jobs: int, outcome: str, synthetic: bool, run_id: str, model_name: str,
-) -> Evaluation:
-    X_dev, X_test = encode_frame(dev), encode_frame(test)
-    y_dev, y_test = dev[outcome].astype(int).to_numpy(), test[outcome].astype(int).to_numpy()
+def _evidence(run: TrainingRun, fitted: Fitted, bundle: ModelBundle, y: np.ndarray, risk: np.ndarray,
+              frame: pd.DataFrame, oof_risk: np.ndarray, m_easix_model: Any, others: dict[str, np.ndarray]) -> Any:
+    """`build_evidence` for this run: the development patients' out-of-fold risks, and the evaluated ones."""
+    settings, outcome = run.settings, run.outcome
+    return build_evidence(
+        run.y_dev, oof_risk, run.frame, y, risk, frame,
+        {"low": bundle.low_threshold, "high": bundle.high_threshold}, N_MATRIX, outcome,
+        m_easix_model, other_predictions=others, seed=settings.seed,
+        learning_curve=learning_curve(seed=settings.seed, outcome=outcome) if run.synthetic else None,
+        meta={"run_id": run.run_id, "model": run.model_name, "kind": fitted.chosen},
+    )
+
+
+def _evaluate_split(run: TrainingRun, fitted: Fitted, bundle: ModelBundle) -> Evaluation:
+    settings, outcome, dev, test, design = run.settings, run.outcome, run.frame, run.test, run.design
+    assert test is not None  # the split design holds patients out
+    X_dev, y_dev = run.X_dev, run.y_dev
+    X_test, y_test = encode_frame(test), test[outcome].astype(int).to_numpy()
     risk_test = bundle.explain(X_test).risk
     probs, _, prob_models = _comparator_probs(dev, y_dev, test, X_dev, X_test, fitted.tuned["logistic"]["params"],
-                                              settings, n_jobs, None)
+                                              settings, run.n_jobs, None)
     metrics = {f"test_{k}": v for k, v in binary_metrics(y_test, risk_test).items()}
     for name in ("logistic", UNTUNED_HGB):
         metrics.update({f"test_{name}_{k}": v for k, v in binary_metrics(y_test, probs[name]).items()})
@@ -182,17 +195,11 @@ def _evaluate_split(
                         if k in ("brier", "log_loss", "calibration_slope", "calibration_intercept")})
         plot_scores[score] = SCORES[score](test)
     add_oracle(y_test, test, outcome, metrics, "test_oracle_auroc", plot_scores)
-    evidence = build_evidence(
-        y_dev, fitted.oof_risk, dev, y_test, risk_test, test,
-        {"low": bundle.low_threshold, "high": bundle.high_threshold}, N_MATRIX, outcome,
-        prob_models["m_easix"], other_predictions={"logistic": probs["logistic"], UNTUNED_HGB: probs[UNTUNED_HGB]},
-        seed=settings.seed,
-        learning_curve=learning_curve(seed=settings.seed, outcome=outcome) if synthetic else None,
-        meta={"run_id": run_id, "model": model_name, "kind": fitted.chosen},
-    )
+    evidence = _evidence(run, fitted, bundle, y_test, risk_test, test, fitted.oof_risk, prob_models["m_easix"],
+                         {"logistic": probs["logistic"], UNTUNED_HGB: probs[UNTUNED_HGB]})
     metrics.update(evidence.flat_metrics())
     validated = {k: metrics.get(f"test_{k}", np.nan) for k in VALIDATED_KEYS}
-    d = paired_difference(y_test, risk_test, probs[LOGISTIC], seed=settings.seed)
+    d = paired_difference(y_test, risk_test, probs[LOGISTIC_MODEL], seed=settings.seed)
     validated.update(logistic_auroc=d["auroc_other"], auroc_minus_logistic=d["difference"],
                      auroc_minus_logistic_ci_low=d["ci_low"], auroc_minus_logistic_ci_high=d["ci_high"])
     validated.update(platt_slope=fitted.fitted_platt_slope, events=float(y_test.sum()))
@@ -221,12 +228,10 @@ def validation_procedure(settings: Settings, events: int) -> Procedure:
     return Procedure(search.n_iter, search.cv_folds, space_events=events)
 
 
-def _evaluate_resampled(
-    fitted: Fitted, bundle: ModelBundle, df: pd.DataFrame, design: Design, settings: Settings, n_jobs: int,
-    outcome: str, synthetic: bool, run_id: str, model_name: str,
-) -> Evaluation:
+def _evaluate_resampled(run: TrainingRun, fitted: Fitted, bundle: ModelBundle) -> Evaluation:
     """All patients fitted; every figure from repeated cross-validation of the whole procedure."""
-    X, y = encode_frame(df), df[outcome].astype(int).to_numpy()
+    settings, outcome, df, design, n_jobs = run.settings, run.outcome, run.frame, run.design, run.n_jobs
+    X, y = run.X_dev, run.y_dev
     _, comparators, prob_models = _comparator_probs(
         df, y, df, X, X, fitted.tuned["logistic"]["params"], settings, n_jobs, None
     )
@@ -237,13 +242,8 @@ def _evaluate_resampled(
                             design.repeats, settings.cv_folds, settings.seed, n_jobs)
     heartbeat()
     cv_risk = resampled.predictions[MODEL][0]  # the first repeat: every patient predicted out of fold
-    others = {LOGISTIC: resampled.predictions[LOGISTIC][0], UNTUNED_HGB: resampled.predictions[UNTUNED_HGB][0]}
-    evidence = build_evidence(
-        y, cv_risk, df, y, cv_risk, df, {"low": bundle.low_threshold, "high": bundle.high_threshold}, N_MATRIX,
-        outcome, prob_models["m_easix"], other_predictions=others, seed=settings.seed,
-        learning_curve=learning_curve(seed=settings.seed, outcome=outcome) if synthetic else None,
-        meta={"run_id": run_id, "model": model_name, "kind": fitted.chosen},
-    )
+    others = {LOGISTIC_MODEL: resampled.predictions[LOGISTIC_MODEL][0], UNTUNED_HGB: resampled.predictions[UNTUNED_HGB][0]}
+    evidence = _evidence(run, fitted, bundle, y, cv_risk, df, cv_risk, prob_models["m_easix"], others)
     if resampled.fold_thresholds is not None:  # sensitivity & co. at thresholds chosen inside each fold
         evidence.thresholds = fold_thresholds_table(y, cv_risk, resampled.fold_thresholds[0])
     metrics = evidence.flat_metrics(prefix="cv")
@@ -257,21 +257,21 @@ def _evaluate_resampled(
         metrics[f"apparent_{k}"] = resampled.apparent[MODEL][k]
         metrics[f"optimism_{k}"] = resampled.optimism(MODEL)[k]
         metrics[f"cv_{k}_sd_over_repeats"] = resampled.spread(MODEL)[k]
-        for name in (LOGISTIC, UNTUNED_HGB):
+        for name in (LOGISTIC_MODEL, UNTUNED_HGB):
             metrics[f"validated_{name}_{k}"] = resampled.estimate(name)[k]
     m_easix = SCORES["m_easix"](df)
     if np.all(np.isfinite(m_easix)):
         d = paired_auroc_difference(y, resampled.predictions[MODEL], m_easix, seed=settings.seed)
         validated.update(m_easix_auroc=d["auroc_other"], auroc_minus_m_easix=d["difference"],
                          auroc_minus_m_easix_ci_low=d["ci_low"], auroc_minus_m_easix_ci_high=d["ci_high"])
-    d = paired_auroc_difference(y, resampled.predictions[MODEL], resampled.predictions[LOGISTIC], seed=settings.seed)
+    d = paired_auroc_difference(y, resampled.predictions[MODEL], resampled.predictions[LOGISTIC_MODEL], seed=settings.seed)
     validated.update(logistic_auroc=d["auroc_other"], auroc_minus_logistic=d["difference"],
                      auroc_minus_logistic_ci_low=d["ci_low"], auroc_minus_logistic_ci_high=d["ci_high"])
     validated.update(platt_slope=fitted.fitted_platt_slope, events=float(y.sum()))
     metrics["platt_refused_folds"] = resampled.platt_refused_folds
     metrics["cv_repeats"] = resampled.repeats
     metrics["resampling_seconds"] = resampled.seconds
-    plot_scores = {f"{fitted.chosen} (chosen)": cv_risk, "logistic": others[LOGISTIC],
+    plot_scores = {f"{fitted.chosen} (chosen)": cv_risk, "logistic": others[LOGISTIC_MODEL],
                    **{score: SCORES[score](df) for score in SCORES}}
     add_oracle(y, df, outcome, metrics, "oracle_auroc", plot_scores)
 
@@ -290,22 +290,18 @@ def _evaluate_resampled(
                  f"inside the same {design.repeats} x {settings.cv_folds} outer folds as the challenger")
         return champion_comparison(y, resampled.predictions[MODEL], champ_oof, thresholds, basis, settings.seed)
 
-    probs = {f"{fitted.chosen} (chosen)": cv_risk, "logistic": others[LOGISTIC],
+    probs = {f"{fitted.chosen} (chosen)": cv_risk, "logistic": others[LOGISTIC_MODEL],
              **{s: prob_models[s].predict_proba(df)[:, 1] for s in SCORES}}
     return Evaluation(design, validated, metrics, evidence, y, X, df, cv_risk, plot_scores, probs,
                       "all patients, out-of-fold risks of repeated cross-validation", compare, resampled)
 
 
 
-def assess(
-    fitted: Fitted, bundle: ModelBundle, dev: pd.DataFrame, test: pd.DataFrame | None, design: Design,
-    settings: Settings, n_jobs: int, outcome: str, synthetic: bool, run_id: str, model_name: str,
-) -> Evaluation:
+def assess(run: TrainingRun, fitted: Fitted, bundle: ModelBundle) -> Evaluation:
     """The design's evaluation: the held-out set (split), or repeated cross-validation on all patients."""
-    if design.kind == SPLIT:
-        return _evaluate_split(fitted, bundle, dev, test, design, settings, n_jobs, outcome, synthetic, run_id,
-                              model_name)
-    return _evaluate_resampled(fitted, bundle, dev, design, settings, n_jobs, outcome, synthetic, run_id, model_name)
+    if run.design.kind == SPLIT:
+        return _evaluate_split(run, fitted, bundle)
+    return _evaluate_resampled(run, fitted, bundle)
 
 
 def add_oracle(

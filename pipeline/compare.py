@@ -14,7 +14,7 @@ from typing import Any
 import mlflow
 import numpy as np
 
-from pipeline.validation import LOGISTIC, UNTUNED_HGB
+from pipeline.validation import LOGISTIC_MODEL, UNTUNED_HGB
 
 CALIBRATION_SLOPE_BAND = (0.7, 1.3)
 # A calibration-slope interval wider than this cannot say whether the model is over- or
@@ -72,7 +72,7 @@ def quality_gate(validated: dict[str, float]) -> tuple[bool, str]:
         refused.append(f"not shown better than chance: validated AUROC {validated.get('auroc', np.nan):.3f} "
                        f"(95% CI {lo:.3f}-{validated.get('auroc_ci_high', np.nan):.3f}) has its lower limit at or "
                        f"below {CHANCE_AUROC}")
-    for key, label in (("m_easix", "m-EASIX"), (LOGISTIC, "the logistic comparator")):
+    for key, label in (("m_easix", "m-EASIX"), (LOGISTIC_MODEL, "the logistic comparator")):
         d_lo = validated.get(f"auroc_minus_{key}_ci_low", np.nan)
         d_hi = validated.get(f"auroc_minus_{key}_ci_high", np.nan)
         if np.isfinite(d_hi) and d_hi < 0:
@@ -129,7 +129,7 @@ def comparison_notes(validated: dict[str, float], metrics: dict[str, float], des
     """Say so (a printed note and a run tag) when a simpler model does as well or better, on the same estimates."""
     notes = []
     v = validated
-    for name, label in ((LOGISTIC, "the logistic comparator"), (UNTUNED_HGB, "an untuned HistGradientBoosting")):
+    for name, label in ((LOGISTIC_MODEL, "the logistic comparator"), (UNTUNED_HGB, "an untuned HistGradientBoosting")):
         other = metrics.get(f"validated_{name}_auroc", metrics.get(f"test_{name}_auroc", np.nan))
         if np.isfinite(other) and other > v["auroc"]:
             notes.append(f"NOTE: {label} reaches AUROC {other:.3f}, above the chosen model's {v['auroc']:.3f} "

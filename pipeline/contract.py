@@ -310,16 +310,26 @@ CENTRE_RULE = "must be a short code: 1-16 letters, digits, '_' or '-', starting 
 
 @dataclass(frozen=True)
 class Outcome:
+    """A predicted outcome and every name it goes by, so that each is written here only."""
+
     name: str
     description: str
     registered_model: str
+    label: str = ""  # in prose and figure titles: "severe ICANS"
+    short: str = ""  # with its rule, for headlines: "severe ICANS (grade >=3)"
+    code: str = ""  # the local code system's code (FHIR): "severe-icans"
 
+
+# The severe-grade rule: an ASTCT grade at or above this is "severe" (severe_icans, severe_crs).
+SEVERE_GRADE = 3
 
 OUTCOMES: dict[str, Outcome] = {
     "severe_icans": Outcome(
-        "severe_icans", "ASTCT ICANS grade >= 3 within 30 days", "icans-risk"
+        "severe_icans", f"ASTCT ICANS grade >= {SEVERE_GRADE} within 30 days", "icans-risk",
+        "severe ICANS", f"severe ICANS (grade >={SEVERE_GRADE})", "severe-icans",
     ),
-    "severe_crs": Outcome("severe_crs", "ASTCT CRS grade >= 3", "crs-risk"),
+    "severe_crs": Outcome("severe_crs", f"ASTCT CRS grade >= {SEVERE_GRADE}", "crs-risk",
+                          "severe CRS", f"severe CRS (grade >={SEVERE_GRADE})", "severe-crs"),
 }
 DEFAULT_OUTCOME = "severe_icans"
 GRADE_COLUMN = "icans_max_grade"
@@ -332,10 +342,21 @@ NON_FEATURE_COLUMNS: frozenset[str] = frozenset(
     {ID_COLUMN, GRADE_COLUMN, ORACLE_COLUMN, CENTRE_COLUMN, *OUTCOMES}
 )
 
-INTENDED_USE = (
-    "Research use only. Not a medical device. This estimate of the risk of severe ICANS "
-    "(ASTCT grade >= 3) after CAR T-cell therapy is not a treatment recommendation."
-)
+def outcome_of(name: str | None) -> Outcome:
+    """The named outcome; a bundle from before outcomes were recorded predicts the default one."""
+    return OUTCOMES.get(name or DEFAULT_OUTCOME, OUTCOMES[DEFAULT_OUTCOME])
+
+
+def intended_use(outcome: str | None = None) -> str:
+    """The notice every answer carries, naming the outcome the serving model predicts."""
+    what = outcome_of(outcome).label
+    return (
+        f"Research use only. Not a medical device. This estimate of the risk of {what} "
+        f"(ASTCT grade >= {SEVERE_GRADE}) after CAR T-cell therapy is not a treatment recommendation."
+    )
+
+
+INTENDED_USE = intended_use()  # the default outcome's (severe ICANS) notice
 
 
 def example_request() -> dict[str, float | bool | str]:

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import mlflow
 import numpy as np
 from mlflow import MlflowClient
 
@@ -19,6 +20,7 @@ from pipeline.compare import PROMOTION_MARGINS
 from pipeline.registry import champion, load_bundle, promotion_lock
 from pipeline.runs import now_text, reconcile_tags
 from pipeline.settings import Settings
+from pipeline.training_run import GateVerdict
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,17 @@ def _tag_version(client: MlflowClient, name: str, version: str, promoted: bool, 
                                      f"{d['difference']:+.4f} ({d['ci_low']:+.4f} to {d['ci_high']:+.4f})")
 
 
+def gate_verdict(client: MlflowClient, settings: Settings, model_name: str, ok: bool, reason: str) -> GateVerdict:
+    """The gate's answer, and whether a refused model would be served ungated (ALLOW_UNGATED=1 and no
+    champion now). Recorded on the run and the version before registration; `promote_if_allowed`
+    asks again under the lock, and that answer decides."""
+    ungated = not ok and settings.allow_ungated and champion(client, model_name, settings.champion_alias) is None
+    return GateVerdict(ok, reason, ungated)
+
+
+_ASK = object()  # promote's `current` when the caller has not asked who is champion
+
+
 def promote(
     client: MlflowClient,
     settings: Settings,
@@ -53,6 +66,8 @@ def promote(
     compare: Callable[[Any], dict[str, Any]],
     new_auroc: float,
     details: dict[str, Any] | None = None,
+    current: Any = _ASK,
+    reason_prefix: str = "",
 ) -> tuple[bool, str, float | None]:
     """Move the alias when the new version is non-inferior to the champion on the same patients.
 
@@ -60,9 +75,12 @@ def promote(
     returns `criteria` judged on `PROMOTION_MARGINS` (`non_inferior`, `lines`); the local update's
     `compare` gives a paired AUROC difference, and there "clearly worse" (the 95% interval wholly
     below 0) keeps the champion. With `settings.promote` off the decision is made and recorded but
-    the alias never moves. `details` (if given) receives the comparison.
+    the alias never moves. `details` (if given) receives the comparison. `current`: the champion
+    version (or None) as the caller found it under the promotion lock; asked here otherwise.
+    `reason_prefix` heads the recorded reason (an ungated model says so).
     """
-    current = champion(client, name, settings.champion_alias)
+    if current is _ASK:
+        current = champion(client, name, settings.champion_alias)
     champ_auroc = None
     d: dict[str, Any] = {}
     if current is None:
@@ -93,6 +111,7 @@ def promote(
         promoted, reason = False, f"PROMOTE=no: the alias was not moved (it would have been: {reason})"
     elif not settings.promote:
         reason = f"PROMOTE=no (and it would not have been promoted: {reason})"
+    reason = reason_prefix + reason
     if promoted:
         client.set_registered_model_alias(name, settings.champion_alias, version)
     _tag_version(client, name, version, promoted, reason, d, held)
@@ -105,23 +124,42 @@ def promote(
 
 
 def promote_if_allowed(
-    client: MlflowClient, settings: Settings, model_name: str, version: str, gate_ok: bool, gate_reason: str,
-    ungated: bool, compare: Callable[[Any], dict[str, Any]], new_auroc: float,
+    client: MlflowClient, settings: Settings, model_name: str, version: str, gate: GateVerdict,
+    compare: Callable[[Any], dict[str, Any]], new_auroc: float,
 ) -> Verdict:
-    """The gate's verdict, then (if it allows) the champion comparison; the version's tags say which."""
+    """The gate's verdict, then (if it allows) the champion comparison; the version's tags say which.
+
+    "Is there a champion?" is asked once, here, under the lock: another training may have
+    promoted its model since this one started.
+    """
     details: dict[str, Any] = {}
+    gate_reason = gate.reason
     with promotion_lock(settings.lock_url or settings.tracking_uri, settings.data_dir, model_name):
-        if gate_ok or (ungated and champion(client, model_name, settings.champion_alias) is None):
-            promoted, reason, champ_auroc = promote(client, settings, model_name, version, compare, new_auroc, details)
-            if ungated:
-                reason = f"UNGATED (quality gate: {gate_reason}; ALLOW_UNGATED=1): {reason}"
-                client.set_model_version_tag(model_name, version, "promotion_reason", reason)
+        current = champion(client, model_name, settings.champion_alias)
+        if gate.ok or (gate.ungated and current is None):
+            prefix = f"UNGATED (quality gate: {gate_reason}; ALLOW_UNGATED=1): " if gate.ungated else ""
+            promoted, reason, champ_auroc = promote(client, settings, model_name, version, compare, new_auroc, details,
+                                                    current=current, reason_prefix=prefix)
         else:
             promoted, reason, champ_auroc = False, f"quality gate: {gate_reason}", None
-            if settings.allow_ungated and champion(client, model_name, settings.champion_alias) is not None:
+            if settings.allow_ungated and current is not None:
                 reason += ". ALLOW_UNGATED applies only while no champion exists; the champion stays"
-            elif champion(client, model_name, settings.champion_alias) is None and settings.promote:
+            elif current is None and settings.promote:
                 reason += (". No champion exists: to score with this model anyway, retrain with ALLOW_UNGATED=1 "
                            "(make train ... ALLOW_UNGATED=1); it is then served tagged as ungated")
             _tag_version(client, model_name, version, False, reason)
     return Verdict(promoted, reason, champ_auroc, details, bool(details.get("alias_held")))
+
+
+def log_verdict(verdict: Verdict) -> None:
+    """The promotion's block on the training's run (the version's is `_tag_version`'s): the decision,
+    its reason and margins, and each non-inferiority criterion's difference and interval."""
+    if verdict.champion_auroc is not None:  # the champion's configuration, out of fold on these patients
+        mlflow.log_metric("champion_validated_auroc", verdict.champion_auroc)
+    mlflow.set_tags({"promoted": str(verdict.promoted).lower(), "promotion_reason": verdict.reason[:5000],
+                     "promotion_margins": json.dumps(PROMOTION_MARGINS),
+                     "promotion_decision": ("promoted" if verdict.promoted else
+                                            "held (PROMOTE=no)" if verdict.alias_held else "not promoted")})
+    for key, d in (verdict.comparison.get("criteria") or {}).items():
+        mlflow.log_metrics({f"noninferiority_{key}_difference": d["difference"],
+                            f"noninferiority_{key}_ci_low": d["ci_low"], f"noninferiority_{key}_ci_high": d["ci_high"]})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeline.contract import CENTRE_COLUMN, CENTRE_PATTERN, FEATURES, GRADE_COLUMN, ID_COLUMN, OUTCOMES, Feature
+from pipeline.contract import CENTRE_COLUMN, CENTRE_PATTERN, FEATURES, GRADE_COLUMN, ID_COLUMN, OUTCOMES, SEVERE_GRADE, Feature
 
 if TYPE_CHECKING:
     import pandera.pandas as pa
@@ -50,7 +50,7 @@ def _grade_agrees(df) -> object:
     grade = df[GRADE_COLUMN]
     label = df["severe_icans"]
     both = grade.notna() & label.notna()
-    agrees = (grade >= 3) == label.astype(bool, errors="ignore")
+    agrees = (grade >= SEVERE_GRADE) == label.astype(bool, errors="ignore")
     return ~both | agrees
 
 
@@ -85,7 +85,7 @@ def cohort_schema(outcome: str | None, require_id: bool = True) -> pa.DataFrameS
             pa.Check(
                 _grade_agrees,
                 name="severe_icans_agrees_with_grade",
-                error="severe_icans must equal icans_max_grade >= 3",
+                error=f"severe_icans must equal icans_max_grade >= {SEVERE_GRADE}",  # pipeline.io reads this text
             )
         ],
         strict=False,

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import progress
-from pipeline.contract import FEATURE_NAMES, FEATURES_BY_NAME, ID_COLUMN
+from pipeline.contract import FEATURE_NAMES, FEATURES_BY_NAME, ID_COLUMN, outcome_of
 from pipeline.data import write_new
 from pipeline.features import encode_frame
 from pipeline.io import read_cohort
@@ -145,7 +145,7 @@ def write_waterfalls(
         if taken:
             raise FileExistsError(f"{directory / taken[0]} already exists (pass --overwrite to replace it)")
     model = {"name": resolved.name, "version": str(resolved.version), "run_id": resolved.run_id}
-    outcome = "severe CRS" if bundle.outcome == "severe_crs" else "severe ICANS"
+    outcome = outcome_of(bundle.outcome).label
     drawn = zip(names, answers(df.reset_index(drop=True), scored.reset_index(drop=True), model))
     for name, answer in progress.steps(drawn, "drawing waterfalls", total=len(names)):
         image = waterfall.render(answer, fmt, (bundle.low_threshold, bundle.high_threshold), outcome)

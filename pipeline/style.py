@@ -18,7 +18,8 @@ M_EASIX = "m_easix"
 ORACLE = "oracle"
 TREAT_ALL = "treat all"
 TREAT_NONE = "treat none"
-FAMILIES = ("xgboost", "hist_gradient_boosting", "logistic")
+LOGISTIC_MODEL = "logistic"  # the logistic-regression family and comparator (not logistic recalibration)
+FAMILIES = ("xgboost", "hist_gradient_boosting", LOGISTIC_MODEL)
 UNTUNED_HGB = "hgb_untuned"
 
 NAMES: dict[str, str] = {
@@ -30,7 +31,7 @@ NAMES: dict[str, str] = {
     TREAT_NONE: "treat none",
     "xgboost": "xgboost",
     "hist_gradient_boosting": "hist. gradient boosting",
-    "logistic": "logistic regression",
+    LOGISTIC_MODEL: "logistic regression",
     UNTUNED_HGB: "untuned hist. gradient boosting",
 }
 

@@ -14,7 +14,6 @@ and `pipeline.tracking` (what MLflow records) and `pipeline.promote` (the alias)
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -28,17 +27,15 @@ from mlflow import MlflowClient
 from sklearn.model_selection import train_test_split
 
 from pipeline import iecv, instability, train_log
-from pipeline.assessment import assess
-from pipeline.compare import INSUFFICIENT, PROMOTION_MARGINS, comparison_notes, gate_status, quality_gate
+from pipeline.assessment import Evaluation, assess
+from pipeline.compare import INSUFFICIENT, comparison_notes, gate_status, quality_gate
 from pipeline.contract import FEATURES, OUTCOMES
-from pipeline.features import encode_frame
-from pipeline.io import Cohort
 from pipeline.loading import load_cohort
-from pipeline.promote import Verdict, promote_if_allowed
-from pipeline.registry import champion
+from pipeline.promote import Verdict, gate_verdict, log_verdict, promote_if_allowed
 from pipeline.runs import end_interrupted, heartbeat, mark_alive, sweep
 from pipeline.settings import Settings
 from pipeline.tracking import log_bundle_version, setup_mlflow
+from pipeline.training_run import GateVerdict, TrainingRun
 from pipeline.tuning import build_bundle, choose, tune_candidates
 from pipeline.validation import SPLIT, Design, check_trainable, choose_design
 
@@ -81,8 +78,9 @@ def train(
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{outcome}") as parent:
         try:
             mark_alive()
-            return _train_in_run(settings, parent.info.run_id, experiment_id, client, cohort, data, synthetic,
-                                 outcome, on_invalid, design, dev, test, model_name, started)
+            run = TrainingRun.of(settings, outcome, parent.info.run_id, model_name, design, dev, test, synthetic,
+                                 max(1, os.cpu_count() or 1), cohort, data, on_invalid, _empty_features(cohort.data))
+            return _train_in_run(run, experiment_id, client, started)
         except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM through pipeline.runs.sigterm_interrupts
             end_interrupted(client, parent.info.run_id, str(exc) or "SIGINT")
             raise
@@ -118,69 +116,72 @@ def _sweep(client: MlflowClient, experiment_id: str, settings: Settings) -> None
         log.warning("sweep of dead runs failed: %s", exc)
 
 
-def _train_in_run(
-    settings: Settings, run_id: str, experiment_id: str, client: MlflowClient, cohort: Cohort, data: Path,
-    synthetic: bool, outcome: str, on_invalid: str, design: Design, dev: pd.DataFrame, test: pd.DataFrame | None,
-    model_name: str, started: float,
-) -> TrainResult:
-    X_dev = encode_frame(dev)
-    y_dev = dev[outcome].astype(int).to_numpy()
-    n_jobs = max(1, os.cpu_count() or 1)
-    empty = _empty_features(cohort.data)
-    train_log.log_inputs(settings, cohort, data, synthetic, outcome, on_invalid, design, dev, test, y_dev, empty)
+def _train_in_run(run: TrainingRun, experiment_id: str, client: MlflowClient, started: float) -> TrainResult:
+    """The stages, then the run's description and the decision block, timed from `started`."""
+    result = _stages(run, experiment_id, client)
+    seconds = time.perf_counter() - started
+    mlflow.log_metric("train_seconds", seconds)
+    mlflow.set_tag("mlflow.note.content", train_log.run_description(
+        result.ev, result.chosen, result.gate, result.verdict.promoted, result.verdict.reason, run.empty,
+        result.notes, seconds))
+    verdict = result.verdict
+    decision = decision_block(run.model_name, result.version, result.gate, verdict)
+    return TrainResult(run.run_id, run.model_name, result.version, verdict.promoted, verdict.reason, result.chosen,
+                       result.metrics, run.design.kind, result.ev.validated, result.notes, decision)
+
+
+@dataclass
+class _Stages:
+    """What the stages of one run produced, for the run's description and the result."""
+
+    ev: Evaluation
+    chosen: str
+    metrics: dict[str, float]
+    gate: GateVerdict
+    notes: list[str]
+    version: str
+    verdict: Verdict
+
+
+def _stages(run: TrainingRun, experiment_id: str, client: MlflowClient) -> _Stages:
+    """Tune, choose, assess, gate, register, promote: each stage takes the run, not its parts."""
+    settings, X_dev, y_dev, n_jobs = run.settings, run.X_dev, run.y_dev, run.n_jobs
+    train_log.log_inputs(run)
 
     tuned = tune_candidates(X_dev, y_dev, settings, experiment_id, n_jobs)  # tune
     fitted = choose(X_dev, y_dev, tuned, settings, n_jobs)  # choose, and calibrate
-    bundle = build_bundle(fitted, dev, y_dev, outcome, run_id, cohort.sha256, empty)
-    ev = assess(fitted, bundle, dev, test, design, settings, n_jobs, outcome, synthetic, run_id, model_name)
-    train_log.add_reference(bundle, dev, X_dev)
+    bundle = build_bundle(fitted, run.frame, y_dev, run.outcome, run.run_id, run.cohort.sha256, run.empty)
+    ev = assess(run, fitted, bundle)
+    train_log.add_reference(bundle, run.frame, X_dev)
     explained = bundle.explain(ev.X)
     metrics = train_log.collect_metrics(ev, bundle, fitted, tuned, explained)
     inst = instability.analyse(bundle, fitted.chosen, fitted.params, X_dev, y_dev, settings, n_jobs)  # instability
     metrics.update(instability.log_to_mlflow(inst, bundle.low_threshold, bundle.high_threshold, plot=False))
 
-    gate_ok, gate_reason = quality_gate(ev.validated)  # compare: the gate
-    # ALLOW_UNGATED serves a refused model only where nothing else could be served
-    ungated = not gate_ok and settings.allow_ungated and champion(client, model_name, settings.champion_alias) is None
-    train_log.record_verdicts(ev, bundle, metrics, gate_ok, gate_reason, ungated, empty)  # log
-    notes = comparison_notes(ev.validated, metrics, design.kind)  # compare: the simpler models
-    notes += iecv.validate_by_centre(cohort.data, outcome, settings, bundle, n_jobs)  # issue 27: IECV by centre
+    # compare: the gate (ALLOW_UNGATED serves a refused model only where nothing else could be served)
+    gate = gate_verdict(client, settings, run.model_name, *quality_gate(ev.validated))
+    train_log.record_verdicts(run, ev, bundle, metrics, gate)  # log
+    notes = comparison_notes(ev.validated, metrics, run.design.kind)  # compare: the simpler models
+    notes += iecv.validate_by_centre(run.cohort.data, run.outcome, settings, bundle, n_jobs)  # issue 27: IECV
     with tempfile.TemporaryDirectory() as tmp:
         if inst is not None:  # into the run's plots and the validation report
             instability.instability_plot(inst, bundle.low_threshold, bundle.high_threshold, Path(tmp) / "instability.png")
         bundle_dir = train_log.write_artifacts(
-            Path(tmp), ev, bundle, explained, outcome, train_log.card_info(bundle, model_name, run_id),
-            train_log.provenance(settings, cohort, data, synthetic, dev, test, empty),
+            Path(tmp), ev, bundle, explained, run.outcome, train_log.card_info(run, bundle), train_log.provenance(run),
         )
         heartbeat()
-        version = log_bundle_version(bundle_dir, model_name)  # register
-    train_log.describe_version(client, model_name, version, ev, outcome, fitted.chosen, gate_ok, ungated, run_id,
-                               gate_reason)
+        version = log_bundle_version(bundle_dir, run.model_name)  # register
+    train_log.describe_version(client, run, version, ev, fitted.chosen, gate)
 
     # promote: under the lock, the comparison is with whatever is champion NOW
-    verdict = promote_if_allowed(client, settings, model_name, version, gate_ok, gate_reason, ungated, ev.compare,
-                                 ev.validated["auroc"])
-    if verdict.champion_auroc is not None:  # the champion's configuration, out of fold on these patients
-        mlflow.log_metric("champion_validated_auroc", verdict.champion_auroc)
-    mlflow.set_tags({"promoted": str(verdict.promoted).lower(), "promotion_reason": verdict.reason[:5000],
-                     "promotion_margins": json.dumps(PROMOTION_MARGINS),
-                     "promotion_decision": ("promoted" if verdict.promoted else
-                                            "held (PROMOTE=no)" if verdict.alias_held else "not promoted")})
-    for key, d in (verdict.comparison.get("criteria") or {}).items():
-        mlflow.log_metrics({f"noninferiority_{key}_difference": d["difference"],
-                            f"noninferiority_{key}_ci_low": d["ci_low"], f"noninferiority_{key}_ci_high": d["ci_high"]})
-    seconds = time.perf_counter() - started
-    mlflow.log_metric("train_seconds", seconds)
-    mlflow.set_tag("mlflow.note.content", train_log.run_description(
-        ev, fitted.chosen, gate_ok, ungated, gate_reason, verdict.promoted, verdict.reason, empty, notes, seconds))
-    decision = decision_block(model_name, version, gate_ok, gate_reason, ungated, verdict)
-    return TrainResult(run_id, model_name, version, verdict.promoted, verdict.reason, fitted.chosen, metrics,
-                       design.kind, ev.validated, notes, decision)
+    verdict = promote_if_allowed(client, settings, run.model_name, version, gate, ev.compare, ev.validated["auroc"])
+    log_verdict(verdict)
+    return _Stages(ev, fitted.chosen, metrics, gate, notes, version, verdict)
 
 
-def decision_block(model_name: str, version: str, gate_ok: bool, gate_reason: str, ungated: bool,
-                   verdict: Verdict) -> list[str]:
+def decision_block(model_name: str, version: str, gate: GateVerdict, verdict: Verdict) -> list[str]:
     """What was decided and why, as the last lines a training prints: the gate, then the promotion."""
+    gate_ok, gate_reason, ungated = gate.ok, gate.reason, gate.ungated
     status = gate_status(gate_ok, gate_reason)
     lines = [f"DECISION for {model_name} v{version}:"]
     lines.append(f"  quality gate: {status}{', served ungated (ALLOW_UNGATED=1)' if ungated and verdict.promoted else ''}")

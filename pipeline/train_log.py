@@ -24,20 +24,18 @@ from pipeline.compare import GATE_RULE, PROMOTION_RULE, gate_status
 from pipeline.contract import CONTRACT_VERSION, FEATURE_NAMES
 from pipeline.directions import feature_directions, unconstrained_fit
 from pipeline.features import N_MATRIX
-from pipeline.io import Cohort
 from pipeline.monitoring import reference_summary
 from pipeline.registry import BUNDLE_ARTIFACT
 from pipeline.report import render_validation_report, save_plots, write_model_card
-from pipeline.settings import Settings
 from pipeline.tracking import git_commit, log_dataset, log_quarantine
-from pipeline.validation import MODEL, RESAMPLING, SPLIT, Design, Fitted
+from pipeline.training_run import GateVerdict, TrainingRun
+from pipeline.validation import MODEL, RESAMPLING, SPLIT, Fitted
 
 
-def log_inputs(
-    settings: Settings, cohort: Cohort, data: Path, synthetic: bool, outcome: str, on_invalid: str,
-    design: Design, dev: pd.DataFrame, test: pd.DataFrame | None, y_dev: np.ndarray, empty: list[str],
-) -> None:
+def log_inputs(run: TrainingRun) -> None:
     """The run's tags, parameters and counts, the datasets it used, and the rows it rejected."""
+    settings, cohort, data, synthetic, outcome = run.settings, run.cohort, run.data, run.synthetic, run.outcome
+    design, dev, test, y_dev, empty = run.design, run.frame, run.test, run.y_dev, run.empty
     mlflow.set_tags(
         {
             "mlflow.source.git.commit": git_commit(),
@@ -56,7 +54,7 @@ def log_inputs(
             "data_sha256": cohort.sha256,
             "data_file": data.name,
             "synthetic": synthetic,
-            "on_invalid": on_invalid,
+            "on_invalid": run.on_invalid,
             "cv_folds": settings.cv_folds,
             "n_iter": settings.n_iter,
             "search_cv_folds": settings.search_cv_folds,
@@ -115,11 +113,10 @@ def collect_metrics(
     return metrics
 
 
-def record_verdicts(
-    ev: Evaluation, bundle: ModelBundle, metrics: dict[str, float], gate_ok: bool, gate_reason: str,
-    ungated: bool, empty: list[str],
-) -> None:
+def record_verdicts(run: TrainingRun, ev: Evaluation, bundle: ModelBundle, metrics: dict[str, float],
+                    gate: GateVerdict) -> None:
     """The figures and the gate's verdict in the bundle's metadata, the evidence and the run."""
+    gate_ok, gate_reason, ungated, empty = gate.ok, gate.reason, gate.ungated, run.empty
     design = ev.design
     bundle.metadata["test_metrics"] = {k: round(float(v), 4) for k, v in metrics.items() if np.isfinite(v)}
     bundle.metadata["gate"] = {"passed": gate_ok, "reason": gate_reason, "ungated": ungated, "rule": GATE_RULE,
@@ -175,12 +172,12 @@ def write_artifacts(
     return bundle_dir
 
 
-def card_info(bundle: ModelBundle, model_name: str, run_id: str) -> dict[str, Any]:
+def card_info(run: TrainingRun, bundle: ModelBundle) -> dict[str, Any]:
     """What the model card says about the model itself."""
     return {
-        "name": model_name,
+        "name": run.model_name,
         "version": None,  # numbered by the registry after the card is written: the card says where to look
-        "run_id": run_id,
+        "run_id": run.run_id,
         "trained_at": bundle.metadata["trained_at"],
         "kind": bundle.kind,
         "params": bundle.metadata["params"],
@@ -193,11 +190,10 @@ def card_info(bundle: ModelBundle, model_name: str, run_id: str) -> dict[str, An
     }
 
 
-def provenance(
-    settings: Settings, cohort: Cohort, data: Path, synthetic: bool, dev: pd.DataFrame, test: pd.DataFrame | None,
-    empty: list[str],
-) -> dict[str, Any]:
+def provenance(run: TrainingRun) -> dict[str, Any]:
     """What the model card says about the data the model was fitted on."""
+    settings, cohort, data, synthetic, dev, test, empty = (run.settings, run.cohort, run.data, run.synthetic,
+                                                           run.frame, run.test, run.empty)
     return {
         "synthetic": synthetic,
         "sha256": cohort.sha256,
@@ -212,10 +208,11 @@ def provenance(
 
 
 def describe_version(
-    client: MlflowClient, model_name: str, version: str, ev: Evaluation, outcome: str, chosen: str, gate_ok: bool,
-    ungated: bool, run_id: str, gate_reason: str = "",
+    client: MlflowClient, run: TrainingRun, version: str, ev: Evaluation, chosen: str, gate: GateVerdict,
 ) -> None:
     """The registered version's description and tags: what it is and how it was validated."""
+    model_name, outcome, run_id = run.model_name, run.outcome, run.run_id
+    gate_ok, ungated, gate_reason = gate.ok, gate.ungated, gate.reason
     design = ev.design
     client.set_model_version_tag(model_name, version, "outcome", outcome)
     v = ev.validated
@@ -248,9 +245,10 @@ def fmt_ci(v: dict[str, float], key: str, digits: int = 3) -> str:
     return f"{v.get(key, np.nan):.{digits}f}{ci}"
 
 
-def run_description(ev: Evaluation, chosen: str, gate_ok: bool, ungated: bool, gate_reason: str, promoted: bool,
-                    reason: str, empty: list[str], notes: list[str], seconds: float) -> str:
+def run_description(ev: Evaluation, chosen: str, gate: GateVerdict, promoted: bool, reason: str, empty: list[str],
+                    notes: list[str], seconds: float) -> str:
     """The parent run's description in the MLflow UI (Markdown): what happened, without opening a metric."""
+    gate_ok, ungated, gate_reason = gate.ok, gate.ungated, gate.reason
     v = ev.validated
     kind = "cross-validated (whole procedure, repeated)" if ev.design.kind == RESAMPLING else "held-out"
     lines = [

@@ -54,13 +54,12 @@ from models.candidates import (
 )
 from pipeline import progress
 from pipeline.metrics import auroc, brier, calibration_slope_intercept
+# the series keys (the model, the comparators) are the figures' keys: one definition, in pipeline.style
+from pipeline.style import LOGISTIC_MODEL, MODEL, UNTUNED_HGB
 
 SPLIT = "split"
 RESAMPLING = "repeated_cv"
 METRICS = ("auroc", "calibration_slope", "calibration_intercept", "brier")
-MODEL = "model"
-UNTUNED_HGB = "hgb_untuned"
-LOGISTIC = "logistic"
 
 
 class TrainingRefused(ValueError):
@@ -316,11 +315,11 @@ class Procedure:
                  for name in CANDIDATES}
         fitted = fit_procedure(X, y, tuned, self.cv_folds, seed, 1)
         hgb = make_untuned_hist_gradient_boosting(seed).fit(X, y)
-        logistic = make_logistic(seed).set_params(**tuned[LOGISTIC]["params"]).fit(X, y)
+        logistic = make_logistic(seed).set_params(**tuned[LOGISTIC_MODEL]["params"]).fit(X, y)
         models: dict[str, Callable[[np.ndarray], np.ndarray]] = {
             MODEL: fitted.predict,
             UNTUNED_HGB: lambda Z: hgb.predict_proba(Z)[:, 1],
-            LOGISTIC: lambda Z: logistic.predict_proba(Z)[:, 1],
+            LOGISTIC_MODEL: lambda Z: logistic.predict_proba(Z)[:, 1],
         }
         return FoldRun(models, choose_thresholds(y, fitted.oof_risk), fitted.platt_refused)
 

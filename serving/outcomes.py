@@ -25,9 +25,9 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from pipeline.contract import SEVERE_GRADE  # the severe-grade rule, stated once (severe_icans: grade >= it)
 from serving.store import UTCDateTime, audit_log
 
-SEVERE_GRADE = 3  # ASTCT ICANS grade >= 3 is the model's outcome, severe_icans
 # Outcome dates before the first CAR T-cell trials or after tomorrow (time zones) are typing errors.
 EARLIEST_OUTCOME = date(2010, 1, 1)
 

@@ -29,7 +29,7 @@ def default_fit_and_score(train_df: pd.DataFrame, test_df: pd.DataFrame, outcome
     depend on the training size)."""
     from models.baselines import SCORES
     from pipeline.features import encode_frame
-    from pipeline.validation import LOGISTIC, MODEL, UNTUNED_HGB, Procedure
+    from pipeline.validation import LOGISTIC_MODEL, MODEL, UNTUNED_HGB, Procedure
 
     X_train, X_test = encode_frame(train_df), encode_frame(test_df)
     y_train = train_df[outcome].astype(int).to_numpy()
@@ -37,7 +37,7 @@ def default_fit_and_score(train_df: pd.DataFrame, test_df: pd.DataFrame, outcome
     models = Procedure(LEARNING_CURVE_N_ITER, LEARNING_CURVE_CV_FOLDS)(X_train, y_train, seed)
     out = {"tuned model": auroc(y_test, models[MODEL](X_test)),
            "untuned HGB": auroc(y_test, models[UNTUNED_HGB](X_test)),
-           "logistic": auroc(y_test, models[LOGISTIC](X_test))}
+           "logistic": auroc(y_test, models[LOGISTIC_MODEL](X_test))}
     for name, score in SCORES.items():
         out[name] = auroc(y_test, score(test_df))
     return out

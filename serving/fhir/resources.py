@@ -25,7 +25,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.contract import FEATURES_BY_NAME, INTENDED_USE, OUTCOMES
+from pipeline.contract import FEATURES_BY_NAME, OUTCOMES, intended_use
 from serving.accept import media_ranges
 from serving.fhir import codes as C
 from serving.fhir.datatypes import FHIR_ID
@@ -49,14 +49,14 @@ QUALITATIVE = {
     "high": ("high", "High likelihood"),
 }
 INDICATOR = {"low": "info", "intermediate": "warning", "high": "critical"}
-OUTCOME_SHORT = {"severe_icans": "severe ICANS (grade >=3)", "severe_crs": "severe CRS (grade >=3)"}
-OUTCOME_CODE = {"severe_icans": "severe-icans", "severe_crs": "severe-crs"}
+# the outcome's names live on contract.Outcome (label, short, code); kept here for serving.fhir.card
+OUTCOME_SHORT = {name: o.short for name, o in OUTCOMES.items()}
 
 
 def outcome_concept(outcome: str) -> dict[str, Any]:
     description = OUTCOMES[outcome].description
     return {
-        "coding": [{"system": C.LOCAL, "code": OUTCOME_CODE.get(outcome, outcome), "display": description}],
+        "coding": [{"system": C.LOCAL, "code": OUTCOMES[outcome].code, "display": description}],
         "text": description,
     }
 
@@ -105,14 +105,14 @@ def rationale(answer: dict[str, Any]) -> str:
 # RiskAssessment
 
 
-def _device(model: dict[str, Any]) -> dict[str, Any]:
+def _device(model: dict[str, Any], outcome: str) -> dict[str, Any]:
     device: dict[str, Any] = {
         "resourceType": "Device",
         "id": "model",
         "deviceName": [{"name": str(model["name"]), "type": "model-name"}],
         "version": [{"value": str(model["version"])}],
         "type": {"text": "Machine-learning risk model (research use only)"},
-        "note": [{"text": INTENDED_USE}],
+        "note": [{"text": intended_use(outcome)}],
     }
     if model.get("run_id"):
         device["identifier"] = [{"system": RUN_ID_SYSTEM, "value": str(model["run_id"])}]
@@ -163,7 +163,7 @@ def risk_assessment(
     basis: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A FHIR R4 RiskAssessment of one answer. `basis` defaults to contained input Observations."""
-    contained: list[dict[str, Any]] = [_device(answer["model"])]
+    contained: list[dict[str, Any]] = [_device(answer["model"], outcome)]
     if basis is None:
         basis = []
         for name, value in record.items():
@@ -175,7 +175,7 @@ def risk_assessment(
     group = answer["risk_group"]
     code, display = QUALITATIVE[group]
     notes = [
-        {"text": INTENDED_USE},
+        {"text": intended_use(outcome)},
         {"text": "prediction.probabilityDecimal is a probability on the 0-1 scale (not a percentage)."},
     ] + [{"text": w} for w in answer.get("warnings", [])]
     model = answer["model"]

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from pipeline import waterfall
-from pipeline.contract import INTENDED_USE
+from pipeline.contract import intended_use, outcome_of
 from pipeline.settings import Settings
 from serving.accept import media_ranges
 from serving.audit_rows import audit_record
@@ -103,7 +103,7 @@ def build_router(settings: Settings) -> APIRouter:
         answer = predictor.predict([record])[0]
         await _audit(request, principal, "/v1/risk", [record], [answer], started)
         answer["request_id"] = request.state.request_id
-        answer["notice"] = INTENDED_USE
+        answer["notice"] = intended_use(predictor.bundle.outcome)
         if wants_fhir(request.headers.get("accept")):  # content negotiation: the same answer as FHIR
             subject = {"identifier": {"value": record["patient_id"]}} if record.get("patient_id") else None
             resource = risk_assessment(
@@ -124,10 +124,11 @@ def build_router(settings: Settings) -> APIRouter:
         records = [p.model_dump() for p in body.patients]  # type: ignore[attr-defined]
         results = await run_in_threadpool(predictor.predict, records)
         await _audit(request, principal, "/v1/risk/batch", records, results, started)
+        notice = intended_use(predictor.bundle.outcome)
         for r in results:
             r["request_id"] = request.state.request_id
-            r["notice"] = INTENDED_USE
-        return _json({"results": results, "request_id": request.state.request_id, "notice": INTENDED_USE})
+            r["notice"] = notice
+        return _json({"results": results, "request_id": request.state.request_id, "notice": notice})
 
     @router.post(
         "/v1/risk/explanation",
@@ -159,7 +160,7 @@ def build_router(settings: Settings) -> APIRouter:
         answer = predictor.predict([record])[0]
         await _audit(request, principal, "/v1/risk/explanation", [record], [answer], started)
         b = predictor.bundle
-        outcome = "severe CRS" if b.outcome == "severe_crs" else "severe ICANS"
+        outcome = outcome_of(b.outcome).label
         # drawing takes tens of milliseconds: off the event loop; from the answer, never the record
         image = await run_in_threadpool(
             waterfall.render, answer, fmt, (b.low_threshold, b.high_threshold), outcome
