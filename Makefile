@@ -116,10 +116,10 @@ test: install browser lint
 test-fast: install
 	$(BIN)/python -m pytest tests/code tests/data -m "not slow" -q
 
-# Pyflakes-level checks (pyproject.toml [tool.ruff]), types (mypy on pipeline, models, serving:
+# Pyflakes-level checks (pyproject.toml [tool.ruff]), types (mypy on core, models, pipeline, serving, cli:
 # pyproject.toml [tool.mypy]) and the layer rule (tests/code/test_layers.py).
 lint: install
-	$(BIN)/ruff check pipeline models serving bench tests
+	$(BIN)/ruff check core models pipeline serving cli bench tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/code/test_layers.py
 

@@ -43,8 +43,8 @@ def batch_bodies(sizes: tuple[int, ...], work: Path) -> dict[str, Path]:
     import numpy as np
     import pandas as pd
 
-    from pipeline.cohort import generate_cohort
-    from pipeline.contract import FEATURE_NAMES
+    from pipeline.data.synthetic import generate_cohort
+    from core.contract import FEATURE_NAMES
 
     out = {}
     df = generate_cohort(max(sizes), seed=17)[list(FEATURE_NAMES)]

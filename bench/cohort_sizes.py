@@ -26,12 +26,12 @@ def one(size: int, seed: int, fresh, root: Path) -> dict:
     from mlflow import MlflowClient
 
     from models.candidates import make_logistic, make_untuned_hist_gradient_boosting
-    from pipeline.cohort import generate_cohort
-    from pipeline.features import encode_frame
-    from pipeline.metrics import binary_metrics
-    from pipeline.registry import load_bundle, resolve
-    from pipeline.settings import Settings
-    from pipeline.train import train
+    from pipeline.data.synthetic import generate_cohort
+    from core.features import encode_frame
+    from pipeline.stats.metrics import binary_metrics
+    from models.registry import load_bundle, resolve
+    from core.settings import Settings
+    from pipeline.train.run import train
 
     work = root / f"n{size}-s{seed}"
     work.mkdir()
@@ -102,7 +102,7 @@ def main() -> None:
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
-    from pipeline.cohort import generate_cohort
+    from pipeline.data.synthetic import generate_cohort
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[150, 300, 2000])

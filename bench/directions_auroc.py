@@ -47,7 +47,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def constraint_sets() -> dict[str, tuple[int, ...]]:
-    from pipeline.features import MATRIX_NAMES, monotone_constraints
+    from core.features import MATRIX_NAMES, monotone_constraints
 
     after = monotone_constraints()
     before = list(after)
@@ -78,8 +78,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main() -> None:
-    from pipeline.cohort import generate_cohort
-    from pipeline.features import encode_frame
+    from pipeline.data.synthetic import generate_cohort
+    from core.features import encode_frame
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[300, 2000])

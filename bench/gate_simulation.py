@@ -35,7 +35,7 @@ FRESH_N = 20_000
 
 
 def cohort(kind: str, n: int, seed: int):
-    from pipeline.cohort import generate_cohort
+    from pipeline.data.synthetic import generate_cohort
 
     df = generate_cohort(n, seed)
     if kind == "shuffled":  # every link between predictors and outcome broken, prevalence kept
@@ -55,12 +55,12 @@ def one(kind: str, n: int, seed: int, fresh: Any, overrides: dict[str, Any] | No
     from mlflow import MlflowClient
 
     from models.candidates import make_untuned_hist_gradient_boosting
-    from pipeline.features import encode_frame
-    from pipeline.metrics import auroc
-    from pipeline.registry import load_bundle, resolve
-    from pipeline.settings import Settings
-    from pipeline.train import train
-    from pipeline.validation import TrainingRefused
+    from core.features import encode_frame
+    from pipeline.stats.metrics import auroc
+    from models.registry import load_bundle, resolve
+    from core.settings import Settings
+    from pipeline.train.run import train
+    from pipeline.train.validation import TrainingRefused
 
     work = SCRATCH / f"{kind}-n{n}-s{seed}"
     if work.exists():
@@ -187,7 +187,7 @@ def main() -> None:
     if args.merge:
         merge(args.merge, args.out)
         return
-    from pipeline.cohort import generate_cohort
+    from pipeline.data.synthetic import generate_cohort
 
     fresh = generate_cohort(FRESH_N, 987_654)
     report: dict[str, Any] = {

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 from scipy.special import logit
 
-from pipeline.cohort_centres import DEFAULT_CONSORTIUM, CentreSpec, generate_consortium
-from pipeline.contract import CENTRE_COLUMN
-from pipeline.iecv import run_iecv
-from pipeline.metrics import _fit_logistic_offset, auroc
-from pipeline.settings import Settings
+from pipeline.data.synthetic_centres import DEFAULT_CONSORTIUM, CentreSpec, generate_consortium
+from core.contract import CENTRE_COLUMN
+from pipeline.train.iecv import run_iecv
+from pipeline.stats.metrics import _fit_logistic_offset, auroc
+from core.settings import Settings
 
 OUT = Path(__file__).with_name("iecv_consortium.json")
 THRESHOLDS = {"low": 0.08, "high": 0.30}
@@ -66,9 +66,9 @@ def one_run(seed: int, cluster: str | None, workers: int) -> dict:
 
 def task_costs(sizes: list[int], seed: int) -> list[dict]:
     """Wall and CPU seconds of one IECV task (the whole procedure on n patients) by training size."""
-    from pipeline.iecv import _leave_out
-    from pipeline.features import encode_frame
-    from pipeline.validation import Procedure
+    from pipeline.train.iecv import _leave_out
+    from core.features import encode_frame
+    from pipeline.train.validation import Procedure
 
     settings = Settings(seed=seed)
     out = []

@@ -83,11 +83,11 @@ def run(calls: int, rows: int, tracking_uri: str) -> dict[str, object]:
     import mlflow
     from mlflow import MlflowClient
 
-    from pipeline.cohort import generate_cohort
-    from pipeline.contract import example_request
-    from pipeline.features import N_MATRIX, encode_frame, encode_record
-    from pipeline.registry import load_bundle, resolve
-    from pipeline.settings import get_settings
+    from pipeline.data.synthetic import generate_cohort
+    from core.contract import example_request
+    from core.features import N_MATRIX, encode_frame, encode_record
+    from models.registry import load_bundle, resolve
+    from core.settings import get_settings
     from serving.predictor import Predictor
     from serving.schemas import PatientFeatures, RiskResponse
 

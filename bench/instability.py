@@ -3,7 +3,7 @@
 1. Simulation: generator cohorts of 150, 300 and 2,000 patients (several generator seeds each) are
    tuned and fitted exactly as `make train` does (every family tuned, `fit_procedure`, thresholds
    from the out-of-fold risks), then B bootstrap models of the chosen configuration are fitted
-   (`pipeline.instability.bootstrap_ensemble`). Reported per size: MAPE and median 95% interval
+   (`pipeline.train.instability.bootstrap_ensemble`). Reported per size: MAPE and median 95% interval
    width (development patients and fresh test patients) and the mean P(another risk group).
    Coverage: the same configuration (family, parameters, Platt calibration on out-of-fold margins,
    fit on all; not re-tuned) fitted on 20,000 fresh generator patients gives "the limit a bigger
@@ -55,9 +55,9 @@ def coverage(low: np.ndarray, high: np.ndarray, target: np.ndarray) -> float:
 def fit_configuration(kind: str, params: dict[str, Any], X: np.ndarray, y: np.ndarray, cv_folds: int, seed: int,
                       n_jobs: int) -> Callable[[np.ndarray], np.ndarray]:
     """The procedure without re-tuning, as each bootstrap replicate runs it
-    (`pipeline.validation.fit_configuration`). Returns risk(X)."""
+    (`pipeline.train.validation.fit_configuration`). Returns risk(X)."""
     from models.calibration import risk_of
-    from pipeline.validation import fit_configuration as fit
+    from pipeline.train.validation import fit_configuration as fit
 
     final, platt, _ = fit(kind, params, X, y, cv_folds, seed, n_jobs)
     return lambda Z: risk_of(platt.transform(_logit(final.predict_proba(Z)[:, 1])))
@@ -66,10 +66,10 @@ def fit_configuration(kind: str, params: dict[str, Any], X: np.ndarray, y: np.nd
 def tune_and_fit(size: int, gen_seed: int, settings: Any, n_jobs: int) -> dict[str, Any]:
     """Tune every family and run `fit_procedure` on a generator cohort, as `make train` does."""
     from models.candidates import CANDIDATES
-    from pipeline.cohort import generate_cohort
-    from pipeline.features import encode_frame
-    from pipeline.tuning import choose_thresholds
-    from pipeline.validation import choose_design, fit_procedure, tune
+    from pipeline.data.synthetic import generate_cohort
+    from core.features import encode_frame
+    from pipeline.train.tuning import choose_thresholds
+    from pipeline.train.validation import choose_design, fit_procedure, tune
 
     df = generate_cohort(size, gen_seed)
     X, y = encode_frame(df), df[OUTCOME].astype(int).to_numpy()
@@ -98,7 +98,7 @@ def bundle_of(dev: dict[str, Any], ensemble: Any) -> Any:
 
 def assess(dev: dict[str, Any], settings: Any, n_models: int, n_jobs: int, test, fresh) -> tuple[dict, Any]:
     """B bootstrap models of the chosen configuration; instability and coverage figures."""
-    from pipeline.instability import bootstrap_ensemble, summarise
+    from pipeline.train.instability import bootstrap_ensemble, summarise
 
     fitted, X, y = dev["fitted"], dev["X"], dev["y"]
     t0 = time.perf_counter()
@@ -163,8 +163,8 @@ def _rows_per_s(fn: Callable[[], object], rows: int, repeats: int = 3) -> dict[s
 
 
 def speed(bundle: Any, X_one_source: np.ndarray, calls: int = 3000) -> dict[str, Any]:
-    from pipeline.cohort import generate_cohort
-    from pipeline.features import encode_frame
+    from pipeline.data.synthetic import generate_cohort
+    from core.features import encode_frame
 
     ens = bundle.instability
     rows = [X_one_source[i:i + 1].copy() for i in range(len(X_one_source))]
@@ -223,9 +223,9 @@ def _numba_threads() -> int:
 
 def main() -> None:
     from bench.instability_report import report
-    from pipeline.cohort import generate_cohort
-    from pipeline.features import encode_frame
-    from pipeline.settings import Settings
+    from pipeline.data.synthetic import generate_cohort
+    from core.features import encode_frame
+    from core.settings import Settings
 
     default = Settings()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -30,7 +30,7 @@ def report(rows: list[dict], spd: dict | None, args: argparse.Namespace, total_s
         f"Generator cohorts, tuned and fitted as `make train` does (every family tuned with n_iter="
         f"{args.n_iter}, {args.cv_folds}-fold CV, procedure seed {args.seed}; thresholds from the out-of-fold "
         f"risks), then B = {args.models} bootstrap models of the chosen configuration "
-        "(`pipeline.instability.bootstrap_ensemble`). Development = the whole cohort (every size here is "
+        "(`pipeline.train.instability.bootstrap_ensemble`). Development = the whole cohort (every size here is "
         "validated by repeated CV in training, so training fits on all patients too; see `design`). "
         f"Test = {TEST_N:,} fresh generator patients (seed {TEST_SEED}). Limit = the same configuration "
         f"(family and parameters, Platt on out-of-fold margins, fit on all; not re-tuned) fitted on {FRESH_N:,} "

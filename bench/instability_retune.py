@@ -1,12 +1,12 @@
 """How much width would re-tuning in every bootstrap replicate add to the served interval? (issue 23, finding 8)
 
 The served interval refits the chosen configuration (family and hyperparameters fixed) on each
-bootstrap sample (`pipeline.instability`). Riley & Collins (2023) ask for the whole model-building
+bootstrap sample (`pipeline.train.instability`). Riley & Collins (2023) ask for the whole model-building
 process in each replicate, tuning and the choice of family included. Doing that in training would
 multiply its cost by B tunings, so this bench measures what it would change, paired, on the same
 bootstrap samples:
 
-- arm "fixed": `pipeline.instability._replicate` (the chosen configuration refitted; what is served);
+- arm "fixed": `pipeline.train.instability._replicate` (the chosen configuration refitted; what is served);
 - arm "retuned": every family tuned again on the bootstrap sample with the training search
   (`tune`, n_iter and cv_folds of the settings) and the family chosen again (`fit_procedure`).
 
@@ -41,7 +41,7 @@ TEST_N = 1_000
 
 
 def _bootstrap_sample(y: np.ndarray, cv_folds: int, seed: int, b: int) -> np.ndarray:
-    """The bootstrap indices `pipeline.instability._replicate` draws for replicate b (same rng, same redraws)."""
+    """The bootstrap indices `pipeline.train.instability._replicate` draws for replicate b (same rng, same redraws)."""
     rng = np.random.default_rng([seed, b])
     n = len(y)
     while True:
@@ -54,7 +54,7 @@ def _bootstrap_sample(y: np.ndarray, cv_folds: int, seed: int, b: int) -> np.nda
 def replicate(dev: dict[str, Any], settings: Any, b: int, Xt: np.ndarray) -> dict[str, Any]:
     """Both arms on bootstrap sample b: test-patient risks and the family the retuned arm chose."""
     from models.candidates import CANDIDATES
-    from pipeline.validation import fit_procedure, tune
+    from pipeline.train.validation import fit_procedure, tune
 
     X, y, fitted = dev["X"], dev["y"], dev["fitted"]
     idx = _bootstrap_sample(y, settings.cv_folds, settings.seed, b)
@@ -101,7 +101,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, total_s: float)
         "# Re-tuning in every bootstrap replicate: how much width it adds (issue 23, finding 8)",
         "",
         f"Generator cohorts tuned and fitted as `make train` does (n_iter {args.n_iter}, {args.cv_folds}-fold CV, "
-        f"seed {args.seed}); then B = {args.models} bootstrap samples (the samples `pipeline.instability` draws), "
+        f"seed {args.seed}); then B = {args.models} bootstrap samples (the samples `pipeline.train.instability` draws), "
         "each fitted twice: **fixed** = the chosen configuration refitted (what the service serves); **retuned** = "
         "every family tuned again on the sample and the family chosen again. Test = "
         f"{TEST_N:,} fresh generator patients (seed {TEST_SEED}); limit = the chosen configuration fitted on "
@@ -140,9 +140,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, total_s: float)
 
 
 def main() -> None:
-    from pipeline.cohort import generate_cohort
-    from pipeline.features import encode_frame
-    from pipeline.settings import Settings
+    from pipeline.data.synthetic import generate_cohort
+    from core.features import encode_frame
+    from core.settings import Settings
 
     settings = Settings()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -25,10 +25,10 @@ def main() -> None:
     from models.artifact import ModelBundle
     from models.calibration import PlattOnMargin
     from models.candidates import CANDIDATES
-    from pipeline.cohort import generate_cohort
-    from pipeline.features import encode_frame
-    from pipeline.instability import bootstrap_ensemble
-    from pipeline.settings import Settings
+    from pipeline.data.synthetic import generate_cohort
+    from core.features import encode_frame
+    from pipeline.train.instability import bootstrap_ensemble
+    from core.settings import Settings
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", type=int, default=Settings().instability_models)

@@ -21,7 +21,7 @@ from typing import Any
 
 
 def _answer(state: Any) -> dict[str, Any]:
-    from pipeline.contract import example_request
+    from core.contract import example_request
 
     a = state.predictor.predict([example_request()])[0]
     unc = a["uncertainty"]
@@ -37,8 +37,8 @@ def main() -> None:
     from mlflow import MlflowClient
 
     import mlflow
-    from pipeline.registry import resolve_direct
-    from pipeline.train import train
+    from models.registry import resolve_direct
+    from pipeline.train.run import train
     from serving.state import ModelState, load_predictor
     from tests.conftest import make_settings
 

@@ -54,8 +54,8 @@ def main() -> None:
 
     from models.leaftable import LeafTables
     from models.treeshap import from_xgboost, shap_values
-    from pipeline.cohort import generate_cohort
-    from pipeline.features import encode_frame
+    from pipeline.data.synthetic import generate_cohort
+    from core.features import encode_frame
 
     df = generate_cohort(20_000, seed=1)
     X, y = encode_frame(df), df["severe_icans"].astype(int).to_numpy()

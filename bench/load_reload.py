@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(seconds: float, rate: float, out_dir: Path | None, threads: int = 8) -> dict:
-    from pipeline.contract import example_request
+    from core.contract import example_request
 
     with serve_trained("icans-load-") as svc:
         port, score, admin, env = svc.port, svc.score, svc.admin, svc.env

@@ -1,7 +1,7 @@
 """Does monitoring raise alarms at the rate it states, over a year of weekly runs? (issue 23, (c))
 
-Everything here runs the service's own monitoring code (`pipeline.monitor.one_per_patient`,
-`due_outcomes`, `pipeline.monitoring.drift_tests`, `decision_limits`, `sequential_charts`) on the
+Everything here runs the service's own monitoring code (`pipeline.monitor.run.one_per_patient`,
+`due_outcomes`, `pipeline.monitor.statistics.drift_tests`, `decision_limits`, `sequential_charts`) on the
 synthetic generator's patients; the "model" is the generator's true risk, so without drift the
 model is calibrated and its patients look like its development patients.
 
@@ -44,8 +44,8 @@ START = datetime(2026, 1, 5, tzinfo=UTC)
 
 
 def _reference() -> dict[str, Any]:
-    from pipeline.cohort import generate_cohort
-    from pipeline.monitoring import reference_summary
+    from pipeline.data.synthetic import generate_cohort
+    from pipeline.monitor.statistics import reference_summary
 
     dev = generate_cohort(REFERENCE_N, REFERENCE_SEED)
     return reference_summary(dev, dev["p_true"].to_numpy(float), {})
@@ -53,7 +53,7 @@ def _reference() -> dict[str, Any]:
 
 def _audit_rows(df: pd.DataFrame, asks: np.ndarray, week: int, with_id: np.ndarray, offset: int) -> list[dict]:
     """The audit rows of one week's patients: patient i answered asks[i] times, hours apart."""
-    from pipeline.contract import FEATURES
+    from core.contract import FEATURES
 
     rows: list[dict[str, Any]] = []
     records = df[[f.name for f in FEATURES]].to_dict("records")
@@ -68,9 +68,9 @@ def _audit_rows(df: pd.DataFrame, asks: np.ndarray, week: int, with_id: np.ndarr
 
 def drift_year(reference: dict[str, Any], weekly: int, year: int, design: str) -> list[bool]:
     """52 weekly runs of one simulated year without drift; each run's "any alarm"."""
-    from pipeline.cohort import generate_cohort
-    from pipeline.monitor import one_per_patient
-    from pipeline.monitoring import HORIZON_RUNS, drift_tests
+    from pipeline.data.synthetic import generate_cohort
+    from pipeline.monitor.run import one_per_patient
+    from pipeline.monitor.statistics import HORIZON_RUNS, drift_tests
 
     rng = np.random.default_rng(10_000 + year)
     alarms = []
@@ -92,9 +92,9 @@ def drift_year(reference: dict[str, Any], weekly: int, year: int, design: str) -
 
 def issue_case(reference: dict[str, Any], runs: int) -> dict[str, int]:
     """150 no-drift patients, each asked three times: runs with any alarm, both designs."""
-    from pipeline.cohort import generate_cohort
-    from pipeline.monitor import one_per_patient
-    from pipeline.monitoring import HORIZON_RUNS, drift_tests
+    from pipeline.data.synthetic import generate_cohort
+    from pipeline.monitor.run import one_per_patient
+    from pipeline.monitor.statistics import HORIZON_RUNS, drift_tests
 
     out = {"new": 0, "old": 0, "new_per_run_alpha_0.05": 0}
     for s in range(runs):
@@ -114,9 +114,9 @@ def issue_case(reference: dict[str, Any], runs: int) -> dict[str, int]:
 def drift_power(reference: dict[str, Any], weekly: int, runs: int, shift: str) -> dict[str, Any]:
     """Runs of `weekly` new patients from a shifted site, each asked 1-3 times: how often the shifted
     feature alarms (this design at alpha 0.05/52 with the floors; and at alpha 0.05 a run, for scale)."""
-    from pipeline.cohort import generate_cohort
-    from pipeline.monitor import one_per_patient
-    from pipeline.monitoring import HORIZON_RUNS, drift_tests
+    from pipeline.data.synthetic import generate_cohort
+    from pipeline.monitor.run import one_per_patient
+    from pipeline.monitor.statistics import HORIZON_RUNS, drift_tests
 
     rng = np.random.default_rng(31_000 + weekly)
     found = {"alpha_0.05_over_52_runs": 0, "alpha_0.05_a_run": 0}
@@ -140,8 +140,8 @@ def _year_outcomes(reference: dict[str, Any], weekly: int, seed: int, weeks: int
                    drift: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One stretch of weekly patients with outcomes: (y, p, week of answer), in the order observed,
     after `due_outcomes` removed the duplicate reports (each outcome reported 1-3 times)."""
-    from pipeline.monitor import due_outcomes
-    from pipeline.monitoring import _logit, reference_centre, sample_reference_risk
+    from pipeline.monitor.run import due_outcomes
+    from pipeline.monitor.statistics import _logit, reference_centre, sample_reference_risk
 
     rng = np.random.default_rng(seed)
     n = weekly * weeks
@@ -169,7 +169,7 @@ def _year_outcomes(reference: dict[str, Any], weekly: int, seed: int, weeks: int
 
 
 def cusum_study(reference: dict[str, Any], weekly: int, years: int, power_years: int) -> dict[str, Any]:
-    from pipeline.monitoring import CusumDesign, decision_limits, sequential_charts
+    from pipeline.monitor.statistics import CusumDesign, decision_limits, sequential_charts
 
     design = CusumDesign()
     limits = decision_limits(reference, design)
@@ -219,8 +219,8 @@ def cusum_study(reference: dict[str, Any], weekly: int, years: int, power_years:
 def figure(path: Path) -> None:
     """The README's picture: the three charts on 600 patients with outcomes, the odds doubled from
     the 300th (generator risks, seed 11), drawn by the report's own chart function."""
-    from pipeline.monitor import _cusum_chart
-    from pipeline.monitoring import sequential_charts
+    from pipeline.monitor.run import _cusum_chart
+    from pipeline.monitor.statistics import sequential_charts
 
     reference = _reference()
     y, p, week = _year_outcomes(reference, 10, 11, 60, 30, "doubled_odds")

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("training failed; nothing else can be measured")
         res["in_process"] = attempt("in-process", step_in_process, plan, env)
 
-        from pipeline.contract import example_request
+        from core.contract import example_request
 
         files = {"risk": work / "risk.json", "mlflow": work / "mlflow.json"}
         files["risk"].write_text(json.dumps(example_request()))

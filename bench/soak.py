@@ -44,7 +44,7 @@ def run(seconds: float, rate: float, kill_every: float, out_dir: Path | None, th
     import signal
     import sqlite3
 
-    from pipeline.contract import example_request
+    from core.contract import example_request
 
     events: list[str] = []
     with serve_trained("icans-soak-", workers=2, extra_env={"ICANS_VALIDATION": "split"}) as svc:

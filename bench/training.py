@@ -18,7 +18,7 @@ def step_train(plan: Plan, env: dict[str, str]) -> dict[str, Any]:
     if plan.cv_folds:
         train_env["ICANS_CV_FOLDS"] = str(plan.cv_folds)
     r = run_timed(argv, train_env, timeout=900)
-    from pipeline.settings import Settings
+    from core.settings import Settings
 
     def default(name: str) -> Any:
         return Settings.model_fields[name].default

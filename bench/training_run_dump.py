@@ -54,7 +54,7 @@ def main(out: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import make_settings  # the tests' small settings
 
-    from pipeline.train import train
+    from pipeline.train.run import train
 
     dump: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:

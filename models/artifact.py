@@ -24,8 +24,8 @@ import numpy as np
 from models.calibration import calibrated_explanation, calibrated_log_odds, risk_of
 from models.ensemble import ENSEMBLE_FILE, MarginEnsemble
 from models.explain import TreeExplainer
-from pipeline.contract import CONTRACT_VERSION, FEATURE_NAMES
-from pipeline.features import GROUP, MATRIX_NAMES
+from core.contract import CONTRACT_VERSION, FEATURE_NAMES
+from core.features import GROUP, MATRIX_NAMES
 
 if TYPE_CHECKING:
     from models.trees import FlatTrees

@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
-from pipeline.contract import FEATURES_BY_NAME
+from core.contract import FEATURES_BY_NAME
 
 LDH = "ldh_u_l"  # U/L
 CREATININE = "creatinine_mg_dl"  # mg/dL

@@ -20,8 +20,8 @@ from xgboost import XGBClassifier
 from models.ensemble import MAX_DEPTH
 from models.hgb import HistGradientBoosting
 
-from pipeline.contract import FEATURES_BY_NAME
-from pipeline.features import MATRIX_COLUMNS, monotone_constraints
+from core.contract import FEATURES_BY_NAME
+from core.features import MATRIX_COLUMNS, monotone_constraints
 
 # Skewed, non-negative labs and doses enter the linear model on a log scale.
 _LOG_COLUMNS = [
@@ -147,7 +147,7 @@ SMALL_DATA_SPACES: dict[str, dict[str, list[Any]]] = {
 
 # Each family's library defaults for the hyperparameters its search varies (xgboost 2.x/3.x,
 # scikit-learn 1.x documented defaults; the untuned comparator's settings). They are the first
-# configuration of every search at every size (`pipeline.validation.search_configurations`): a
+# configuration of every search at every size (`pipeline.train.validation.search_configurations`): a
 # tuned model can lose to the defaults only by chance in the cross-validated log-loss, never by
 # construction of the space. The monotone constraints stay (they are the contract's, not tuning).
 LIBRARY_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -11,7 +11,7 @@ import pandas as pd
 from mlflow.pyfunc.model import PythonModel
 
 from models.artifact import ModelBundle
-from pipeline.features import encode_frame
+from core.features import encode_frame
 
 
 class IcansRiskPyfunc(PythonModel):

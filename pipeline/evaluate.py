@@ -11,16 +11,16 @@ import numpy as np
 from mlflow import MlflowClient
 
 from models.baselines import SCORES
-from pipeline import plots
-from pipeline.assessment import add_oracle
+from pipeline.report import plots
+from pipeline.train.assessment import add_oracle
 from pipeline.evidence import build_evidence
-from pipeline.features import N_MATRIX, encode_frame
-from pipeline.loading import load_cohort
-from pipeline.metrics import binary_metrics, ranking_metrics
-from pipeline.registry import load_bundle, resolve
+from core.features import N_MATRIX, encode_frame
+from pipeline.data.loading import load_cohort
+from pipeline.stats.metrics import binary_metrics, ranking_metrics
+from models.registry import load_bundle, resolve
 from pipeline.report import render_validation_report, save_plots
-from pipeline.settings import Settings
-from pipeline.tracking import git_commit, setup_mlflow
+from core.settings import Settings
+from pipeline.tracking.runs import git_commit, setup_mlflow
 
 
 def evaluate(

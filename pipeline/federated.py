@@ -1,7 +1,7 @@
 """Federated evaluation: a centre shares a summary, never rows; summaries are pooled centrally.
 
 `icans-risk evaluate --summary OUT.json` scores the centre's own file with the served model and
-writes, per centre: n, events, each measure with its standard error (`pipeline.centre_performance`,
+writes, per centre: n, events, each measure with its standard error (`pipeline.evidence.centre_performance`,
 the same function the internal-external cross-validation uses, so both pool alike) and the
 calibration-bin counts. No patient row, identifier, date or single patient's value leaves.
 
@@ -11,7 +11,7 @@ non-events are each 0 or at least `MIN_CELL`. Merging (not blanking) means no su
 be recovered by subtraction from the totals. A centre with fewer than `MIN_CENTRE_EVENTS` events
 or non-events shares no counts at all, only that it was too small.
 
-`icans-risk meta SUMMARY.json...` pools the summaries (`pipeline.meta_analysis`) into an MLflow
+`icans-risk meta SUMMARY.json...` pools the summaries (`pipeline.stats.meta_analysis`) into an MLflow
 run with the per-centre and pooled metrics and the forest plots. Summaries of different model
 versions (or outcomes) are refused: their estimates describe different models.
 """
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.centre_performance import MEASURES, MIN_CENTRE_EVENTS, centre_row
-from pipeline.contract import CENTRE_COLUMN, CENTRE_PATTERN
-from pipeline.meta_analysis import Pooled, pool_measures
+from pipeline.evidence.centre_performance import MEASURES, MIN_CENTRE_EVENTS, centre_row
+from core.contract import CENTRE_COLUMN, CENTRE_PATTERN
+from pipeline.stats.meta_analysis import Pooled, pool_measures
 
 FORMAT = "icans-risk-centre-summary/1"
 MIN_CELL = 5
@@ -173,8 +173,8 @@ def meta(paths: list[Path], settings: Any, version: str | None = None, log: bool
     if log:
         import mlflow
 
-        from pipeline.forest_plot import forest_plots
-        from pipeline.tracking import setup_mlflow
+        from pipeline.report.forest_plot import forest_plots
+        from pipeline.tracking.runs import setup_mlflow
 
         experiment_id = setup_mlflow(settings, settings.evaluation_experiment)
         name = f"meta-{model.get('name')}-v{model.get('version')}"
@@ -197,10 +197,10 @@ def summary_of_file(settings: Any, data: Path, outcome: str, on_invalid: str, ce
     """`icans-risk evaluate --summary`: the served model on the centre's file, as a summary."""
     from mlflow import MlflowClient
 
-    from pipeline.features import encode_frame
-    from pipeline.loading import load_cohort
-    from pipeline.registry import load_bundle, resolve
-    from pipeline.tracking import setup_mlflow
+    from core.features import encode_frame
+    from pipeline.data.loading import load_cohort
+    from models.registry import load_bundle, resolve
+    from pipeline.tracking.runs import setup_mlflow
 
     cohort, _, _ = load_cohort(settings, data, outcome, on_invalid)
     setup_mlflow(settings, settings.evaluation_experiment)

@@ -9,16 +9,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipeline import progress
-from pipeline.contract import FEATURE_NAMES, FEATURES_BY_NAME, ID_COLUMN, outcome_of
-from pipeline.data import write_new
-from pipeline.features import encode_frame
-from pipeline.io import read_cohort
-from pipeline.settings import Settings
+from pipeline.tracking import progress
+from core.contract import FEATURE_NAMES, FEATURES_BY_NAME, ID_COLUMN, outcome_of
+from pipeline.data.write import write_new
+from core.features import encode_frame
+from pipeline.data.read import read_cohort
+from core.settings import Settings
 
 if TYPE_CHECKING:
     from models.artifact import ModelBundle
-    from pipeline.registry import ResolvedModel
+    from models.registry import ResolvedModel
 
 CHUNK = 10_000
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def distribution_warnings(bundle: ModelBundle, df: pd.DataFrame) -> list[str]:
 
 def _load_model(settings: Settings) -> tuple[ResolvedModel, ModelBundle]:
     """The configured model version and its bundle, resolved as the service resolves it."""
-    from pipeline.registry import load_bundle, resolve_configured
+    from models.registry import load_bundle, resolve_configured
 
     resolved = resolve_configured(settings.tracking_uri, settings.resolved_model_uri)
     return resolved, load_bundle(resolved, nthread=max(1, settings.predictor_threads))
@@ -104,7 +104,7 @@ def _plain(v):
 def answers(df: pd.DataFrame, scored: pd.DataFrame, model: dict) -> list[dict]:
     """The scored rows as the API's answers (risk, risk_group, log_odds, explanation by absolute
     effect, model), for drawing; no patient id."""
-    from pipeline.contract import FEATURES_BY_NAME as F
+    from core.contract import FEATURES_BY_NAME as F
 
     shap = scored[[f"shap_{f}" for f in FEATURE_NAMES]].to_numpy(float)
     out = []
@@ -135,7 +135,7 @@ def write_waterfalls(
 ) -> list[str]:
     """One waterfall per scored row, named by its row in the output (patient-000001.svg, ...),
     never by the patient id; returns the file names in row order."""
-    from pipeline import waterfall
+    from core import waterfall
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pipeline.contract import INTENDED_USE
-from pipeline.settings import DEV_AUDIT_KEY, Settings, get_settings
+from core.contract import INTENDED_USE
+from core.settings import DEV_AUDIT_KEY, Settings, get_settings
 from serving.audit import AuditWriter
 from serving import docs
 from serving.errors import sanitize_errors

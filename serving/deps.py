@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 
-from pipeline.settings import Settings
+from core.settings import Settings
 from serving.audit import AuditWriter
 from serving.observability import LogThrottle, Metrics
 from serving.predictor import Predictor

@@ -22,7 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from pipeline.contract import INTENDED_USE, example_request
+from core.contract import INTENDED_USE, example_request
 
 ASSETS_PATH = "/docs-assets"
 SWAGGER_JS = f"{ASSETS_PATH}/swagger-ui-bundle.js"

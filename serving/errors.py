@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from pipeline.contract import FEATURE_NAMES, ID_COLUMN
+from core.contract import FEATURE_NAMES, ID_COLUMN
 
 # The names a suggestion can come from: the contract's, never anything the caller sent.
 _SUGGESTABLE: tuple[str, ...] = (*FEATURE_NAMES, ID_COLUMN)

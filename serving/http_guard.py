@@ -64,7 +64,7 @@ _limits: EdgeLimits | None = None
 def limits() -> EdgeLimits:
     global _limits
     if _limits is None:
-        from pipeline.settings import get_settings
+        from core.settings import get_settings
 
         _limits = EdgeLimits.from_settings(get_settings())
     return _limits

@@ -26,7 +26,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
-from pipeline.contract import FEATURES
+from core.contract import FEATURES
 
 KNOWN = frozenset(f.name for f in FEATURES) | {"patient_id", "patients"}
 LONGEST_NAME = max(len(f.name) for f in FEATURES)

@@ -25,7 +25,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from pipeline.contract import SEVERE_GRADE  # the severe-grade rule, stated once (severe_icans: grade >= it)
+from core.contract import SEVERE_GRADE  # the severe-grade rule, stated once (severe_icans: grade >= it)
 from serving.store import UTCDateTime, audit_log
 
 # Outcome dates before the first CAR T-cell trials or after tomorrow (time zones) are typing errors.

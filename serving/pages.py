@@ -1,7 +1,7 @@
 """The service's pages for people (the calculator, the explanation a CDS card links to): one
 Jinja environment, one look, one result block, so both show an answer the same way.
 
-Values are escaped by Jinja's autoescape; numbers and names come from pipeline.display (one
+Values are escaped by Jinja's autoescape; numbers and names come from core.display (one
 rounding rule per kind of figure, the contract's names). Pages load nothing: styles are inline,
 the waterfall is inline SVG, and the Content-Security-Policy forbids anything else.
 """
@@ -14,8 +14,8 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from pipeline import display
-from pipeline.contract import INTENDED_USE, OUTCOMES
+from core import display
+from core.contract import INTENDED_USE, OUTCOMES
 
 HEADERS = {
     "Cache-Control": "no-store",
@@ -45,7 +45,7 @@ def render(template: str, **context: Any) -> str:
 
 
 def inline_svg(svg: bytes) -> Markup:
-    """An SVG drawn by pipeline.waterfall, inline: without its XML declaration and doctype.
+    """An SVG drawn by core.waterfall, inline: without its XML declaration and doctype.
     Trusted markup (drawn by matplotlib from numbers and the contract's names, never from a request's text)."""
     text = svg.decode("utf-8")
     return Markup(text[text.index("<svg"):])

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from models.artifact import ModelBundle
-from pipeline.contract import FEATURES, FEATURES_BY_NAME
-from pipeline.features import MATRIX_NAMES, N_MATRIX, encode_record
-from pipeline.registry import ResolvedModel
+from core.contract import FEATURES, FEATURES_BY_NAME
+from core.features import MATRIX_NAMES, N_MATRIX, encode_record
+from models.registry import ResolvedModel
 
 _OPTIONAL = tuple(f.name for f in FEATURES if not f.required)
 assert all(f.kind == "float" for f in FEATURES if not f.required), "warnings() reads missing values from the matrix"

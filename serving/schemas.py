@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model
 
-from pipeline.contract import FEATURES, INTENDED_USE, Feature, example_request
+from core.contract import FEATURES, INTENDED_USE, Feature, example_request
 
 
 def _field(f: Feature) -> tuple[Any, Any]:

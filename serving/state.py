@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from pipeline.registry import ResolvedModel
-from pipeline.settings import Settings
+from models.registry import ResolvedModel
+from core.settings import Settings
 from serving.predictor import Predictor
 
 log = logging.getLogger("icans_risk.serving")
@@ -29,14 +29,14 @@ def describe(exc: BaseException) -> str:
 
 def resolve_current(settings: Settings) -> ResolvedModel:
     """The configured model URI as one concrete version (no mlflow import for a local registry)."""
-    from pipeline.registry import resolve_configured
+    from models.registry import resolve_configured
 
     return resolve_configured(settings.tracking_uri, settings.resolved_model_uri)
 
 
 def load_predictor(settings: Settings, resolved: ResolvedModel | None = None) -> Predictor:
     """Resolve the configured model URI to a concrete version, load its bundle and verify it."""
-    from pipeline.registry import load_bundle
+    from models.registry import load_bundle
 
     resolved = resolved or resolve_current(settings)
     bundle = load_bundle(resolved, nthread=settings.predictor_threads)
@@ -49,7 +49,7 @@ def verify(predictor: Predictor) -> None:
     """Refuse a model that cannot answer the stored input example with an explanation that adds up,
     or (with bootstrap models) whose risk for it falls outside its own interval (a calibration that
     does not belong to the trees or to the ensemble)."""
-    from pipeline.contract import example_request
+    from core.contract import example_request
 
     answer = predictor.predict([example_request()])[0]
     total = answer["explanation"]["base_log_odds"] + sum(

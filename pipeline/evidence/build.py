@@ -9,8 +9,8 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from pipeline.bootstrap import bootstrap_replicates
-from pipeline.contract import DEFAULT_OUTCOME, ORACLE_COLUMN
+from pipeline.stats.bootstrap import bootstrap_replicates
+from core.contract import DEFAULT_OUTCOME, ORACLE_COLUMN
 from pipeline.evidence.by_subgroup import SMALL_SUBGROUP_EVENTS, SMALL_SUBGROUP_N, subgroups
 from pipeline.evidence.calibration import calibration_intervals, calibration_summary
 from pipeline.evidence.calibration_curve import calibration_curve_data
@@ -20,7 +20,7 @@ from pipeline.evidence.min_sample_size import ANTICIPATED_C, sample_size
 from pipeline.evidence.names import EASIX, M_EASIX, MODEL, ORACLE
 from pipeline.evidence.record import Evidence
 from pipeline.evidence.thresholds import risk_group_table, thresholds_table
-from pipeline.metrics import _as_binary, _as_score, auroc
+from pipeline.stats.metrics import _as_binary, _as_score, auroc
 
 
 def build_evidence(

@@ -9,10 +9,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.contract import FEATURES_BY_NAME
+from core.contract import FEATURES_BY_NAME
 from pipeline.evidence.discrimination import discrimination_with_ci
 from pipeline.evidence.names import safe_name
-from pipeline.metrics import _as_binary, _as_score, brier
+from pipeline.stats.metrics import _as_binary, _as_score, brier
 
 # A subgroup is flagged `small` (its figures are unstable) below either bound; it is never dropped.
 SMALL_SUBGROUP_N = 100

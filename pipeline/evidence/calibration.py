@@ -1,5 +1,5 @@
 """Calibration of a probability on a validation set: calibration-in-the-large, logistic
-recalibration slope and intercept (`pipeline.metrics.calibration_slope_intercept`), the integrated
+recalibration slope and intercept (`pipeline.stats.metrics.calibration_slope_intercept`), the integrated
 calibration index ICI / E50 / E90 / Emax (Austin & Steyerberg, Stat Med 2019;38:4051), Brier and
 scaled Brier (Steyerberg et al., Epidemiology 2010;21:128), and bootstrap intervals of slope,
 intercept and Brier fitted on all resamples at once."""
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit, logit
 
-from pipeline.bootstrap import (
+from pipeline.stats.bootstrap import (
     ALPHA,
     CELLS_PER_CHUNK,
     bootstrap_indices,
@@ -18,7 +18,7 @@ from pipeline.bootstrap import (
     valid_resamples,
 )
 from pipeline.evidence.smoothing import smoothed_observed
-from pipeline.metrics import P_CLIP, _as_binary, _as_score, brier, calibration_slope_intercept
+from pipeline.stats.metrics import P_CLIP, _as_binary, _as_score, brier, calibration_slope_intercept
 
 
 def calibration_summary(y: np.ndarray, p: np.ndarray, span: float = 0.75, degree: int = 2) -> dict[str, float]:
@@ -28,7 +28,7 @@ def calibration_summary(y: np.ndarray, p: np.ndarray, span: float = 0.75, degree
       observed_expected_ratio: mean(y) / mean(p).
     - calibration_intercept: a in logit P(y) = a + logit(p) (logit(p) as offset; the logistic form
       of calibration-in-the-large: > 0 under-predicts), and calibration_slope: b in
-      logit P(y) = a' + b logit(p); both from `pipeline.metrics.calibration_slope_intercept`.
+      logit P(y) = a' + b logit(p); both from `pipeline.stats.metrics.calibration_slope_intercept`.
     - ici / e50 / e90 / emax: mean / median / 90th percentile / max of |p - s(p)| over patients,
       s = loess of y on p (span 0.75, degree 2, the R defaults used by Austin & Steyerberg,
       "The Integrated Calibration Index (ICI) and related metrics for quantifying the calibration

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from pipeline.bootstrap import ALPHA, bootstrap_indices
+from pipeline.stats.bootstrap import ALPHA, bootstrap_indices
 from pipeline.evidence.smoothing import loess, loess_fit, loess_geometry
-from pipeline.metrics import _as_binary, _as_score
+from pipeline.stats.metrics import _as_binary, _as_score
 
 
 def _wilson(events: np.ndarray, n: np.ndarray, alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray]:

@@ -9,9 +9,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.bootstrap import ALPHA, bootstrap_indices
+from pipeline.stats.bootstrap import ALPHA, bootstrap_indices
 from pipeline.evidence.names import MODEL, TREAT_ALL, TREAT_NONE
-from pipeline.metrics import _as_binary, _as_score
+from pipeline.stats.metrics import _as_binary, _as_score
 
 DEFAULT_THRESHOLDS = np.round(np.arange(0.01, 0.51, 0.01), 2)
 # Decision-curve thresholds reported as MLflow metrics (net_benefit_at_<k>pct).

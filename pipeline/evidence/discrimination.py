@@ -1,12 +1,12 @@
 """Discrimination with percentile-bootstrap intervals: AUROC and AUPRC of a model or score, and the
-paired difference model - comparator on the SAME resamples (`pipeline.bootstrap`)."""
+paired difference model - comparator on the SAME resamples (`pipeline.stats.bootstrap`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.bootstrap import ALPHA, auprc_replicates, bootstrap_replicates, percentile_ci
-from pipeline.metrics import _as_binary, _as_score, auprc, auroc
+from pipeline.stats.bootstrap import ALPHA, auprc_replicates, bootstrap_replicates, percentile_ci
+from pipeline.stats.metrics import _as_binary, _as_score, auprc, auroc
 
 
 def discrimination_with_ci(

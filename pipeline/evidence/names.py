@@ -1,11 +1,11 @@
 """The names evidence goes by: the comparators' keys (declared once, with their colours and display
-names, in pipeline.style) and the fragments that make stable MLflow metric names."""
+names, in core.style) and the fragments that make stable MLflow metric names."""
 
 from __future__ import annotations
 
 import re
 
-from pipeline.style import EASIX, M_EASIX, MODEL, ORACLE, TREAT_ALL, TREAT_NONE
+from core.style import EASIX, M_EASIX, MODEL, ORACLE, TREAT_ALL, TREAT_NONE
 
 __all__ = ["EASIX", "M_EASIX", "MODEL", "ORACLE", "TREAT_ALL", "TREAT_NONE", "pct", "safe_name"]
 

@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
-from pipeline.bootstrap import CELLS_PER_CHUNK
-from pipeline.metrics import _as_binary, _as_score
+from pipeline.stats.bootstrap import CELLS_PER_CHUNK
+from pipeline.stats.metrics import _as_binary, _as_score
 
 
 def loess(

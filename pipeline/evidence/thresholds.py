@@ -8,7 +8,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from pipeline.metrics import _as_binary, _as_score
+from pipeline.stats.metrics import _as_binary, _as_score
 
 
 def thresholds_table(y_test: np.ndarray, p_test: np.ndarray, thresholds: Mapping[str, float]) -> pd.DataFrame:

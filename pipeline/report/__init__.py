@@ -10,10 +10,10 @@ no external resource, so it opens as-is from the MLflow UI's artifact view or fr
     sections           the tables and blocks both documents show
     validation_report  render_validation_report
     model_card         render_model_card, write_model_card
-Templates and prose: pipeline/templates/.
+Templates and prose: pipeline/report/templates/.
 """
 
-from pipeline import style
+from core import style
 from pipeline.report.document import BANNER
 from pipeline.report.figures import (
     CAPTIONS,
@@ -33,7 +33,7 @@ from pipeline.report.model_card import (
 )
 from pipeline.report.validation_report import REFERENCES, REPORT_FILE, render_validation_report
 
-# One name per series, in every figure and table (pipeline.style).
+# One name per series, in every figure and table (core.style).
 DISPLAY = style.NAMES
 
 __all__ = [

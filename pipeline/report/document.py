@@ -1,5 +1,5 @@
 """The one renderer of the validation report and the model card: a document model rendered by two
-Jinja2 templates (pipeline/templates/document.md.j2 and document.html.j2), and the prose templates.
+Jinja2 templates (pipeline/report/templates/document.md.j2 and document.html.j2), and the prose templates.
 
 A document is a title and a list of sections (heading, blocks); a block is ("p", text),
 ("ul", [items]), ("table", headers, rows[, small-row flags]), ("img", alt, path) or ("note", text).
@@ -85,7 +85,7 @@ def _environment() -> jinja2.Environment:
     # No autoescape: the HTML template escapes every value itself (`esc`, `escape_text`), with the
     # standard library's html.escape, and the Markdown and prose templates are plain text.
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("pipeline", "templates"),
+        loader=jinja2.PackageLoader("pipeline.report", "templates"),
         autoescape=False,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -98,7 +98,7 @@ def _environment() -> jinja2.Environment:
 
 
 def prose(name: str) -> Any:
-    """The macros of pipeline/templates/<name>.txt.j2, as callables returning text."""
+    """The macros of pipeline/report/templates/<name>.txt.j2, as callables returning text."""
     return _environment().get_template(f"{name}.txt.j2").module
 
 

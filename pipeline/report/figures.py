@@ -1,6 +1,6 @@
 """The evidence's figures (pipeline.evidence -> PNG): calibration, decision curve, subgroup forest
-plot and learning curve, in the project's one visual language (pipeline.style), laid out, captioned
-and written by `pipeline.plots.save` like every other figure.
+plot and learning curve, in the project's one visual language (core.style), laid out, captioned
+and written by `pipeline.report.plots.save` like every other figure.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from pipeline import plots, style
+from pipeline.report import plots
+from core import style
 from pipeline.evidence import (
     EASIX,
     M_EASIX,

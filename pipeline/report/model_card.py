@@ -1,5 +1,5 @@
 """The model card (Mitchell et al., FAT* 2019) of one run, as Markdown and HTML from one document:
-the run's facts and evidence here, its prose in pipeline/templates/model_card.txt.j2.
+the run's facts and evidence here, its prose in pipeline/report/templates/model_card.txt.j2.
 """
 
 from __future__ import annotations
@@ -7,9 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.contract import FEATURES_BY_NAME, INTENDED_USE, ORACLE_COLUMN
+from core.contract import FEATURES_BY_NAME, INTENDED_USE, ORACLE_COLUMN
 from pipeline.evidence import DEFAULT_SUBGROUPS, MODEL, Evidence
-from pipeline.instability import warning_text
 from pipeline.report import sections as s
 from pipeline.report.document import BANNER, Section, ci, lines, num, prose, to_html, to_markdown
 
@@ -57,7 +56,7 @@ def render_model_card(
     """The model card (Mitchell et al., FAT* 2019) as (markdown, html), from one run's evidence.
 
     model_info (all optional): name, version, run_id, trained_at, kind, params, thresholds,
-      calibration, contract_version, git_commit, n_params, instability (pipeline.instability's summary).
+      calibration, contract_version, git_commit, n_params, instability (pipeline.train.instability's summary).
     data_provenance (all optional): synthetic (bool), sha256, file, n_rows, n_dev, n_test, seed,
       n_rows_rejected, description.
     Missing entries show as "not recorded". The HTML is self-contained and escaped.
@@ -69,7 +68,7 @@ def render_model_card(
     outcome = s.outcome_text(ev.outcome)
     name = _get(model_info, "name", "icans-risk")
     # The card is written before the registry numbers the version that will carry it: a marker that
-    # `with_version` replaces in the run's copy once it is registered (pipeline.tracking).
+    # `with_version` replaces in the run's copy once it is registered (pipeline.tracking.runs).
     version = _get(model_info, "version", PENDING_VERSION)
     params = model_info.get("params")
     thresholds = model_info.get("thresholds") or {r["name"]: r["threshold"] for r in ev.thresholds.to_dict(orient="records")}
@@ -85,7 +84,7 @@ def render_model_card(
         ["code version (git commit)", _get(model_info, "git_commit")],
         ["outcome", outcome],
     ])
-    source = ("synthetic cohort from pipeline.cohort.generate_cohort"
+    source = ("synthetic cohort from pipeline.data.synthetic.generate_cohort"
               + (f" (seed {data_provenance['seed']})" if data_provenance.get("seed") is not None else "")
               if synthetic else f"cohort file {_get(data_provenance, 'file')}")
     provenance_rows = [
@@ -105,7 +104,7 @@ def render_model_card(
                               f"AUROC {ci(r, 'auroc')}, CITL {num(r['calibration_in_the_large'], 4)}{flag}")
 
     gate = model_info.get("gate") or {}
-    if gate.get("rule"):  # the gate's rule, stated once (pipeline.compare.GATE_RULE)
+    if gate.get("rule"):  # the gate's rule, stated once (pipeline.train.gate.GATE_RULE)
         details[2].append(["quality gate rule", str(gate["rule"])])
     if gate and not gate.get("passed", True):
         details[2].append(["quality gate", f"FAILED: {gate.get('reason')}"
@@ -162,3 +161,16 @@ def write_model_card(evidence: Evidence, model_info: Mapping[str, Any], data_pro
     md_path.write_text(markdown, encoding="utf-8")
     html_path.write_text(page, encoding="utf-8")
     return md_path, html_path
+
+
+def warning_text(summary: dict[str, Any]) -> str | None:
+    """The model card's warning, when the risks are unstable."""
+    if not summary.get("warning"):
+        return None
+    return (
+        f"Individual risks are unstable: across {summary['models']} models developed on bootstrap samples of "
+        f"the {summary['n_dev']} development patients, a patient's risk moved by {summary['mape']:.3f} on "
+        f"average (MAPE), against a mean risk of {summary['mean_risk']:.3f}, and {summary['group_change']:.0%} "
+        "of the time into another risk group. Read each risk with its interval; a larger development cohort "
+        "is needed before individual risks can be relied on."
+    )

@@ -10,8 +10,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from pipeline import style
-from pipeline.contract import OUTCOMES
+from core import style
+from core.contract import OUTCOMES
 from pipeline.evidence import (
     EASIX,
     M_EASIX,
@@ -230,7 +230,7 @@ def direction_blocks(ev: Evidence) -> list[Block]:
 
 
 def instability_blocks(instability: Mapping[str, Any] | None) -> list[Block]:
-    """The instability analysis (pipeline.instability) of the model, if it has one: a paragraph, the
+    """The instability analysis (pipeline.train.instability) of the model, if it has one: a paragraph, the
     figures by risk group, and its warning."""
     if not instability:
         return []

@@ -9,16 +9,16 @@ import base64
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.contract import INTENDED_USE
+from core.contract import INTENDED_USE
 from pipeline.evidence import SMALL_SUBGROUP_EVENTS, SMALL_SUBGROUP_N, Evidence
 from pipeline.report import sections as s
 from pipeline.report.document import BANNER, Block, Section, ci, num, prose, to_html
 from pipeline.report.figures import CAPTIONS, save_plots
 
 REPORT_FILE = "validation_report.html"
-# The figures other modules draw (pipeline.plots) that the report names, when they are all there is.
+# The figures other modules draw (pipeline.report.plots) that the report names, when they are all there is.
 NAMED_OTHER_FIGURES = {"roc.png", "shap_summary.png"}
-INSTABILITY_PNG = "instability.png"  # drawn by pipeline.instability
+INSTABILITY_PNG = "instability.png"  # drawn by pipeline.train.instability
 REFERENCES = (
     "Collins GS et al. TRIPOD+AI statement. BMJ 2024;385:e078378.",
     "Mitchell M et al. Model cards for model reporting. FAT* 2019:220-229.",
@@ -50,8 +50,8 @@ def render_validation_report(
     `<dir>/validation_report.html`) and the evidence's PNG figures to plots_dir.
 
     Figures are embedded as base64 data URIs; any other PNG already in plots_dir (e.g. the ROC and
-    SHAP plots of `pipeline.plots`) is embedded under "Other figures". No script, no external
-    resource. Returns out_path. `instability`: the model's instability summary (pipeline.instability),
+    SHAP plots of `pipeline.report.plots`) is embedded under "Other figures". No script, no external
+    resource. Returns out_path. `instability`: the model's instability summary (pipeline.train.instability),
     shown with `<plots_dir>/instability.png` when given.
     """
     plots_dir = Path(plots_dir)

@@ -9,9 +9,9 @@ import re
 from datetime import datetime
 from typing import Any
 
-from pipeline import display
-from pipeline.contract import FEATURES_BY_NAME, INTENDED_USE, OUTCOMES
-from pipeline.display import percent
+from core import display
+from core.contract import FEATURES_BY_NAME, INTENDED_USE, OUTCOMES
+from core.display import percent
 from serving.fhir.resources import (
     CARD_EXTENSION,
     INDICATOR,
@@ -20,7 +20,7 @@ from serving.fhir.resources import (
     TOP_FACTORS,
 )
 
-# Names and values as people read them, from the contract (pipeline.display): the same words
+# Names and values as people read them, from the contract (core.display): the same words
 # as the waterfall, the explanation page and the calculator.
 feature_label = display.name
 format_value = display.value
@@ -46,7 +46,7 @@ def summary(answer: dict[str, Any], outcome: str) -> str:
 
 
 def interval_text(unc: dict[str, Any]) -> str:
-    """"12-25%": the interval in the pages' rounding (pipeline.display)."""
+    """"12-25%": the interval in the pages' rounding (core.display)."""
     return display.percent_range(float(unc["interval"][0]), float(unc["interval"][1]))
 
 

@@ -1,10 +1,10 @@
 """The documented code, unit and product tables used to read FHIR resources.
 
-Laboratory codes come from the data contract (`pipeline.contract.FEATURES[*].loinc`); this module
+Laboratory codes come from the data contract (`core.contract.FEATURES[*].loinc`); this module
 only adds what the contract does not carry: the local code for IL-15 (no LOINC code exists), the
 UCUM unit conversions, the SNOMED CT / ICD-10 tables for the three yes/no features, the CAR T
 product table and the lymphodepleting agents. A site adds its own codes with
-`ICANS_CDS_EXTRA_CODES` (see `pipeline/settings.py`), never by editing values here.
+`ICANS_CDS_EXTRA_CODES` (see `core/settings.py`), never by editing values here.
 
 SNOMED CT and ICD-10 codes below are the ones this service recognises; verify them against your
 own terminology release before clinical use (this service is research use only).
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.contract import FEATURES, FEATURES_BY_NAME
+from core.contract import FEATURES, FEATURES_BY_NAME
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"

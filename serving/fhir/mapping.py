@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pipeline.contract import FEATURE_NAMES, FEATURES_BY_NAME
+from core.contract import FEATURE_NAMES, FEATURES_BY_NAME
 from serving.fhir import codes as C
 from serving.fhir.conditions import ConditionRules
 from serving.fhir.datatypes import FHIR_ID, as_instant, concept_tokens, fmt_date, fmt_num, reference_of, subject_ok

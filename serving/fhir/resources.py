@@ -25,7 +25,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.contract import FEATURES_BY_NAME, OUTCOMES, intended_use
+from core.contract import FEATURES_BY_NAME, OUTCOMES, intended_use
 from serving.accept import media_ranges
 from serving.fhir import codes as C
 from serving.fhir.datatypes import FHIR_ID

@@ -19,8 +19,9 @@ from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from pipeline import display, waterfall
-from pipeline.contract import FEATURES, FEATURES_BY_NAME, Feature
+from core import display
+from core import waterfall
+from core.contract import FEATURES, FEATURES_BY_NAME, Feature
 from serving import pages
 from serving.auth import Principal, require
 from serving.deps import model_of, served_predictor, settings_of

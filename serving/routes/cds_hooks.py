@@ -26,8 +26,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from pipeline.contract import INTENDED_USE
-from pipeline.settings import Settings
+from core.contract import INTENDED_USE
+from core.settings import Settings
 from serving.auth import Principal
 from serving.cds_auth import require_cds_client
 from serving.routes import explanation_page

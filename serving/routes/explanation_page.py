@@ -20,7 +20,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from pipeline import waterfall
+from core import waterfall
 from serving import page_cache, pages
 from serving.deps import ModelStateDep, StoreDep, served_predictor, settings_of
 from serving.store import Store

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
-from pipeline.contract import FEATURES, INTENDED_USE
+from core.contract import FEATURES, INTENDED_USE
 from serving.deps import ModelStateDep, PredictorDep, SettingsDep, store_of
 from serving.predictor import Predictor
 

@@ -20,9 +20,9 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from pipeline import waterfall
-from pipeline.contract import intended_use, outcome_of
-from pipeline.settings import Settings
+from core import waterfall
+from core.contract import intended_use, outcome_of
+from core.settings import Settings
 from serving.accept import media_ranges
 from serving.audit_rows import audit_record
 from serving.auth import Principal, require

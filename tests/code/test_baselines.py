@@ -21,7 +21,7 @@ from models.baselines import (
     log2_score,
     m_easix,
 )
-from pipeline.contract import FEATURES_BY_NAME, example_request
+from core.contract import FEATURES_BY_NAME, example_request
 
 
 def _labs(ldh, creat, plt, crp) -> pd.DataFrame:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import run_group
+from tests.helpers import run_group
 
 ROOT = Path(__file__).resolve().parents[2]
 

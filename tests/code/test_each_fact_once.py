@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline import contract, style, validation
-from pipeline.contract import OUTCOMES, SEVERE_GRADE, intended_use, outcome_of
+from core import contract, style
+from pipeline.train import validation
+from core.contract import OUTCOMES, SEVERE_GRADE, intended_use, outcome_of
 
 
 def test_each_outcome_carries_its_label_short_name_and_code() -> None:
@@ -38,7 +39,7 @@ def test_the_fhir_outcome_concept_and_notes_follow_the_contract() -> None:
 
 
 def test_the_schema_applies_the_severe_grade_rule_from_the_contract(monkeypatch) -> None:
-    from pipeline import schema
+    from pipeline.data import schema
 
     df = pd.DataFrame({contract.GRADE_COLUMN: [SEVERE_GRADE - 1, SEVERE_GRADE, SEVERE_GRADE + 1],
                        "severe_icans": [0, 1, 1]})
@@ -56,4 +57,4 @@ def test_served_outcomes_use_the_contract_s_severe_grade() -> None:
 def test_series_keys_are_defined_once_in_style() -> None:
     assert validation.MODEL is style.MODEL and validation.UNTUNED_HGB is style.UNTUNED_HGB
     assert validation.LOGISTIC_MODEL is style.LOGISTIC_MODEL
-    assert not hasattr(validation, "LOGISTIC")  # "LOGISTIC" is logistic recalibration's (pipeline.recalibration)
+    assert not hasattr(validation, "LOGISTIC")  # "LOGISTIC" is logistic recalibration's (pipeline.stats.recalibration)

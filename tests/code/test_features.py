@@ -1,4 +1,4 @@
-"""The model matrix (pipeline/features.py): one encoding for training, scoring and serving.
+"""The model matrix (core/features.py): one encoding for training, scoring and serving.
 
 encode_frame (DataFrames: training, batch scoring) and encode_record (one request on the serving
 hot path) must produce identical rows; GROUP must sum matrix columns back to contract features;
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.cohort import generate_cohort
-from pipeline.contract import (
+from pipeline.data.synthetic import generate_cohort
+from core.contract import (
     FEATURES,
     FEATURES_BY_NAME,
     GRADE_COLUMN,
@@ -23,7 +23,7 @@ from pipeline.contract import (
     NON_FEATURE_COLUMNS,
     OUTCOMES,
 )
-from pipeline.features import (
+from core.features import (
     GROUP,
     MATRIX_COLUMNS,
     MATRIX_NAMES,
@@ -33,7 +33,7 @@ from pipeline.features import (
     monotone_constraints,
     training_ranges,
 )
-from pipeline.io import read_cohort
+from pipeline.data.read import read_cohort
 from serving.schemas import PatientFeatures
 
 N = 300

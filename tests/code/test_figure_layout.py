@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from matplotlib.text import Text
 
-from pipeline import plots, report, waterfall
-from pipeline.contract import FEATURES, example_request
-from tests.code.test_report import evidence  # noqa: F401  (the module's fixture)
+from pipeline.report import plots
+from pipeline import report
+from core import waterfall
+from core.contract import FEATURES, example_request
 
 TOLERANCE_PX = 1.0  # boxes that only touch (anti-aliasing) are not an overlap
 
@@ -84,7 +85,7 @@ def laid_out(monkeypatch):
 
 
 def test_the_instability_plot_has_no_overlapping_text(monkeypatch, tmp_path):
-    from pipeline.instability import Instability, instability_plot
+    from pipeline.train.instability import Instability, instability_plot
 
     kept: list = []
     monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))

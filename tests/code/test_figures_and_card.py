@@ -1,4 +1,4 @@
-"""One visual language for the figures (pipeline.style) and a model card that says what it means."""
+"""One visual language for the figures (core.style) and a model card that says what it means."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 from matplotlib.colors import to_hex
 
 from pipeline import evidence as ev
-from pipeline import plots, report, style
-from pipeline.contract import FEATURES
+from pipeline.report import plots
+from pipeline import report
+from core import style
+from core.contract import FEATURES
 from pipeline.report.sections import headline
-from tests.code.test_report import evidence  # noqa: F401  (the module's fixture)
 
 
 @pytest.fixture()
@@ -26,7 +27,7 @@ def captured(monkeypatch):
         figures[path.name] = fig
         return path
 
-    monkeypatch.setattr(plots, "save", keep)  # every figure is saved by pipeline.plots.save
+    monkeypatch.setattr(plots, "save", keep)  # every figure is saved by pipeline.report.plots.save
     yield figures
     for fig in figures.values():
         plt.close(fig)

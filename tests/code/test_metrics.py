@@ -8,10 +8,10 @@ import pytest
 from scipy.special import expit, logit
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pipeline.cohort import generate_cohort
+from pipeline.data.synthetic import generate_cohort
 
-from pipeline.bootstrap import bootstrap_ci, bootstrap_indices, bootstrap_replicates
-from pipeline.metrics import (
+from pipeline.stats.bootstrap import bootstrap_ci, bootstrap_indices, bootstrap_replicates
+from pipeline.stats.metrics import (
     auroc,
     binary_metrics,
     brier,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from mlflow import MlflowClient
 
-from pipeline.tracking import (
+from pipeline.tracking.runs import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     describe_registered_model,
     setup_mlflow,
 )
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 
 def test_a_new_experiment_opens_on_training_runs_with_a_description(tmp_path) -> None:

@@ -13,7 +13,7 @@ def test_every_package_directory_is_listed_in_pyproject() -> None:
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {
         ".".join(p.parent.relative_to(ROOT).parts)
-        for top in ("pipeline", "models", "serving")
+        for top in ("core", "models", "pipeline", "serving", "cli")
         for p in (ROOT / top).rglob("__init__.py")
     }
     assert found <= listed, f"not installed by a non-editable install: {sorted(found - listed)}"

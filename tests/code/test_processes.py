@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.processes import run_group
+from tests.helpers import run_group
 
 
 def _alive(pid: int) -> bool:

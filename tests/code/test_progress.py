@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from pipeline import progress
+from pipeline.tracking import progress
 
 
 class _Tty(io.StringIO):

@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from pipeline.contract import markdown_table
+from core.contract import markdown_table
+import re
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -16,4 +17,6 @@ def test_readme_contract_table_is_the_contract():
 def test_readme_states_intended_use_and_the_two_commands():
     text = README.read_text()
     assert "Research use only" in text
-    assert "make serve" in text and "make test" in text
+    assert re.search(r"`make serve`|^make serve\b", text, flags=re.M), "make serve"
+    # `make test` itself, not the prefix of `make test-fast` or `make test-cohorts`
+    assert re.search(r"\bmake test\b(?![-\w])", text), "make test"

@@ -1,4 +1,4 @@
-"""The report's templates (pipeline/templates) ship with the package and render what they should."""
+"""The report's templates (pipeline/report/templates) ship with the package and render what they should."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_every_template_is_package_data():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert "pipeline.templates" in config["packages"]
-    patterns = config["package-data"]["pipeline.templates"]
-    templates = sorted(p.name for p in (ROOT / "pipeline" / "templates").iterdir() if p.is_file())
+    assert "pipeline.report.templates" in config["packages"]
+    patterns = config["package-data"]["pipeline.report.templates"]
+    templates = sorted(p.name for p in (ROOT / "pipeline" / "report" / "templates").iterdir() if p.is_file())
     assert templates
     assert all(any(fnmatch.fnmatch(t, pat) for pat in patterns) for t in templates), templates
 

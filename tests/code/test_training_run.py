@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cohort import generate_cohort
-from pipeline.features import encode_frame
-from pipeline.training_run import GateVerdict, TrainingRun
-from pipeline.validation import Design
-from tests.conftest import make_settings
+from pipeline.data.synthetic import generate_cohort
+from core.features import encode_frame
+from pipeline.train.training_run import GateVerdict, TrainingRun
+from pipeline.train.validation import Design
+from tests.helpers import make_settings
 
 
 def test_the_run_encodes_the_development_matrix_once(tmp_path: Path) -> None:
@@ -39,7 +39,7 @@ class _Client:
 
 
 def _promote(monkeypatch, tmp_path: Path, gate: GateVerdict, champion: Any, **settings: Any):
-    import pipeline.promote as promotion
+    import pipeline.train.promote as promotion
 
     asked: list[str] = []
 

@@ -1,4 +1,4 @@
-"""Data properties of the synthetic cohort (pipeline/cohort.py).
+"""Data properties of the synthetic cohort (pipeline/data/synthetic.py).
 
 These protect what downstream code and the documentation rely on: the contract (columns, ranges,
 categories, missingness), the label definition, and the clinical shape of the generator
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.cohort import generate_cohort, oracle_auroc
-from pipeline.contract import (
+from pipeline.data.synthetic import generate_cohort, oracle_auroc
+from core.contract import (
     FEATURE_NAMES,
     FEATURES,
     FEATURES_BY_NAME,

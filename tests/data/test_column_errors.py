@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.contract import OUTCOMES
-from pipeline.io import CohortError, nearest_name, read_cohort
+from core.contract import OUTCOMES
+from pipeline.data.read import CohortError, nearest_name, read_cohort
 
 OUTCOME = next(iter(OUTCOMES))
 
 
 @pytest.fixture(scope="module")
 def cohort_df():
-    from pipeline.cohort import generate_cohort
+    from pipeline.data.synthetic import generate_cohort
 
     return generate_cohort(n=60, seed=3)
 

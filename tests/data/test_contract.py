@@ -1,4 +1,4 @@
-"""One source of truth: the contract (pipeline/contract.py) and everything derived from it.
+"""One source of truth: the contract (core/contract.py) and everything derived from it.
 
 The pandera schema for cohort files, the pydantic request model, the markdown table and the
 OpenAPI example must all say what `FEATURES` says, and the two validation paths (cohort file and
@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from pipeline.cohort import generate_cohort
-from pipeline.contract import (
+from pipeline.data.synthetic import generate_cohort
+from core.contract import (
     FEATURE_NAMES,
     FEATURES,
     FEATURES_BY_NAME,
@@ -27,8 +27,8 @@ from pipeline.contract import (
     example_request,
     markdown_table,
 )
-from pipeline.io import read_cohort
-from pipeline.schema import cohort_schema
+from pipeline.data.read import read_cohort
+from pipeline.data.schema import cohort_schema
 from serving.schemas import PatientFeatures
 
 FLOATS = [f for f in FEATURES if f.kind == "float"]

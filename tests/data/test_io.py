@@ -1,4 +1,4 @@
-"""Reading cohort files (pipeline/io.py): parse, validate lazily, report without echoing values.
+"""Reading cohort files (pipeline/data/read.py): parse, validate lazily, report without echoing values.
 
 Files are written from the synthetic generator into pytest's tmp_path, then damaged on purpose.
 Row numbers in reports are 1-based data rows (file line minus the header line).
@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.cohort import generate_cohort
-from pipeline.contract import FEATURES, FEATURES_BY_NAME, GRADE_COLUMN, ID_COLUMN, OUTCOMES
-from pipeline.features import MATRIX_NAMES, encode_frame
-from pipeline.io import (
+from pipeline.data.synthetic import generate_cohort
+from core.contract import FEATURES, FEATURES_BY_NAME, GRADE_COLUMN, ID_COLUMN, OUTCOMES
+from core.features import MATRIX_NAMES, encode_frame
+from pipeline.data.read import (
     CohortError,
-    ValidationReport,
+    CohortProblems,
     file_sha256,
     read_cohort,
     read_table,
@@ -58,7 +58,7 @@ def _csv(df: pd.DataFrame, path: Path, **kwargs) -> Path:
     return path
 
 
-def _pairs(report: ValidationReport) -> set[tuple[int, str]]:
+def _pairs(report: CohortProblems) -> set[tuple[int, str]]:
     return set(zip(report.failures["row"].astype(int), report.failures["column"], strict=True))
 
 
@@ -378,7 +378,7 @@ def test_bad_optional_values_are_still_rejected(frame, tmp_path: Path) -> None:
 def test_extra_columns_warn_and_never_reach_the_matrix(cohort_df, valid, tmp_path, caplog) -> None:
     df = cohort_df.assign(secret_mrn=np.arange(N), icans_day=7.0)
     path = _csv(df, tmp_path / "extra.csv")
-    with caplog.at_level(logging.WARNING, logger="pipeline.io"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.read"):
         c = read_cohort(path, OUTCOME)
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("secret_mrn" in m and "icans_day" in m for m in messages), messages
@@ -601,8 +601,8 @@ def test_required_features_listed_in_contract_are_the_ones_io_requires(cohort_df
 
 
 def test_parquet_with_a_stored_index_keeps_ids_and_row_numbers(tmp_path):
-    from pipeline.cohort import generate_cohort
-    from pipeline.io import CohortError, read_cohort
+    from pipeline.data.synthetic import generate_cohort
+    from pipeline.data.read import CohortError, read_cohort
 
     df = generate_cohort(30, seed=4).drop(columns=["p_true"]).iloc[10:].set_index("patient_id")
     df.iloc[3, df.columns.get_loc("ldh_u_l")] = 55555.0

@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import pipeline.io as io
-import pipeline.io_parse as io_parse
-import pipeline.io_table as io_table
+import pipeline.data.read as io
+import pipeline.data.parse as io_parse
+import pipeline.data.table as io_table
 import pipeline.score as score
-from pipeline.cohort import generate_cohort
-from pipeline.contract import FEATURE_NAMES, FEATURES, GRADE_COLUMN, ID_COLUMN
-from pipeline.features import MATRIX_COLUMNS, N_MATRIX, encode_frame
+from pipeline.data.synthetic import generate_cohort
+from core.contract import FEATURE_NAMES, FEATURES, GRADE_COLUMN, ID_COLUMN
+from core.features import MATRIX_COLUMNS, N_MATRIX, encode_frame
 
 N = 60
 

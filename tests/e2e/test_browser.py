@@ -154,7 +154,7 @@ def test_model_card_renders(live, browser):
 def test_the_page_a_cds_card_links_to(live, browser):
     import httpx
 
-    from tests.service.test_cds_hooks import hook_body, now_chart
+    from tests.helpers import hook_body, now_chart
 
     r = httpx.post(f"{live}/cds-services/icans-risk", json=hook_body(now_chart("pat-browser-1")), timeout=30)
     assert r.status_code == 200, r.text
@@ -310,8 +310,8 @@ def test_the_calculator_names_every_input_and_is_used_by_keyboard_alone(live, br
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from pipeline import display
-    from pipeline.contract import FEATURES, example_request
+    from core import display
+    from core.contract import FEATURES, example_request
 
     _visit(browser, f"{live}/calculator", "document.querySelector('form')", "calculator_empty")
     assert _unnamed_controls(browser) == []

@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.contract import FEATURE_NAMES, example_request
-from tests.processes import run_group
+from core.contract import FEATURE_NAMES, example_request
+from tests.helpers import run_group
 
 CLI = shutil.which("icans-risk") or str(Path(sys.executable).with_name("icans-risk"))
 

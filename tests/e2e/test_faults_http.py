@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.contract import example_request
+from core.contract import example_request
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER_TIMEOUT_S = 2.0
@@ -55,7 +55,7 @@ def server(trained, tmp_path_factory):
     }
     port = _port()
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from pipeline.cli import main; main()", "serve", "--port", str(port)],
+        [sys.executable, "-c", "from cli.main import main; main()", "serve", "--port", str(port)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.service.test_fhir_mapping import Chart
+from tests.helpers import Chart
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "ehr-access-token-secret-0123"
@@ -208,7 +208,7 @@ def env(trained, tmp_path_factory):
     }
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from pipeline.cli import main; main()", "serve", "--port", str(port)],
+            [sys.executable, "-c", "from cli.main import main; main()", "serve", "--port", str(port)],
             cwd=ROOT, env=environ, stdout=log_file, stderr=subprocess.STDOUT,
         )
     try:

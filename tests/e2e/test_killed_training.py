@@ -16,15 +16,15 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.cohort import generate_cohort
+from pipeline.data.synthetic import generate_cohort
 
 pytestmark = pytest.mark.slow
 
 WRAPPER = """
 import sys, time, pathlib
 stage, marker = sys.argv[1], pathlib.Path(sys.argv[2])
-import pipeline.promote as promote
-import pipeline.tuning as tuning
+import pipeline.train.promote as promote
+import pipeline.train.tuning as tuning
 
 def hold(real):
     def held(*args, **kwargs):
@@ -40,7 +40,7 @@ elif stage == "log_model":  # the logged model exists, PENDING, its artifacts no
     MlflowClient.log_model_artifacts = hold(MlflowClient.log_model_artifacts)
 elif stage == "promote":
     promote.promote = hold(promote.promote)
-from pipeline.cli import main
+from cli.main import main
 sys.argv = ["icans-risk", "train", "--data", sys.argv[3]]
 main()
 """
@@ -73,7 +73,7 @@ def _train_until(workspace, stage: str) -> subprocess.Popen:
 
 def _train(workspace) -> subprocess.CompletedProcess:
     root, path, env = workspace
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "--data", str(path)], env=env, cwd=root,
+    return subprocess.run([sys.executable, "-m", "cli.main", "train", "--data", str(path)], env=env, cwd=root,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -113,7 +113,7 @@ def test_sigkill_is_found_by_the_next_training_and_by_the_sweep_command(workspac
     print("after SIGKILL in tuning:", _state(client))
     assert {r.info.status for r in _runs(client)} == {"RUNNING"}  # what SIGKILL leaves
     root, _, env = workspace
-    swept = subprocess.run([sys.executable, "-m", "pipeline.cli", "runs", "sweep"], env=env, cwd=root,
+    swept = subprocess.run([sys.executable, "-m", "cli.main", "runs", "sweep"], env=env, cwd=root,
                            capture_output=True, text=True, timeout=120)
     assert swept.returncode == 0 and swept.stdout.startswith("2 run(s) marked KILLED"), swept.stdout + swept.stderr
     print("after the sweep:", _state(client))

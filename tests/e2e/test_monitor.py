@@ -11,11 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
-from pipeline.cohort import generate_cohort
-from pipeline.contract import FEATURES
-from pipeline.monitor import MONITORING_EXPERIMENT, MonitoringError, monitor
+from pipeline.data.synthetic import generate_cohort
+from core.contract import FEATURES
+from pipeline.monitor.run import MONITORING_EXPERIMENT, MonitoringError, monitor
 from serving.app import create_app
-from tests.conftest import open_store, wait_ready
+from tests.helpers import open_store, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -155,14 +155,14 @@ def test_a_scheduled_run_judges_outcomes_that_are_due(trained, tokens):
     import numpy as np
     import sqlalchemy as sa
 
-    from pipeline.cli import _monitor_once
+    from cli.main import _monitor_once
     from serving.monitoring_runs import monitoring_runs
     from serving.outcomes import OutcomeRecord, record_outcome
     from serving.store import AuditRecord
 
     settings, _ = trained
     mlflow.set_tracking_uri(settings.tracking_uri)
-    from pipeline.registry import resolve
+    from models.registry import resolve
 
     resolved = resolve(MlflowClient(), settings.resolved_model_uri)
     old = generate_cohort(300, 71)
@@ -211,7 +211,7 @@ def test_the_monitor_command(trained, tokens):
     """`icans-risk monitor` (what `make monitor` runs) on the service's store: one run, its verdict."""
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from cli.main import main
 
     settings, _ = trained
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {tokens['score']}"}) as client:
@@ -242,7 +242,7 @@ def test_the_schedule_in_serve_runs_and_records(trained, tokens):
 
     import sqlalchemy as sa
 
-    from pipeline.cli import _monitor_on_schedule
+    from cli.main import _monitor_on_schedule
     from serving.monitoring_runs import monitoring_runs
 
     settings, _ = trained

@@ -57,7 +57,7 @@ def test_readyz_names_a_down_tracking_server_within_one_probe_interval(tmp_path)
     for name in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
         env.pop(name, None)
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from pipeline.cli import main; main()", "serve", "--port", str(port)],
+        [sys.executable, "-c", "from cli.main import main; main()", "serve", "--port", str(port)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.contract import example_request
-from tests.pg import PG_HOST, PG_PORT, pg_connect
-from tests.processes import run_group
+from core.contract import example_request
+from tests.helpers import PG_HOST, PG_PORT, pg_connect
+from tests.helpers import run_group
 
 pytestmark = pytest.mark.slow
 

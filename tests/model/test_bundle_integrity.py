@@ -16,8 +16,8 @@ from mlflow import MlflowClient
 
 from models.artifact import BUNDLE_FILE, BundleError, ModelBundle
 from models.ensemble import ENSEMBLE_FILE
-from pipeline.contract import example_request
-from pipeline.registry import DIGEST_TAG, BundleRefused, ResolvedModel, load_bundle, resolve, resolve_direct
+from core.contract import example_request
+from models.registry import DIGEST_TAG, BundleRefused, ResolvedModel, load_bundle, resolve, resolve_direct
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_a_model_whose_risk_leaves_its_own_interval_is_refused(champion, tmp_pat
 
 def test_reload_refuses_a_tampered_and_an_incomplete_version_and_keeps_serving(trained, tokens, champion, tmp_path):
     from serving.app import create_app
-    from tests.conftest import wait_ready
+    from tests.helpers import wait_ready
 
     settings, result = trained
     mlflow.set_tracking_uri(settings.tracking_uri)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.features import N_MATRIX, encode_record
-from tests.conftest import edge_records, random_records
+from core.features import N_MATRIX, encode_record
+from tests.helpers import edge_records, random_records
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -172,7 +172,7 @@ def test_direct_resolution_is_mlflows_answer(trained):
     from mlflow import MlflowClient
 
     import mlflow
-    from pipeline.registry import resolve, resolve_direct
+    from models.registry import resolve, resolve_direct
 
     settings, result = trained
     mlflow.set_tracking_uri(settings.tracking_uri)
@@ -197,7 +197,7 @@ def test_direct_resolution_knows_the_pinned_mlflow_schema_and_leaves_others_to_m
 
     from mlflow.store.db.utils import _get_latest_schema_revision
 
-    from pipeline.registry import MLFLOW_SCHEMA_HEAD, resolve_direct
+    from models.registry import MLFLOW_SCHEMA_HEAD, resolve_direct
 
     assert MLFLOW_SCHEMA_HEAD == _get_latest_schema_revision()
     settings, _ = trained
@@ -210,7 +210,7 @@ def test_direct_resolution_knows_the_pinned_mlflow_schema_and_leaves_others_to_m
 
 
 def test_direct_resolution_leaves_workspaces_to_mlflow(trained, monkeypatch):
-    from pipeline.registry import resolve_direct
+    from models.registry import resolve_direct
 
     settings, _ = trained
     monkeypatch.setenv("MLFLOW_ENABLE_WORKSPACES", "true")
@@ -249,8 +249,8 @@ def test_direct_resolution_on_a_postgresql_registry(saved, tmp_path):
     from mlflow import MlflowClient
 
     from models.artifact import ModelBundle
-    from pipeline.registry import load_bundle, resolve, resolve_direct
-    from tests.pg import PG_HOST, PG_PORT, pg_connect
+    from models.registry import load_bundle, resolve, resolve_direct
+    from tests.helpers import PG_HOST, PG_PORT, pg_connect
 
     admin, user = pg_connect()
     name = f"icans_test_{secrets.token_hex(6)}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
-from pipeline.recalibration import INTERCEPT, LOGISTIC, NONE, REVISION, closed_test, closed_test_with_revision
+from pipeline.stats.recalibration import INTERCEPT, LOGISTIC, NONE, REVISION, closed_test, closed_test_with_revision
 
 ALPHA = 0.05
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pipeline.cohort_centres import CentreSpec, generate_consortium
-from tests.conftest import make_settings
+from pipeline.data.synthetic_centres import CentreSpec, generate_consortium
+from tests.helpers import make_settings
 
 
 def test_cluster_setting_is_validated(tmp_path):
@@ -21,7 +21,7 @@ def test_cluster_setting_is_validated(tmp_path):
 
 
 def test_no_address_runs_in_process():
-    from pipeline.cluster import joblib_backend
+    from pipeline.train.cluster import joblib_backend
 
     with joblib_backend(None) as client:
         assert client is None
@@ -29,7 +29,7 @@ def test_no_address_runs_in_process():
 
 @pytest.mark.slow
 def test_local_cluster_of_two_workers_gives_byte_identical_metrics(tmp_path):
-    from pipeline.iecv import run_iecv
+    from pipeline.train.iecv import run_iecv
 
     df = generate_consortium((CentreSpec("A", 150), CentreSpec("B", 150), CentreSpec("C", 150, logit_shift=0.5)),
                              seed=3)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from models.candidates import make_hist_gradient_boosting
-from pipeline.cohort import generate_cohort
-from pipeline.contract import FEATURES, FEATURES_BY_NAME, markdown_table
-from pipeline.directions import feature_directions, unconstrained_fit
-from pipeline.features import MATRIX_NAMES, encode_frame, monotone_constraints
+from pipeline.data.synthetic import generate_cohort
+from core.contract import FEATURES, FEATURES_BY_NAME, markdown_table
+from pipeline.evidence.directions import feature_directions, unconstrained_fit
+from core.features import MATRIX_NAMES, encode_frame, monotone_constraints
 
 UNSUPPORTED_AT_BASELINE = ("il6_pg_ml", "ifng_pg_ml", "il15_pg_ml", "creatinine_mg_dl")
 

@@ -12,8 +12,8 @@ from models.candidates import make_hist_gradient_boosting, make_xgboost
 from models.ensemble import MarginEnsemble
 from models.explain import tree_margin
 from models.trees import from_hist_gradient_boosting, from_xgboost
-from pipeline.cohort import generate_cohort
-from pipeline.features import encode_frame
+from pipeline.data.synthetic import generate_cohort
+from core.features import encode_frame
 
 
 def _models(family: str, n: int, depth: int, trees: int, B: int, seed: int):

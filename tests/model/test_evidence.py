@@ -11,10 +11,11 @@ import pytest
 from scipy.special import expit, logit
 from sklearn.metrics import average_precision_score
 
+from pipeline.train import learning_curve as learning
 from pipeline import evidence as ev
-from pipeline.bootstrap import bootstrap_indices
+from pipeline.stats.bootstrap import bootstrap_indices
 from pipeline.evidence.calibration import _calibration_batch
-from pipeline.metrics import calibration_slope_intercept
+from pipeline.stats.metrics import calibration_slope_intercept
 
 N = 20_000
 
@@ -31,7 +32,7 @@ def small() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def cohort_split():
-    from pipeline.cohort import generate_cohort
+    from pipeline.data.synthetic import generate_cohort
 
     dev = generate_cohort(900, 11)
     test = generate_cohort(500, 12)
@@ -245,7 +246,7 @@ def test_subgroups_cover_every_level_and_flag_small_ones(cohort_split):
         assert part["events"].sum() == y.sum(), group
     expected_groups = {"age", "costimulatory_domain", "product", "sex", "marrow_blasts"}
     assert set(sg["group"]) == expected_groups
-    from pipeline.contract import FEATURES_BY_NAME
+    from core.contract import FEATURES_BY_NAME
 
     products = set(sg[sg.group == "product"]["level_label"])
     assert set(FEATURES_BY_NAME["product"].categories) <= products
@@ -350,7 +351,7 @@ def test_thresholds_table_known_case():
 
 
 def test_learning_curve_with_the_default_models_and_a_custom_callable():
-    table = ev.learning_curve(sizes=(150, 300), seed=1, test_size=400)
+    table = learning.learning_curve(sizes=(150, 300), seed=1, test_size=400)
     assert set(table["size"]) == {150, 300}
     assert {"tuned model", "untuned HGB", "logistic", "m_easix", "easix", ev.ORACLE} <= set(table["model"])
     oracle = table[table.model == ev.ORACLE]["auroc"]
@@ -363,7 +364,7 @@ def test_learning_curve_with_the_default_models_and_a_custom_callable():
         seen.append((len(train_df), len(test_df)))
         return {"constant": 0.5}
 
-    custom = ev.learning_curve(sizes=(50, 80), seed=1, test_size=100, fit_and_score=fit_and_score, repeats=2)
+    custom = learning.learning_curve(sizes=(50, 80), seed=1, test_size=100, fit_and_score=fit_and_score, repeats=2)
     assert seen == [(50, 100), (80, 100)] * 2
     assert set(custom["model"]) == {"constant", ev.ORACLE}
     summary = ev.learning_curve_summary(custom)

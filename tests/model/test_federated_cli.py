@@ -19,12 +19,12 @@ def cli_env(trained, monkeypatch):
 def test_two_centres_summaries_pool_like_the_served_model_on_the_pooled_file(cli_env, tmp_path):
     from click.testing import CliRunner
 
-    from pipeline.centre_performance import centre_row
-    from pipeline.cli import main
-    from pipeline.cohort_centres import CentreSpec, generate_centre
-    from pipeline.features import encode_frame
+    from pipeline.evidence.centre_performance import centre_row
+    from cli.main import main
+    from pipeline.data.synthetic_centres import CentreSpec, generate_centre
+    from core.features import encode_frame
     from pipeline.federated import MIN_CELL
-    from pipeline.meta_analysis import pool_measures
+    from pipeline.stats.meta_analysis import pool_measures
 
     settings, result = cli_env
     frames = {"NORTH": generate_centre(CentreSpec("NORTH", 300), seed=21),
@@ -54,7 +54,7 @@ def test_two_centres_summaries_pool_like_the_served_model_on_the_pooled_file(cli
     import mlflow
     from mlflow import MlflowClient
 
-    from pipeline.registry import load_bundle, resolve
+    from models.registry import load_bundle, resolve
 
     mlflow.set_tracking_uri(settings.tracking_uri)
     bundle = load_bundle(resolve(MlflowClient(), settings.resolved_model_uri))

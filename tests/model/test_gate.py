@@ -6,17 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.cohort import generate_cohort
-from pipeline.compare import GATE_RULE, INSUFFICIENT, MAX_SLOPE_CI_WIDTH, non_inferiority, quality_gate
-from pipeline.features import encode_frame
-from pipeline.validation import (
+from pipeline.data.synthetic import generate_cohort
+from pipeline.train.gate import GATE_RULE, INSUFFICIENT, MAX_SLOPE_CI_WIDTH, non_inferiority, quality_gate
+from core.features import encode_frame
+from pipeline.train.validation import (
     CALIBRATION_SPLIT_OFFSET,
     Search,
     outer_splits,
     platt_slope_of,
     search_configurations,
 )
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 GOOD = {"auroc": 0.74, "auroc_ci_low": 0.66, "auroc_ci_high": 0.81, "m_easix_auroc": 0.68,
         "auroc_minus_m_easix_ci_low": -0.02, "auroc_minus_m_easix_ci_high": 0.12, "logistic_auroc": 0.72,
@@ -94,9 +94,9 @@ def _space(name, events):
 
 def test_the_outer_cross_validation_runs_the_shipped_search(tmp_path, monkeypatch):
     """Finding 3: the final fit and every outer fold tune with the same search (space, configurations, folds)."""
-    import pipeline.tuning as tuning
-    import pipeline.validation as validation
-    from pipeline.assessment import validation_procedure
+    import pipeline.train.tuning as tuning
+    import pipeline.train.validation as validation
+    from pipeline.train.assessment import validation_procedure
 
     settings = make_settings(tmp_path, n_iter=3, search_cv_folds=2, cv_folds=3)
     calls: list[tuple] = []
@@ -144,7 +144,7 @@ def test_calibration_margins_come_from_another_split_than_the_search():
 
 
 def test_pooled_intervals_hold_the_between_repeat_spread():
-    from pipeline.repeat_intervals import pooled_intervals
+    from pipeline.evidence.repeat_intervals import pooled_intervals
 
     rng = np.random.default_rng(1)
     n = 300
@@ -160,7 +160,7 @@ def test_pooled_intervals_hold_the_between_repeat_spread():
 
 
 def test_threshold_figures_use_each_folds_own_thresholds():
-    from pipeline.assessment import fold_thresholds_table
+    from pipeline.train.assessment import fold_thresholds_table
 
     y = np.array([1, 1, 0, 0])
     risk = np.array([0.30, 0.30, 0.30, 0.10])
@@ -188,8 +188,8 @@ def test_non_inferiority_reads_each_criterion_on_its_own_side():
 
 def test_the_champion_is_refitted_in_the_challengers_folds_and_never_predicts_a_patient_it_saw(monkeypatch):
     """Finding 2: out of fold on the same patients, the same outer folds as the challenger's."""
-    import pipeline.assessment as assessment
-    from pipeline.validation import repeated_cv
+    import pipeline.train.assessment as assessment
+    from pipeline.train.validation import repeated_cv
 
     df = generate_cohort(200, 9)
     X, y = encode_frame(df), df["severe_icans"].astype(int).to_numpy()
@@ -210,7 +210,7 @@ def test_the_champion_is_refitted_in_the_challengers_folds_and_never_predicts_a_
     class Stub:
         def run(self, Xt, yt, seed):
             calls.append(seed)
-            from pipeline.validation import FoldRun
+            from pipeline.train.validation import FoldRun
 
             return FoldRun({"model": lambda Z: np.full(len(Z), 0.2)}, (0.1, 0.3), False)
 
@@ -221,7 +221,7 @@ def test_the_champion_is_refitted_in_the_challengers_folds_and_never_predicts_a_
 def test_the_readme_states_the_gate_and_promotion_rules_word_for_word():
     from pathlib import Path
 
-    from pipeline.compare import PROMOTION_RULE
+    from pipeline.train.gate import PROMOTION_RULE
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert f"> {GATE_RULE}" in readme and f"> {PROMOTION_RULE}" in readme

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.cohort_centres import CentreSpec, generate_centre, generate_consortium
-from pipeline.cohort_draws import PRODUCT_MIX
-from tests.conftest import make_settings
+from pipeline.data.synthetic_centres import CentreSpec, generate_centre, generate_consortium
+from pipeline.data.synthetic_draws import PRODUCT_MIX
+from tests.helpers import make_settings
 
 # five centres of 150-260 patients, one with a doubled prevalence, and one far too small to estimate
 SPECS = (
@@ -30,7 +30,7 @@ def consortium(tmp_path_factory) -> tuple[pd.DataFrame, object]:
 
 @pytest.fixture(scope="module")
 def result(consortium):
-    from pipeline.iecv import run_iecv
+    from pipeline.train.iecv import run_iecv
 
     df, settings = consortium
     return run_iecv(df, "severe_icans", settings, {"low": 0.08, "high": 0.3}, n_jobs=1)
@@ -50,8 +50,8 @@ def test_generator_doubles_the_prevalence_and_keeps_the_mix():
 
 
 def test_centre_is_read_but_never_a_feature(tmp_path, consortium):
-    from pipeline.features import encode_frame
-    from pipeline.io import read_cohort
+    from core.features import encode_frame
+    from pipeline.data.read import read_cohort
 
     df, _ = consortium
     path = tmp_path / "c.csv"
@@ -62,7 +62,7 @@ def test_centre_is_read_but_never_a_feature(tmp_path, consortium):
 
 
 def test_a_bad_centre_code_is_named_without_its_value(tmp_path, consortium):
-    from pipeline.io import CohortError, read_cohort
+    from pipeline.data.read import CohortError, read_cohort
 
     df, _ = consortium
     bad = df.head(50).copy()
@@ -105,7 +105,7 @@ def test_a_centre_with_doubled_prevalence_shows_oe_about_two(result):
 
 
 def test_iecv_refuses_too_few_centres_with_events(consortium):
-    from pipeline.iecv import IECVRefused, run_iecv
+    from pipeline.train.iecv import IECVRefused, run_iecv
 
     df, settings = consortium
     two = df[df["centre"].isin(["A", "B", "TINY"])]
@@ -136,7 +136,7 @@ def _summaries(result, df, tmp_path, codes, version="3"):
 
 def test_federated_summaries_pool_to_the_iecv_of_those_centres(result, consortium, tmp_path):
     from pipeline.federated import meta
-    from pipeline.meta_analysis import pool_measures
+    from pipeline.stats.meta_analysis import pool_measures
 
     df, settings = consortium
     codes = ["A", "DOUBLE"]
@@ -152,7 +152,7 @@ def test_federated_summaries_pool_to_the_iecv_of_those_centres(result, consortiu
 
 
 def test_the_summary_has_no_row_level_data(result, consortium, tmp_path):
-    from pipeline.contract import FEATURE_NAMES
+    from core.contract import FEATURE_NAMES
     from pipeline.federated import MIN_CELL
 
     df, _ = consortium
@@ -193,7 +193,7 @@ def test_meta_refuses_another_model_version(result, consortium, tmp_path):
 def test_meta_cli_pools_and_logs(result, consortium, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from cli.main import main
 
     df, settings = consortium
     paths = _summaries(result, df, tmp_path, ["A", "B", "E"])
@@ -215,7 +215,7 @@ def test_iecv_command_logs_a_run_and_refuses_a_file_without_centres(consortium, 
     from click.testing import CliRunner
     from mlflow import MlflowClient
 
-    from pipeline.cli import main
+    from cli.main import main
 
     df, _ = consortium
     data = tmp_path / "consortium.csv"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 
 @pytest.mark.slow
@@ -12,8 +12,8 @@ def test_a_five_centre_file_trains_with_iecv(tmp_path):
     import mlflow
     from mlflow import MlflowClient
 
-    from pipeline.cohort_centres import CentreSpec, generate_consortium
-    from pipeline.train import train
+    from pipeline.data.synthetic_centres import CentreSpec, generate_consortium
+    from pipeline.train.run import train
 
     specs = (CentreSpec("A", 160), CentreSpec("B", 160), CentreSpec("C", 160, logit_shift=-0.3),
              CentreSpec("D", 160, prevalence_factor=1.6), CentreSpec("E", 160))

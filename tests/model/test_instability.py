@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import instability
-from pipeline.cohort import generate_cohort
-from pipeline.features import encode_frame
-from pipeline.validation import fit_procedure
+from pipeline.train import instability
+from pipeline.data.synthetic import generate_cohort
+from core.features import encode_frame
+from pipeline.train.validation import fit_procedure
 
 PARAMS = {"n_estimators": 30, "max_depth": 2, "learning_rate": 0.1}
 

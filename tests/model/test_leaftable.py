@@ -14,8 +14,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 import models.leaftable as leaftable
 from models.leaftable import LeafTables, TablesTooLarge
 from models.treeshap import FlatTrees, from_hist_gradient_boosting, from_xgboost, shap_values
-from pipeline.cohort import generate_cohort
-from pipeline.features import encode_frame
+from pipeline.data.synthetic import generate_cohort
+from core.features import encode_frame
 
 ROOT = Path(__file__).resolve().parents[2]
 

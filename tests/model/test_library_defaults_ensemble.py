@@ -11,9 +11,9 @@ import pytest
 
 from models.candidates import LIBRARY_DEFAULTS, TREE_FAMILIES
 from models.ensemble import MAX_DEPTH
-from pipeline.cohort import generate_cohort
-from pipeline.features import encode_frame
-from pipeline.instability import bootstrap_ensemble
+from pipeline.data.synthetic import generate_cohort
+from core.features import encode_frame
+from pipeline.train.instability import bootstrap_ensemble
 
 
 @pytest.mark.parametrize("kind", sorted(TREE_FAMILIES))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import optimize, stats
 
-from pipeline.meta_analysis import pool_measures, random_effects, tau2_dl, tau2_reml
+from pipeline.stats.meta_analysis import pool_measures, random_effects, tau2_dl, tau2_reml
 
 # dat.bcg (Colditz et al. 1994): tpos, tneg, cpos, cneg, year
 BCG = np.array([

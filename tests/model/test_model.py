@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.contract import FEATURE_NAMES
-from pipeline.features import encode_frame, encode_record, N_MATRIX
-from tests.conftest import edge_records, random_records
+from core.contract import FEATURE_NAMES
+from core.features import encode_frame, encode_record, N_MATRIX
+from tests.helpers import edge_records, random_records
 
 
 def _matrix(records):
@@ -67,8 +67,8 @@ def test_beats_easix_and_reports_the_oracle(trained):
 
 def test_calibrated_on_new_patients(bundle):
     """On an independent synthetic cohort the risks are calibrated (logistic recalibration)."""
-    from pipeline.cohort import generate_cohort
-    from pipeline.metrics import calibration_slope_intercept
+    from pipeline.data.synthetic import generate_cohort
+    from pipeline.stats.metrics import calibration_slope_intercept
 
     df = generate_cohort(6000, seed=2024)
     risk = bundle.explain(encode_frame(df)).risk
@@ -97,7 +97,7 @@ def test_bundle_round_trip_gives_identical_answers(bundle, tmp_path):
 
 def test_unit_mistake_inside_hard_range_is_flagged(bundle):
     """CRP given in mg/dL (10x smaller) stays inside 0-600 but leaves the training range."""
-    from pipeline.cohort import generate_cohort
+    from pipeline.data.synthetic import generate_cohort
     from pipeline.score import distribution_warnings
 
     df = generate_cohort(500, seed=8)

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from scipy.special import expit, logit
 
-from pipeline.cohort import generate_cohort
-from pipeline.monitoring import drift_tests, holm, reference_summary, verdict
+from pipeline.data.synthetic import generate_cohort
+from pipeline.monitor.statistics import drift_tests, holm, reference_summary, verdict
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_verdicts_follow_the_updating_ladder():
     assert lost["verdict"] == "retrain"
     # a model as good as its (uncertain) development figure is not sent back to training
     calibrated = (rng.random(600) < p).astype(int)
-    from pipeline.metrics import auroc
+    from pipeline.stats.metrics import auroc
 
     now = auroc(calibrated, p)
     assert verdict(calibrated, p, development_auroc=(now + 0.06, now - 0.04, now + 0.16))["verdict"] != "retrain"
@@ -87,7 +87,7 @@ def test_verdicts_follow_the_updating_ladder():
 def _audit_rows(df, times, with_id: bool, version: str = "1") -> list[dict]:
     from datetime import UTC, datetime, timedelta
 
-    from pipeline.contract import FEATURES
+    from core.contract import FEATURES
 
     rows = []
     records = df[[f.name for f in FEATURES]].to_dict("records")
@@ -104,7 +104,7 @@ def _audit_rows(df, times, with_id: bool, version: str = "1") -> list[dict]:
 
 @pytest.mark.parametrize("with_id", [True, False])
 def test_a_patient_asked_several_times_counts_once(with_id):
-    from pipeline.monitor import one_per_patient
+    from pipeline.monitor.run import one_per_patient
 
     df = generate_cohort(40, 5)
     # each patient asked 1-3 times (the answer, its explanation, a chart opening), hours apart
@@ -120,7 +120,7 @@ def test_a_patient_asked_several_times_counts_once(with_id):
 def test_a_patient_first_seen_before_the_window_is_not_counted_again():
     from datetime import UTC, datetime
 
-    from pipeline.monitor import one_per_patient
+    from pipeline.monitor.run import one_per_patient
 
     df = generate_cohort(30, 6)
     rows = _audit_rows(df, lambda i: [0, 48] if i < 10 else [48], with_id=True)  # 10 patients seen on day 1
@@ -133,7 +133,7 @@ def test_a_patient_first_seen_before_the_window_is_not_counted_again():
 def test_repeated_views_no_longer_raise_drift_alarms(reference):
     """The finding: 150 patients without drift, each asked three times, alarmed in 17 of 20 runs
     when every answer counted. Counted once, the run is the run of 150 patients."""
-    from pipeline.monitor import one_per_patient
+    from pipeline.monitor.run import one_per_patient
 
     df = generate_cohort(150, 4242)
     rows = _audit_rows(df, lambda i: range(3), with_id=False)
@@ -166,7 +166,7 @@ def test_a_trivial_shift_never_alarms_however_many_patients(reference):
 def test_the_sequential_p_value_resolves_small_p_values():
     """Besag-Clifford: a clearly shifted table gets a p-value far below 1/20,000 (what a weekly
     alpha of 0.05/52 with Holm over ~25 tests needs), a null table stops after few draws."""
-    from pipeline.monitoring import _permutation_p
+    from pipeline.monitor.statistics import _permutation_p
 
     rng = np.random.default_rng(0)
     ref = np.full(10, 150)
@@ -178,7 +178,7 @@ def test_the_sequential_p_value_resolves_small_p_values():
 
 
 def test_cusum_weights_are_steiners_log_likelihood_ratios():
-    from pipeline.monitoring import cusum_path, cusum_weights
+    from pipeline.monitor.statistics import cusum_path, cusum_weights
 
     p = np.array([0.1, 0.1, 0.5])
     y = np.array([1, 0, 1])
@@ -191,7 +191,7 @@ def test_cusum_weights_are_steiners_log_likelihood_ratios():
 
 
 def _outcomes(reference, n, seed, shift=0.0, slope=1.0):
-    from pipeline.monitoring import reference_centre, sample_reference_risk
+    from pipeline.monitor.statistics import reference_centre, sample_reference_risk
 
     rng = np.random.default_rng(seed)
     p = sample_reference_risk(reference, n, rng)
@@ -201,7 +201,7 @@ def _outcomes(reference, n, seed, shift=0.0, slope=1.0):
 
 
 def test_the_cusum_alarms_on_a_strong_shift_and_not_in_control(reference):
-    from pipeline.monitoring import CusumDesign, decision_limits, sequential_charts
+    from pipeline.monitor.statistics import CusumDesign, decision_limits, sequential_charts
 
     design = CusumDesign(sims=4000)
     limits = decision_limits(reference, design)
@@ -220,12 +220,12 @@ def test_the_cusum_alarms_on_a_strong_shift_and_not_in_control(reference):
 
 def test_decision_limits_hold_the_false_alarm_rate_over_the_horizon(reference):
     """h from one simulation, checked on fresh in-control horizons (other seeds)."""
-    from pipeline.monitoring import CusumDesign, _cusum_peak, cusum_weights, decision_limits, reference_centre
+    from pipeline.monitor.statistics import CusumDesign, _cusum_peak, cusum_weights, decision_limits, reference_centre
 
     design = CusumDesign(horizon=300, sims=4000)
     limits = decision_limits(reference, design, seed=0)
     rng = np.random.default_rng(12345)
-    from pipeline.monitoring import sample_reference_risk
+    from pipeline.monitor.statistics import sample_reference_risk
 
     p = sample_reference_risk(reference, (3000, design.horizon), rng)
     y = (rng.random(p.shape) < p).astype(float)
@@ -240,8 +240,8 @@ def test_decision_limits_hold_the_false_alarm_rate_over_the_horizon(reference):
 def test_a_recalibration_verdict_needs_a_chart_signal(reference):
     """The closed test of one run is not error-controlled over repeated runs: its 'recalibrate'
     stands only when a CUSUM chart has signalled; a chart's signal alone names the update."""
-    from pipeline.monitor import _decide
-    from pipeline.monitoring import CusumDesign, SequentialResult
+    from pipeline.monitor.run import _decide
+    from pipeline.monitor.statistics import CusumDesign, SequentialResult
 
     rng = np.random.default_rng(3)
     p = expit(rng.normal(-1.7, 1.0, 600))

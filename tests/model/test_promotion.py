@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.cohort import generate_cohort
-from pipeline.features import encode_frame
-from pipeline.metrics import ranking_metrics
-from pipeline.promote import promote as _promote
-from tests.conftest import make_settings
+from pipeline.data.synthetic import generate_cohort
+from core.features import encode_frame
+from pipeline.stats.metrics import ranking_metrics
+from pipeline.train.promote import promote as _promote
+from tests.helpers import make_settings
 
 
 def test_worse_candidate_stays_registered_without_the_alias(trained):
@@ -99,7 +99,7 @@ def test_promotion_waits_for_a_concurrent_promotion(trained, tmp_path, backend):
     """While another training holds the promotion lock, a second one cannot move the alias."""
     import threading
 
-    from pipeline.registry import promotion_lock
+    from models.registry import promotion_lock
 
     settings, result = trained
     uri = settings.tracking_uri if backend == "sqlite" else "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -131,9 +131,9 @@ def test_promotion_waits_for_a_concurrent_promotion(trained, tmp_path, backend):
 @pytest.mark.slow
 def test_a_first_model_refused_by_the_gate_can_be_registered_ungated(tmp_path, monkeypatch):
     """No champion + a failed gate: the reason says how to proceed; ALLOW_UNGATED=1 serves it, tagged."""
-    import pipeline.train as training
-    from pipeline.registry import load_bundle, resolve
-    from tests.conftest import make_settings, wait_ready
+    import pipeline.train.run as training
+    from models.registry import load_bundle, resolve
+    from tests.helpers import make_settings, wait_ready
 
     reason = "calibration slope 95% CI 0.10-0.40 lies outside the band 0.7-1.3"
     monkeypatch.setattr(training, "quality_gate", lambda validated: (False, reason))
@@ -165,7 +165,7 @@ def test_a_first_model_refused_by_the_gate_can_be_registered_ungated(tmp_path, m
     # the service says so: /readyz, /v1/model and every answer's warnings
     from fastapi.testclient import TestClient
 
-    from pipeline.contract import example_request
+    from core.contract import example_request
     from serving.app import create_app
 
     with TestClient(create_app(make_settings(tmp_path, auth="off", **cheap))) as http:
@@ -180,7 +180,7 @@ def test_a_first_model_refused_by_the_gate_can_be_registered_ungated(tmp_path, m
 
 
 def test_allow_ungated_is_read_from_the_environment(monkeypatch):
-    from pipeline.settings import Settings
+    from core.settings import Settings
 
     assert Settings().allow_ungated is False
     monkeypatch.setenv("ALLOW_UNGATED", "1")
@@ -204,7 +204,7 @@ def _shuffled(n: int, seed: int):
 @pytest.mark.parametrize("n, seed", [(150, 1), (150, 2), (300, 3)])
 def test_a_shuffled_outcome_cohort_is_never_promoted(tmp_path, n, seed):
     """Finding 1: pure noise is refused by the gate (no champion exists, so nothing else stops it)."""
-    from pipeline.train import train
+    from pipeline.train.run import train
 
     path = tmp_path / "noise.csv"
     _shuffled(n, seed).to_csv(path, index=False)
@@ -223,8 +223,8 @@ def test_a_challenger_meets_the_champion_out_of_fold_on_the_same_patients_and_no
     non-inferiority margins decide, and PROMOTE=no records the decision without moving the alias."""
     import json
 
-    from pipeline.compare import PROMOTION_MARGINS
-    from pipeline.train import train
+    from pipeline.train.gate import PROMOTION_MARGINS
+    from pipeline.train.run import train
 
     path = tmp_path / "cohort.csv"
     generate_cohort(600, 5).to_csv(path, index=False)

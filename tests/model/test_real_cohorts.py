@@ -22,12 +22,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 from mlflow import MlflowClient
 
-from pipeline.cohort import generate_cohort
-from pipeline.contract import FEATURES, FEATURES_BY_NAME, GRADE_COLUMN
-from pipeline.io import CohortError
-from pipeline.train import train
-from pipeline.validation import RESAMPLING, SPLIT, TrainingRefused
-from tests.conftest import make_settings
+from pipeline.data.synthetic import generate_cohort
+from core.contract import FEATURES, FEATURES_BY_NAME, GRADE_COLUMN
+from pipeline.data.read import CohortError
+from pipeline.train.run import train
+from pipeline.train.validation import RESAMPLING, SPLIT, TrainingRefused
+from tests.helpers import make_settings
 
 pytestmark = pytest.mark.slow
 
@@ -159,7 +159,7 @@ def test_the_generators_seed_1_trains(tmp_path):
 def test_a_real_shaped_cohort_without_il15_trains_with_both_tree_families(tmp_path):
     """161 patients, no IL-15 in any row: scikit-learn's binning crashed on the empty column."""
     from models.candidates import make_hist_gradient_boosting
-    from pipeline.features import MATRIX_NAMES, encode_frame
+    from core.features import MATRIX_NAMES, encode_frame
 
     df = generate_cohort(161, 3)
     df["il15_pg_ml"] = np.nan
@@ -186,7 +186,7 @@ def test_too_few_events_exit_non_zero_with_one_line_and_nothing_logged(tmp_path)
     df.to_csv(path, index=False)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "ICANS_ARTIFACT_ROOT": (tmp_path / "art").as_uri(), "ICANS_DATA_DIR": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "--data", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "train", "--data", str(path)],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -210,7 +210,7 @@ def test_the_same_patients_in_another_order_give_the_same_model(tmp_path):
 
 
 def test_a_150_patient_models_card_warns_that_its_risks_are_unstable(tmp_path):
-    from pipeline.registry import load_bundle, resolve
+    from models.registry import load_bundle, resolve
 
     s, path = _run(tmp_path, generate_cohort(150, 5), "severe_icans", "csv")
     result = train(s, data=path)

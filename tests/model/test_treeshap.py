@@ -8,8 +8,8 @@ import xgboost as xgb
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from models.treeshap import from_hist_gradient_boosting, from_xgboost, shap_values
-from pipeline.cohort import generate_cohort
-from pipeline.features import encode_frame, monotone_constraints
+from pipeline.data.synthetic import generate_cohort
+from core.features import encode_frame, monotone_constraints
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import pytest
 from mlflow import MlflowClient
 from scipy.special import expit, logit
 
-from pipeline.cohort import generate_cohort
-from pipeline.contract import GRADE_COLUMN
-from pipeline.features import encode_frame
-from pipeline.registry import load_bundle, resolve
-from pipeline.update import INTERCEPT, LOGISTIC, NONE, REVISION, fit_recalibration, update
-from pipeline.validation import TrainingRefused
-from tests.conftest import make_settings, wait_ready
+from pipeline.data.synthetic import generate_cohort
+from core.contract import GRADE_COLUMN
+from core.features import encode_frame
+from models.registry import load_bundle, resolve
+from pipeline.update.run import INTERCEPT, LOGISTIC, NONE, REVISION, fit_recalibration, update
+from pipeline.train.validation import TrainingRefused
+from tests.helpers import make_settings, wait_ready
 
 pytestmark = pytest.mark.slow
 SITE_N = 800
@@ -23,7 +23,7 @@ SITE_N = 800
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     """A champion of its own store (the session's shared store is never updated here)."""
-    from pipeline.train import train
+    from pipeline.train.run import train
 
     root = tmp_path_factory.mktemp("update")
     settings = make_settings(root, default_cohort_size=2000)
@@ -116,7 +116,7 @@ def test_doubled_prevalence_is_recalibrated_in_the_large(settings, tmp_path):
 
     from fastapi.testclient import TestClient
 
-    from pipeline.contract import example_request
+    from core.contract import example_request
     from serving.app import create_app
 
     with TestClient(create_app(settings.model_copy(update={"auth": "off"}))) as http:
@@ -172,7 +172,7 @@ def test_too_few_events_to_update_registers_nothing(settings, tmp_path):
 def test_the_closed_test_on_known_recalibrations():
     rng = np.random.default_rng(0)
     lp = rng.normal(-1.5, 1.2, 5000)
-    from pipeline.update import closed_test
+    from pipeline.update.run import closed_test
 
     assert closed_test((rng.random(5000) < expit(lp)).astype(int), lp, 0.05).method == NONE
     shifted = closed_test((rng.random(5000) < expit(lp + 0.8)).astype(int), lp, 0.05)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.cohort import generate_cohort
-from pipeline.directions import feature_directions
-from pipeline.features import MATRIX_NAMES, encode_frame
-from pipeline.validation import RESAMPLING, SPLIT, Procedure, TrainingRefused, check_trainable, choose_design, repeated_cv
-from tests.conftest import make_settings
+from pipeline.data.synthetic import generate_cohort
+from pipeline.evidence.directions import feature_directions
+from core.features import MATRIX_NAMES, encode_frame
+from pipeline.train.validation import RESAMPLING, SPLIT, Procedure, TrainingRefused, check_trainable, choose_design, repeated_cv
+from tests.helpers import make_settings
 
 
 @pytest.mark.parametrize("events, expected", [(20, RESAMPLING), (150, RESAMPLING), (399, RESAMPLING),

@@ -8,30 +8,12 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from pipeline.contract import FEATURES, FEATURES_BY_NAME, INTENDED_USE, example_request
+from core.contract import FEATURES, FEATURES_BY_NAME, INTENDED_USE, example_request
 from serving.app import create_app
-from tests.conftest import random_records
+from tests.helpers import random_records
+from tests.helpers import _wait_ready
 
 MARKER = 987654.321  # a value that must never come back in an error body
-
-
-def _wait_ready(client: TestClient, timeout: float = 60.0) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        r = client.get("/readyz")
-        if r.status_code == 200:
-            return r.json()
-        time.sleep(0.05)
-    raise AssertionError(f"not ready: {r.json()}")
-
-
-@pytest.fixture(scope="module")
-def client(trained, tokens):
-    settings, _ = trained
-    app = create_app(settings.model_copy(update={"batch_limit": 50}))
-    with TestClient(app, headers={"Authorization": f"Bearer {tokens['score']}"}) as c:
-        _wait_ready(c)
-        yield c
 
 
 @pytest.fixture(scope="module")

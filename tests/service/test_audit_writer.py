@@ -8,7 +8,7 @@ import pytest
 
 from serving.audit import AuditWriter
 from serving.store import AuditRecord
-from tests.conftest import make_settings, open_store
+from tests.helpers import make_settings, open_store
 
 
 def _record(i: int, risk: float = 0.2) -> AuditRecord:

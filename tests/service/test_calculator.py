@@ -12,10 +12,10 @@ from urllib.parse import urlencode
 import pytest
 from fastapi.testclient import TestClient
 
-from pipeline import display
-from pipeline.contract import FEATURES, INTENDED_USE, example_request
+from core import display
+from core.contract import FEATURES, INTENDED_USE, example_request
 from serving.app import create_app
-from tests.conftest import open_store, wait_ready
+from tests.helpers import open_store, wait_ready
 
 SECRET = "123.456789"  # a value that must never come back in an error
 

@@ -17,102 +17,18 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.riskassessment import RiskAssessment
 
-from pipeline.contract import FEATURE_NAMES
+from core.contract import FEATURE_NAMES
 from serving.app import create_app
 from serving.fhir.resources import CARD_EXTENSION
-from tests.conftest import open_store
-from tests.service.test_fhir_mapping import EXPECTED, Chart
+from tests.helpers import open_store
+from tests.helpers import EXPECTED
+from tests.helpers import ISS, ISS_EC, SERVICE, SERVICE_URL, _ready, _wire, audit_row, bearer, call, hook_body, make_token, now_chart
 
-SERVICE_URL = "https://cds.test"
-ISS = "https://ehr.test/"
-ISS_EC = "https://ehr-ec.test/"
-SERVICE = "/cds-services/icans-risk"
 DIRECTIVE = ("should", "consider", "recommend that", "administer", "prophyla", "dexamethasone", "levetiracetam", "tocilizumab")
-
-
-def _wire(app, settings) -> None:
-    """Include the CDS Hooks router unless serving/app.py already does."""
-    from serving.routes import cds_hooks
-
-    if not any(getattr(r, "path", None) == "/cds-services" for r in app.router.routes):
-        app.include_router(cds_hooks.build_router(settings))
-
-
-def _ready(c: TestClient) -> None:
-    deadline = time.time() + 60
-    while c.get("/readyz").status_code != 200:
-        assert time.time() < deadline, c.get("/readyz").json()
-        time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ec_key = ec.generate_private_key(ec.SECP384R1())
-    pem = rsa_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
-    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_key.public_key()))
-    jwk.update(kid="ec-1", use="sig", alg="ES384")
-    path = tmp_path_factory.mktemp("cds-keys") / "ehr-ec.jwks.json"
-    path.write_text(json.dumps({"keys": [jwk]}))
-    return {"rsa": rsa_key, "ec": ec_key, "issuers": {ISS: pem, ISS_EC: str(path)}}
-
-
-def make_token(keys, path: str, *, iss: str = ISS, key=None, alg: str = "RS384", aud: Any = None,
-               exp_in: float = 120, iat_ago: float = 0, jti: str | None = None, drop: str | None = None) -> str:
-    now = int(time.time())
-    claims = {"iss": iss, "aud": aud or SERVICE_URL + path, "exp": now + int(exp_in), "iat": now - int(iat_ago),
-              "jti": jti or str(uuid.uuid4()), "tenant": "hospital-1"}
-    if drop:
-        claims.pop(drop)
-    signer = key if key is not None else (keys["ec"] if alg.startswith("ES") else keys["rsa"])
-    return jwt.encode(claims, signer, algorithm=alg, headers={"kid": "ec-1" if alg.startswith("ES") else "rsa-1", "typ": "JWT"})
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture(scope="module")
-def cds(trained, keys):
-    settings, _ = trained
-    s = settings.model_copy(update={"cds_service_url": SERVICE_URL, "cds_issuers": keys["issuers"]})
-    app = create_app(s)
-    _wire(app, s)
-    with TestClient(app) as c:
-        _ready(c)
-        yield c
-
-
-def hook_body(chart: Chart, **extra: Any) -> dict[str, Any]:
-    return {
-        "hook": "patient-view",
-        "hookInstance": str(uuid.uuid4()),
-        "context": {"userId": "Practitioner/dr-1", "patientId": chart.pid},
-        "prefetch": chart.prefetch(),
-        **extra,
-    }
-
-
-def call(c: TestClient, keys, chart: Chart, **extra: Any):
-    return c.post(SERVICE, json=hook_body(chart, **extra), headers=bearer(make_token(keys, SERVICE)))
-
-
-def now_chart(pid: str = "pat-001", **kw: Any) -> Chart:
-    return Chart(pid, now=datetime.now(UTC), **kw)
-
-
-def audit_row(trained, request_id: str) -> dict[str, Any]:
-    store = open_store(trained[0])
-    rows = [r for chunk in store.iter_audit() for r in chunk if r["request_id"] == request_id]
-    assert len(rows) == 1, rows
-    return rows[0]
 
 
 def plain_risk(c: TestClient, tokens, record: dict[str, Any]) -> dict[str, Any]:
@@ -415,7 +331,7 @@ def test_plain_api_answers_a_valid_fhir_risk_assessment_when_asked(cds, tokens, 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_replay_cache_and_feedback_on_both_backends(backend, tmp_path):
     from serving.store import SCHEMA_HEAD, AuditRecord, Store
-    from tests.service.test_store import fresh_pg_database
+    from tests.helpers import fresh_pg_database
 
     def run(url: str) -> None:
         s = Store(url, b"test-hmac-key-0123456789abcdef")

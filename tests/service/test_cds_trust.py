@@ -23,21 +23,9 @@ from fastapi.testclient import TestClient
 
 from serving.app import create_app
 from serving.fhir import fetch
-from tests.service.test_cds_hooks import (
-    ISS,
-    SERVICE,
-    SERVICE_URL,
-    _ready,
-    bearer,
-    call,
-    hook_body,
-    make_token,
-    now_chart,
-)
-from tests.service import test_cds_hooks
-from tests.service.test_fhir_mapping import Chart, mapped
+from tests.helpers import ISS, SERVICE, SERVICE_URL, _ready, bearer, call, hook_body, make_token, now_chart
+from tests.helpers import Chart, mapped
 
-keys = test_cds_hooks.keys  # the same fixture: the JWT signing keys of the two issuers
 
 ALLOW = ["http://127.0.0.1:8400/fhir"]
 
@@ -240,7 +228,7 @@ def test_a_tenant_claim_that_is_not_a_plain_name_is_refused(app_client, keys, te
 
 def test_a_plain_tenant_reaches_the_audit_trail(app_client, keys):
     c, s, _ = app_client
-    from tests.conftest import open_store
+    from tests.helpers import open_store
 
     r = c.post(SERVICE, json=hook_body(now_chart("pat-tenant-ok")), headers=bearer(_jwt(keys, tenant="clinic-a.west")))
     assert r.status_code == 200, r.text
@@ -268,7 +256,7 @@ def test_a_link_expiring_far_beyond_the_links_lifetime_is_refused(app_client, ke
 
 
 def test_the_explanation_page_is_drawn_once_per_card(app_client, keys, monkeypatch):
-    from pipeline import waterfall
+    from core import waterfall
     from serving.routes import explanation_page
 
     c, _, _ = app_client
@@ -336,7 +324,7 @@ def test_a_hook_call_with_a_duplicate_key_is_refused(app_client, keys):
 
 
 def test_feedback_is_stored_once_per_card_and_outcome(app_client, keys):
-    from tests.conftest import open_store
+    from tests.helpers import open_store
 
     c, s, _ = app_client
     card = call(c, keys, now_chart("pat-fb-once")).json()["cards"][0]["uuid"]
@@ -351,7 +339,7 @@ def test_feedback_is_stored_once_per_card_and_outcome(app_client, keys):
 
 @pytest.mark.parametrize("when", ["9999-12-31T00:00:00Z", "0001-01-01T00:00:00Z", "2020-01-01T00:00:00Z", "future"])
 def test_feedback_timestamps_must_be_plausible(app_client, keys, when):
-    from tests.conftest import open_store
+    from tests.helpers import open_store
 
     c, s, _ = app_client
     card = call(c, keys, now_chart("pat-fb-time")).json()["cards"][0]["uuid"]
@@ -429,7 +417,7 @@ def test_mlflow_http_retries_are_bounded_unless_set(trained, monkeypatch):
 
 
 def test_the_development_key_with_auth_on_warns_and_is_refused_in_production(trained, caplog):
-    from pipeline.settings import DEV_AUDIT_KEY, Settings
+    from core.settings import DEV_AUDIT_KEY, Settings
 
     settings, _ = trained
     from pydantic import SecretStr

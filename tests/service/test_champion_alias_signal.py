@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
 from serving.app import create_app
-from tests.conftest import wait_ready
+from tests.helpers import wait_ready
 
 
 def _bearer(token: str) -> dict:

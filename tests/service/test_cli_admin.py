@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from serving.cli_admin import make_groups
+from cli.admin import make_groups
 from serving.store import Store, parse_token
-from tests.service.test_store import KEY, pg_database, record, store_url  # noqa: F401 - fixtures
+from tests.helpers import KEY, record
 
 TOKEN = re.compile(r"icr_[0-9a-f]{16}_[A-Za-z0-9_-]{43}")
 
@@ -133,10 +133,11 @@ def test_scopes_match_the_store_and_import_is_light():
     import subprocess
     import sys
 
-    from serving import cli_admin, store
+    from cli import admin as cli_admin
+    from serving import store
 
     assert cli_admin.SCOPES == store.SCOPES
-    code = "import sys, serving.cli_admin; assert 'sqlalchemy' not in sys.modules, 'heavy import at startup'"
+    code = "import sys, cli.admin; assert 'sqlalchemy' not in sys.modules, 'heavy import at startup'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from pipeline.contract import example_request
+from core.contract import example_request
 from serving.app import create_app
 
 ROOT = Path(__file__).resolve().parents[2]

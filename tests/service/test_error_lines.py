@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from pipeline.contract import FEATURE_NAMES
+from core.contract import FEATURE_NAMES
 from serving.errors import nearest_contract_name, unknown_field_rule
 from serving.store import Store
-from tests.service.test_store import KEY, pg_database, record, store_url  # noqa: F401 - fixtures
+from tests.helpers import KEY, record
 
 
 @pytest.mark.parametrize(
@@ -32,7 +32,7 @@ def test_the_error_suggests_the_contract_name_and_never_echoes_the_submitted_one
     """The request model's errors as the routes report them (serving.errors.sanitize_errors)."""
     from pydantic import ValidationError
 
-    from pipeline.contract import example_request
+    from core.contract import example_request
     from serving.errors import sanitize_errors
     from serving.schemas import PatientFeatures
 
@@ -58,7 +58,7 @@ def test_every_suggestion_is_a_contract_name() -> None:
 
 
 def _import(store_url, path, *args):  # noqa: F811
-    from serving.cli_admin import make_groups
+    from cli.admin import make_groups
 
     _, _, outcomes = make_groups(lambda: Store(store_url, KEY))
     return CliRunner().invoke(outcomes, ["import", str(path), *args])

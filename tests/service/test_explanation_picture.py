@@ -10,11 +10,12 @@ import xml.etree.ElementTree as ET
 import pytest
 from fastapi.testclient import TestClient
 
-from pipeline import display, waterfall
-from pipeline.contract import FEATURES, example_request
+from core import display
+from core import waterfall
+from core.contract import FEATURES, example_request
 from serving.app import create_app
 from serving.routes.risk import image_format
-from tests.conftest import open_store
+from tests.helpers import open_store
 
 SECRET_ID = "MRN-SECRET-4242"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -150,7 +151,7 @@ def test_accept_negotiation(accept, fmt):
 def test_batch_scoring_draws_one_waterfall_per_patient_named_by_row(trained, tmp_path):
     import pandas as pd
 
-    from pipeline.cohort import generate_cohort
+    from pipeline.data.synthetic import generate_cohort
     from pipeline.score import answers, score_file
 
     settings, _ = trained
@@ -184,7 +185,7 @@ def test_batch_scoring_draws_one_waterfall_per_patient_named_by_row(trained, tmp
 
 # --- the page a CDS card links to -------------------------------------------------------------
 
-from tests.service.test_cds_hooks import SERVICE_URL, call, cds, keys, now_chart  # noqa: E402,F401
+from tests.helpers import SERVICE_URL, call, now_chart
 
 
 @pytest.fixture(scope="module")

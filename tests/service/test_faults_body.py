@@ -10,7 +10,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from pipeline.contract import FEATURES, example_request
+from core.contract import FEATURES, example_request
 from serving.app import create_app
 from serving.jsonbody import MAX_ERRORS
 

@@ -21,10 +21,10 @@ from typing import Iterator
 
 from fastapi.testclient import TestClient
 
-from pipeline.contract import example_request
+from core.contract import example_request
 from serving.app import create_app
-from tests.conftest import open_store
-from tests.pg import PG_HOST, PG_PORT, pg_connect
+from tests.helpers import open_store
+from tests.helpers import PG_HOST, PG_PORT, pg_connect
 
 STALL_S = float(os.environ.get("ICANS_FAULT_STALL_S", "5"))  # the stalls were 12-14 s
 

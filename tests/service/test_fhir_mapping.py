@@ -5,229 +5,19 @@ every resource the service produces is validated with them.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from fhir.resources.R4B.bundle import Bundle
-from fhir.resources.R4B.condition import Condition
-from fhir.resources.R4B.medication import Medication
-from fhir.resources.R4B.medicationrequest import MedicationRequest
-from fhir.resources.R4B.observation import Observation
-from fhir.resources.R4B.patient import Patient
-from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.riskassessment import RiskAssessment
 
-from pipeline.contract import FEATURE_NAMES, FEATURES, FEATURES_BY_NAME, example_request
+from core.contract import FEATURE_NAMES, FEATURES, FEATURES_BY_NAME, example_request
 from serving.fhir import codes as C
 from serving.fhir.mapping import PrefetchError, map_prefetch, parse_cell_dose_unit, prefetch_templates
 from serving.fhir.card import card
 from serving.fhir.resources import percent, prune, risk_assessment, wants_fhir
 from serving.schemas import PatientFeatures
-
-NOW = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)
-UNITS = {  # contract feature -> (value, UCUM) of the default chart, in contract units
-    "marrow_blasts_pct": (12.0, "%"),
-    "ldh_u_l": (240.0, "U/L"),
-    "crp_mg_l": (8.0, "mg/L"),
-    "platelets_10e9_l": (85.0, "10*9/L"),
-    "creatinine_mg_dl": (0.7, "mg/dL"),
-    "ferritin_ng_ml": (650.0, "ng/mL"),
-    "il6_pg_ml": (6.0, "pg/mL"),
-}
-# What the default chart must map to (born 1992-03-01, female, anchor = lymphodepletion start).
-EXPECTED = {
-    "sex": "female",
-    "prior_neuro_comorbidity": False,
-    "cns_involvement": False,
-    "prior_allo_hct": True,
-    "marrow_blasts_pct": 12.0,
-    "ldh_u_l": 240.0,
-    "product": "tisagenlecleucel",
-    "costimulatory_domain": "4-1BB",
-    "target_antigen": "CD19",
-    "car_t_dose_10e6_per_kg": 1.5,
-    "lymphodepletion": "flu_cy",
-    "crp_mg_l": 8.0,
-    "platelets_10e9_l": 85.0,
-    "creatinine_mg_dl": 0.7,
-    "ferritin_ng_ml": 650.0,
-    "il6_pg_ml": 6.0,
-    "ifng_pg_ml": None,
-    "il15_pg_ml": None,
-}
-
-
-def _iso(t: datetime) -> str:
-    return t.isoformat(timespec="seconds")
-
-
-def _concept(system: str, code: str, display: str | None, text: str | None) -> dict[str, Any]:
-    """A CodeableConcept with one coding (display and text only when given)."""
-    coding = {"system": system, "code": code}
-    if display:
-        coding["display"] = display
-    concept: dict[str, Any] = {"coding": [coding]}
-    if text:
-        concept["text"] = text
-    return concept
-
-
-class Chart:
-    """A synthetic patient's FHIR record, built from fhir.resources R4B models.
-
-    Default: a 34-year-old woman with a prior allogeneic HCT, tisagenlecleucel 1.5 x 10^6/kg
-    ordered yesterday, fludarabine + cyclophosphamide from 2 days ago (the anchor), baseline labs
-    3 days ago in contract units (ferritin and IL-6 present; IFN-gamma and IL-15 absent).
-    """
-
-    def __init__(self, pid: str = "pat-001", *, now: datetime = NOW, complete: bool = True) -> None:
-        self.pid, self.now = pid, now
-        self.patient = Patient(id=pid, gender="female", birthDate="1992-03-01")
-        self.observations: list[Observation] = []
-        self.conditions: list[Condition] = []
-        self.procedures: list[Procedure] = []
-        self.requests: list[MedicationRequest] = []
-        self.medications: list[Medication] = []
-        self.omit: set[str] = set()  # prefetch keys the client does not send
-        self._n = 0
-        if complete:
-            for feature, (value, unit) in UNITS.items():
-                self.lab(feature, value, unit)
-            self.procedure(C.SNOMED, "234336002", "Hemopoietic stem cell transplant", days_ago=400)
-            self.car_t("Kymriah (tisagenlecleucel)", 1.5)
-            self.lymphodepletion()
-
-    def _id(self, prefix: str) -> str:
-        self._n += 1
-        return f"{prefix}-{self._n}"
-
-    def ago(self, days: float) -> str:
-        return _iso(self.now - timedelta(days=days))
-
-    def lab(
-        self,
-        feature: str,
-        value: float,
-        unit: str,
-        *,
-        days_ago: float = 3,
-        status: str = "final",
-        code: tuple[str, str] | None = None,
-        ucum: bool = True,
-    ) -> Observation:
-        system, code_ = code or C.lab_codes(feature)[0]
-        q: dict[str, Any] = {"value": value, "unit": unit}
-        if ucum:
-            q.update(system=C.UCUM, code=unit)
-        obs = Observation(
-            id=self._id("obs"),
-            status=status,
-            category=[{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
-            code={"coding": [{"system": system, "code": code_}], "text": FEATURES_BY_NAME[feature].description if feature in FEATURES_BY_NAME else feature},
-            subject={"reference": f"Patient/{self.pid}"},
-            effectiveDateTime=self.ago(days_ago),
-            valueQuantity=q,
-        )
-        obs._feature = feature  # type: ignore[attr-defined]  # which prefetch key it belongs to
-        self.observations.append(obs)
-        return obs
-
-    def weight(self, kg: float, days_ago: float = 3) -> Observation:
-        obs = Observation(
-            id=self._id("wt"),
-            status="final",
-            code={"coding": [{"system": C.LOINC, "code": "29463-7", "display": "Body weight"}]},
-            subject={"reference": f"Patient/{self.pid}"},
-            effectiveDateTime=self.ago(days_ago),
-            valueQuantity={"value": kg, "unit": "kg", "system": C.UCUM, "code": "kg"},
-        )
-        obs._feature = "body-weight"  # type: ignore[attr-defined]
-        self.observations.append(obs)
-        return obs
-
-    def condition(
-        self,
-        system: str,
-        code: str,
-        display: str | None = None,
-        *,
-        text: str | None = None,
-        days_ago: float = 200,
-        verification: str = "confirmed",
-        clinical: str = "active",
-    ) -> Condition:
-        concept = _concept(system, code, display, text)
-        c = Condition(
-            id=self._id("cond"),
-            clinicalStatus={"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": clinical}]},
-            verificationStatus={"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": verification}]},
-            code=concept,
-            subject={"reference": f"Patient/{self.pid}"},
-            onsetDateTime=self.ago(days_ago),
-        )
-        self.conditions.append(c)
-        return c
-
-    def procedure(self, system: str, code: str, display: str | None = None, *, text: str | None = None,
-                  days_ago: float = 400, status: str = "completed") -> Procedure:
-        concept = _concept(system, code, display, text)
-        p = Procedure(id=self._id("proc"), status=status, code=concept, subject={"reference": f"Patient/{self.pid}"},
-                      performedDateTime=self.ago(days_ago))
-        self.procedures.append(p)
-        return p
-
-    def car_t(self, name: str, dose: float | None, unit: str = "10*6/kg", *, days_ago: float = 1,
-              via_medication: bool = False, status: str = "active") -> MedicationRequest:
-        kwargs: dict[str, Any] = {}
-        if via_medication:
-            med = Medication(id=self._id("med"), code={"text": name})
-            self.medications.append(med)
-            kwargs["medicationReference"] = {"reference": f"Medication/{med.id}"}
-        else:
-            kwargs["medicationCodeableConcept"] = {"text": name}
-        if dose is not None:
-            kwargs["dosageInstruction"] = [
-                {"doseAndRate": [{"doseQuantity": {"value": dose, "unit": unit, "system": C.UCUM, "code": unit}}]}
-            ]
-        mr = MedicationRequest(id=self._id("mr"), status=status, intent="order", subject={"reference": f"Patient/{self.pid}"},
-                               authoredOn=self.ago(days_ago), **kwargs)
-        self.requests.append(mr)
-        return mr
-
-    def lymphodepletion(self, agents: tuple[str, ...] = ("fludarabine", "cyclophosphamide"), days_ago: float = 2) -> None:
-        rx = {"fludarabine": "24698", "cyclophosphamide": "3002", "bendamustine": "134547"}
-        for agent in agents:
-            self.requests.append(
-                MedicationRequest(
-                    id=self._id("ld"),
-                    status="active",
-                    intent="order",
-                    subject={"reference": f"Patient/{self.pid}"},
-                    authoredOn=self.ago(days_ago),
-                    medicationCodeableConcept={"coding": [{"system": C.RXNORM, "code": rx[agent], "display": agent}]},
-                )
-            )
-
-    @staticmethod
-    def _bundle(resources: list[Any]) -> dict[str, Any] | None:
-        if not resources:
-            return None  # CDS Hooks: a prefetch key without data is null
-        return Bundle(type="searchset", entry=[{"resource": r} for r in resources]).model_dump(mode="json")
-
-    def prefetch(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"patient": self.patient.model_dump(mode="json")}
-        for feature, key in C.LAB_KEYS.items():
-            out[key] = self._bundle([o for o in self.observations if getattr(o, "_feature", None) == feature])
-        out["body-weight"] = self._bundle([o for o in self.observations if getattr(o, "_feature", None) == "body-weight"])
-        out["conditions"] = self._bundle(self.conditions)
-        out["procedures"] = self._bundle(self.procedures)
-        out["medications"] = self._bundle(self.requests + self.medications)
-        return {k: v for k, v in out.items() if k not in self.omit}
-
-
-def mapped(chart: Chart, **kwargs: Any):
-    return map_prefetch(chart.pid, chart.prefetch(), now=chart.now, **kwargs)
+from tests.helpers import Chart, EXPECTED, NOW, mapped
 
 
 # --------------------------------------------------------------------------------------------------
@@ -576,7 +366,7 @@ def test_percent_and_prune_and_accept_header():
 
 
 def test_malformed_site_codes_are_refused_at_start_up():
-    from pipeline.settings import Settings
+    from core.settings import Settings
     from serving.routes.cds_hooks import build_router
 
     with pytest.raises(ValueError, match="system\\|code"):

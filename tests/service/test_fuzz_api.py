@@ -57,7 +57,7 @@ from schemathesis.checks import (
 )
 from schemathesis.python.asgi import ASGIClient
 
-from pipeline.contract import FEATURES, example_request
+from core.contract import FEATURES, example_request
 from serving.app import create_app
 
 BATCH_LIMIT = 8  # a small limit keeps the boundary cases (limit + 1 patients) cheap

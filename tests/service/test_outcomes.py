@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-from pipeline.contract import example_request
+from core.contract import example_request
 from serving.outcomes import (
     OutcomeConflict,
     OutcomeRecord,
@@ -20,7 +20,7 @@ from serving.outcomes import (
     record_outcome,
 )
 from serving.store import Store
-from tests.service.test_store import KEY, dump_database, pg_database, record, store_url  # noqa: F401 - fixtures
+from tests.helpers import KEY, dump_database, record
 
 SECRET_PATIENT = "MRN-778899-SECRET"
 
@@ -95,7 +95,7 @@ def test_crs_outcomes_label_only_the_crs_model(store):
 @pytest.fixture(scope="module")
 def api(trained):
     from serving.app import create_app
-    from tests.conftest import open_store, wait_ready
+    from tests.helpers import open_store, wait_ready
 
     settings, _ = trained
     s = open_store(settings)
@@ -135,7 +135,7 @@ def test_outcomes_through_the_api(api):
 
 
 def test_outcomes_import_names_rows_and_fields(tmp_path, store_url):  # noqa: F811
-    from serving.cli_admin import make_groups
+    from cli.admin import make_groups
 
     s = Store(store_url, KEY)
     s.migrate()

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from pipeline.contract import example_request
+from core.contract import example_request
 from serving.outcomes import (
     ANY_CLIENT,
     OutcomeConflict,
@@ -25,7 +25,7 @@ from serving.outcomes import (
     record_outcomes,
 )
 from serving.store import SCHEMA_HEAD, Store
-from tests.service.test_store import KEY, pg_database, record, store_url  # noqa: F401 - fixtures
+from tests.helpers import KEY, record
 
 CLINIC_A, CLINIC_B = "clinic-a", "clinic-b"
 
@@ -201,7 +201,7 @@ def _q(value: str | None) -> str:
 @pytest.fixture(scope="module")
 def clinics(trained):
     from serving.app import create_app
-    from tests.conftest import open_store, wait_ready
+    from tests.helpers import open_store, wait_ready
 
     settings, _ = trained
     s = open_store(settings)

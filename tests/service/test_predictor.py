@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.contract import FEATURES, FEATURES_BY_NAME
-from tests.conftest import edge_records, random_records
+from core.contract import FEATURES, FEATURES_BY_NAME
+from tests.helpers import edge_records, random_records
 
 
 def reference_warnings(rec: dict, ranges: dict) -> list[str]:
@@ -32,7 +32,7 @@ def reference_warnings(rec: dict, ranges: dict) -> list[str]:
 
 @pytest.fixture(scope="module")
 def predictor(bundle):
-    from pipeline.registry import ResolvedModel
+    from models.registry import ResolvedModel
     from serving.predictor import Predictor
 
     return Predictor(bundle, ResolvedModel(name="icans-risk", version="1", run_id="r", source="test"))

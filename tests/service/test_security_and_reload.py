@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
-from pipeline.contract import example_request
+from core.contract import example_request
 from serving.app import create_app
-from tests.conftest import open_store
+from tests.helpers import open_store
 
 
 def _ready(c: TestClient) -> None:
@@ -156,7 +156,7 @@ def test_readyz_announces_auth_mode(trained):
 def test_production_refuses_unsafe_defaults():
     from pydantic import ValidationError
 
-    from pipeline.settings import Settings
+    from core.settings import Settings
 
     with pytest.raises(ValidationError, match="MLFLOW_TRACKING_URI"):
         Settings(env="production")

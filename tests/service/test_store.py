@@ -12,8 +12,6 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,52 +21,8 @@ import pytest
 import sqlalchemy as sa
 
 from serving.store import SCHEMA_HEAD, AuditRecord, Store, hash_patient_id, parse_token
-from tests.pg import PG_HOST, PG_PORT
-from tests.pg import pg_connect as _pg_connect
-
-KEY = b"test-hmac-key-0123456789abcdef"
-PATIENT = "pseudonym-PT-000042-zq"
-
-
-@contextmanager
-def fresh_pg_database() -> Iterator[str]:
-    """A new database icans_test_<random>, dropped afterwards (even with connections left open)."""
-    admin, user = _pg_connect()
-    name = f"icans_test_{secrets.token_hex(6)}"
-    try:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-@pytest.fixture(scope="session")
-def pg_database():
-    """One fresh database for the session; each test isolates itself in a schema of its own
-    (CREATE DATABASE costs up to a second on a busy machine, CREATE SCHEMA nothing)."""
-    with fresh_pg_database() as url:
-        conn, _ = _pg_connect(sa.make_url(url).database)
-        conn.execute("SET lock_timeout = '10s'")  # a leaked transaction fails the teardown, never hangs it
-        try:
-            yield url, conn
-        finally:
-            conn.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path):
-    """A URL to an empty store of each backend (PostgreSQL: a new schema, via search_path)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store' / 'icans-service.db'}"
-        return
-    url, conn = request.getfixturevalue("pg_database")
-    schema = f"t_{secrets.token_hex(6)}"
-    conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{url}?options=-csearch_path%3D{schema}"
-    finally:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+from tests.helpers import PG_HOST
+from tests.helpers import KEY, PATIENT, dump_database, fresh_pg_database, record
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -79,59 +33,6 @@ def fresh_database_url(request, tmp_path):
         return
     with fresh_pg_database() as url:
         yield url
-
-
-@pytest.fixture
-def open_store(store_url):
-    """Open (and migrate) stores on the test database; all are closed afterwards."""
-    opened: list[Store] = []
-
-    def _open(key: bytes = KEY, **kwargs) -> Store:
-        s = Store(store_url, key, **kwargs)
-        s.migrate()
-        opened.append(s)
-        return s
-
-    yield _open
-    for s in opened:
-        s.close()
-
-
-@pytest.fixture
-def store(open_store) -> Store:
-    return open_store()
-
-
-def record(i: int = 0, *, patient_id: str | None = PATIENT, **overrides) -> AuditRecord:
-    values = dict(
-        request_id=f"req-{i:05d}",
-        client_id="ehr-ward-3",
-        endpoint="/v1/risk",
-        model_name="icans-risk-severe_icans",
-        model_version="7",
-        inputs={"age": 40.0 + i % 30, "crp": 12.5, "cns_involvement": False, "product": "tisagenlecleucel"},
-        risk=0.125 + (i % 7) / 100,
-        risk_group="intermediate",
-        top_contributions=[{"feature": "crp", "log_odds": 0.31}, {"feature": "age", "log_odds": -0.12}],
-        latency_ms=3.25,
-        patient_id=patient_id,
-    )
-    values.update(overrides)
-    return AuditRecord(**values)
-
-
-def dump_database(store: Store) -> str:
-    """Every value of every table as text (and, for SQLite, the raw bytes of the files too)."""
-    parts = []
-    with store.engine.connect() as conn:
-        for table in sa.inspect(conn).get_table_names():
-            for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')):
-                parts.append(repr(tuple(row)))
-    if store.backend == "sqlite":
-        db = Path(store.url.database)
-        for f in db.parent.glob(db.name + "*"):
-            parts.append(f.read_bytes().decode("latin-1"))
-    return "\n".join(parts)
 
 
 # -- schema ------------------------------------------------------------------------------------------

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from pipeline.contract import example_request
-from pipeline.features import N_MATRIX, encode_record
+from core.contract import example_request
+from core.features import N_MATRIX, encode_record
 from serving.app import create_app
-from tests.conftest import random_records
-from tests.service.test_api import _wait_ready
+from tests.helpers import random_records
+from tests.helpers import _wait_ready
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_card_states_the_interval_without_directing(risk: float, lo: float, hi: 
     detail = card(answer, outcome="severe_icans", card_uuid="u", source_url=None)["detail"]
     assert "95% model-development interval" in detail and "31% of 200 models" in detail
     assert "not a range for the patient's outcome" in detail
-    from pipeline.contract import INTENDED_USE
+    from core.contract import INTENDED_USE
 
     for directive in ("should", "must", "recommend", "administer", "give "):
         assert directive not in detail.replace(INTENDED_USE, "").lower()
@@ -116,7 +116,7 @@ def test_model_endpoint_states_the_instability_analysis(client, bundle) -> None:
 
 
 def test_the_audit_row_keeps_the_interval_the_caller_was_told(client, trained) -> None:
-    from tests.service.test_cds_hooks import audit_row
+    from tests.helpers import audit_row
 
     r = client.post("/v1/risk", json=example_request())
     body = r.json()

@@ -1,0 +1,1 @@
+"""`icans-risk`: parses options, calls one stage or the service, prints. The top layer."""

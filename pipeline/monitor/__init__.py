@@ -1,0 +1,1 @@
+"""Monitoring after go-live (make monitor): drift and calibration statistics, the run."""

@@ -1,0 +1,1 @@
+"""MLflow runs (setup, inputs, bundle versions) and their liveness (no run left lying)."""

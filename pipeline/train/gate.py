@@ -1,0 +1,152 @@
+"""The verdicts on a new model: the quality gate, the champion comparison, and the comparators.
+
+The gate asks for positive evidence (`GATE_RULE`, stated once: README, model card and run
+description quote it); the champion comparison refits the champion's configuration in the same
+folds as the challenger and promotes on pre-specified non-inferiority margins (`PROMOTION_RULE`);
+the notes say when a simpler model does as well. All on the validation design's honest estimates.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import mlflow
+import numpy as np
+
+from pipeline.train.validation import LOGISTIC_MODEL, UNTUNED_HGB
+
+CALIBRATION_SLOPE_BAND = (0.7, 1.3)
+# A calibration-slope interval wider than this cannot say whether the model is over- or
+# under-fitted by the band's standard (the band itself is 0.6 wide): "insufficient evidence".
+MAX_SLOPE_CI_WIDTH = 1.2
+CHANCE_AUROC = 0.5
+
+GATE_RULE = (
+    "A model is served only on positive evidence, every figure from the validation design (held-out set, or "
+    "repeated cross-validation of the whole procedure) with a 95% interval that pools the patient bootstrap of "
+    "every repeat (so it holds the between-repeat spread): (1) the Platt slope fitted on out-of-fold margins is "
+    "positive; (2) the lower 95% limit of the validated AUROC is above 0.5 (better than chance); (3) it is not "
+    "clearly worse than the logistic comparator or m-EASIX on the same patients (the 95% interval of the "
+    "paired AUROC difference does not lie wholly below 0); (4) the 95% interval of the calibration slope "
+    f"reaches the band {CALIBRATION_SLOPE_BAND[0]}-{CALIBRATION_SLOPE_BAND[1]}. A slope interval wider than "
+    f"{MAX_SLOPE_CI_WIDTH} is too wide to judge: the model is registered but not promoted (insufficient "
+    "evidence) and the reason says how many events would settle it."
+)
+
+# Non-inferiority margins of the challenger against the champion, fixed before any comparison.
+PROMOTION_MARGINS: dict[str, float] = {
+    "auroc": 0.03,  # lower 95% limit of AUROC(challenger) - AUROC(champion) above -0.03
+    "calibration_slope_distance": 0.15,  # upper limit of |slope-1| (challenger) - |slope-1| (champion) below 0.15
+    "calibration_intercept_distance": 0.20,  # the same for |calibration-in-the-large| (log-odds)
+    "net_benefit": 0.01,  # lower limit of the net-benefit difference at each risk-group threshold above -0.01
+}
+
+PROMOTION_RULE = (
+    "A challenger replaces the champion only when it is non-inferior on the same patients: the champion's "
+    "configuration (family and hyperparameters from its bundle) is refitted inside the same outer folds (or on "
+    "the same development set) as the challenger, both predict every patient out of fold, and the 95% pooled "
+    f"paired intervals must show AUROC not lower by more than {PROMOTION_MARGINS['auroc']}, |calibration slope - 1| "
+    f"not larger by more than {PROMOTION_MARGINS['calibration_slope_distance']}, |calibration-in-the-large| not "
+    f"larger by more than {PROMOTION_MARGINS['calibration_intercept_distance']} (log-odds) and net benefit at "
+    f"each risk-group threshold not lower by more than {PROMOTION_MARGINS['net_benefit']}. AUROCs of different "
+    "cohorts are never compared."
+)
+
+INSUFFICIENT = "insufficient evidence"
+
+
+def quality_gate(validated: dict[str, float]) -> tuple[bool, str]:
+    """`GATE_RULE` on the validated estimates: (passed, reason). A refusal's reason names every
+    failed criterion; "insufficient evidence: ..." when only the calibration is too uncertain."""
+    refused: list[str] = []
+    insufficient: list[str] = []
+    platt = validated.get("platt_slope", np.nan)
+    if np.isfinite(platt) and platt <= 0:
+        refused.append(f"the Platt slope on out-of-fold margins is {platt:.2f} (not positive): the model ranks "
+                       "patients no better than the reverse of its own order, so no calibration can serve it")
+    lo = validated.get("auroc_ci_low", np.nan)
+    if not np.isfinite(lo):
+        insufficient.append("no interval of the validated AUROC could be computed")
+    elif lo <= CHANCE_AUROC:
+        refused.append(f"not shown better than chance: validated AUROC {validated.get('auroc', np.nan):.3f} "
+                       f"(95% CI {lo:.3f}-{validated.get('auroc_ci_high', np.nan):.3f}) has its lower limit at or "
+                       f"below {CHANCE_AUROC}")
+    for key, label in (("m_easix", "m-EASIX"), (LOGISTIC_MODEL, "the logistic comparator")):
+        d_lo = validated.get(f"auroc_minus_{key}_ci_low", np.nan)
+        d_hi = validated.get(f"auroc_minus_{key}_ci_high", np.nan)
+        if np.isfinite(d_hi) and d_hi < 0:
+            refused.append(f"clearly worse than {label}: AUROC {validated.get('auroc', np.nan):.3f} against "
+                           f"{validated.get(f'{key}_auroc', np.nan):.3f}, difference 95% CI {d_lo:+.3f} to "
+                           f"{d_hi:+.3f} lies below 0")
+    low_band, high_band = CALIBRATION_SLOPE_BAND
+    s_lo = validated.get("calibration_slope_ci_low", np.nan)
+    s_hi = validated.get("calibration_slope_ci_high", np.nan)
+    if not (np.isfinite(s_lo) and np.isfinite(s_hi)):
+        insufficient.append("no interval of the calibration slope could be computed")
+    elif s_hi < low_band or s_lo > high_band:
+        refused.append(f"calibration slope 95% CI {s_lo:.2f}-{s_hi:.2f} lies outside the band {low_band}-{high_band}")
+    elif s_hi - s_lo > MAX_SLOPE_CI_WIDTH:
+        events = validated.get("events", np.nan)
+        more = ""
+        if np.isfinite(events) and events > 0:  # the interval narrows as 1/sqrt(events)
+            need = int(math.ceil(events * ((s_hi - s_lo) / MAX_SLOPE_CI_WIDTH) ** 2))
+            more = f" (this cohort has {int(events)} events: about {need} would narrow it enough)"
+        insufficient.append(f"the calibration slope's 95% CI {s_lo:.2f}-{s_hi:.2f} is {s_hi - s_lo:.2f} wide, too wide "
+                            f"to judge (at most {MAX_SLOPE_CI_WIDTH}). What would settle it: more events{more}, "
+                            "or an external validation cohort (make evaluate)")
+    if refused:
+        return False, "; ".join(refused + insufficient)
+    if insufficient:
+        return False, f"{INSUFFICIENT}: " + "; ".join(insufficient)
+    return True, "passed"
+
+
+def gate_status(ok: bool, reason: str) -> str:
+    """passed / insufficient evidence / refused: the run's and the version's tag."""
+    return "passed" if ok else (INSUFFICIENT if reason.startswith(INSUFFICIENT) else "refused")
+
+
+def non_inferiority(criteria: dict[str, dict[str, float]]) -> tuple[bool, list[str]]:
+    """`PROMOTION_MARGINS` applied to `pipeline.evidence.repeat_intervals.paired_comparison`'s output:
+    (every criterion met, one line per criterion)."""
+    ok, lines = True, []
+    for key, d in criteria.items():
+        margin_key = "net_benefit" if key.startswith("net_benefit") else key
+        margin = PROMOTION_MARGINS[margin_key]
+        distance = key.endswith("_distance")
+        bound = d["ci_high"] if distance else d["ci_low"]
+        met = bool(np.isfinite(bound) and (bound < margin if distance else bound > -margin))
+        ok = ok and met
+        word = "upper" if distance else "lower"
+        lines.append(f"{key}: challenger {d['challenger']:.3f}, champion {d['champion']:.3f}, difference "
+                     f"{d['difference']:+.3f} (95% CI {d['ci_low']:+.3f} to {d['ci_high']:+.3f}); {word} limit "
+                     f"{'within' if met else 'beyond'} the margin {'+' if distance else '-'}{margin}")
+    return ok, lines
+
+
+def comparison_notes(validated: dict[str, float], metrics: dict[str, float], design_kind: str) -> list[str]:
+    """Say so (a printed note and a run tag) when a simpler model does as well or better, on the same estimates."""
+    notes = []
+    v = validated
+    for name, label in ((LOGISTIC_MODEL, "the logistic comparator"), (UNTUNED_HGB, "an untuned HistGradientBoosting")):
+        other = metrics.get(f"validated_{name}_auroc", metrics.get(f"test_{name}_auroc", np.nan))
+        if np.isfinite(other) and other > v["auroc"]:
+            notes.append(f"NOTE: {label} reaches AUROC {other:.3f}, above the chosen model's {v['auroc']:.3f} "
+                         f"({design_kind} estimate).")
+            mlflow.set_tag(f"{name}_beats_model", f"{other - v['auroc']:.4f}")
+    if np.isfinite(v.get("m_easix_auroc", np.nan)) and v["m_easix_auroc"] > v["auroc"]:
+        notes.append(f"NOTE: the clinical score m-EASIX reaches AUROC {v['m_easix_auroc']:.3f}, above the model's "
+                     f"{v['auroc']:.3f}.")
+        mlflow.set_tag("m_easix_beats_model", "true")
+    return notes
+
+
+def champion_configuration(metadata: dict[str, Any], kind: str) -> tuple[str, dict[str, Any]] | None:
+    """The champion's procedure as recorded in its bundle (family, hyperparameters), if refittable."""
+    from models.candidates import CANDIDATES
+
+    params = metadata.get("params")
+    if kind not in CANDIDATES or not isinstance(params, dict):
+        return None
+    return kind, dict(params)

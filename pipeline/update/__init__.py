@@ -1,0 +1,1 @@
+"""Local updating at a new centre (make update): the updated bundles, figures and report."""
