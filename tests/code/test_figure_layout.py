@@ -77,17 +77,20 @@ def test_the_waterfall_has_no_overlapping_text(seed, missing_labs):
 def laid_out(monkeypatch):
     """The figures as plots.save lays them out (caption included), kept open instead of closed."""
     kept: list = []
+    close = plt.close  # the real one: the teardown runs while the patch is still on
     monkeypatch.setattr(plots.plt, "close", lambda fig=None: kept.append(fig))
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, *a, **k: None)
     yield kept
-    for fig in kept:
-        plt.close(fig) if fig is not None else None
+    for fig in list(kept):
+        if fig is not None:
+            close(fig)
 
 
 def test_the_instability_plot_has_no_overlapping_text(monkeypatch, tmp_path):
     from pipeline.train.instability import Instability, instability_plot
 
     kept: list = []
+    close = plt.close
     monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
     rng = np.random.default_rng(0)
     final = rng.beta(2, 10, 300)
@@ -97,7 +100,7 @@ def test_the_instability_plot_has_no_overlapping_text(monkeypatch, tmp_path):
     instability_plot(inst, 0.05, 0.2, tmp_path / "instability.png")
     (fig,) = kept
     assert overlapping(fig) == []
-    plt.close(fig)
+    close(fig)
 
 
 def test_figure_titles_name_the_validation_design_used(evidence, laid_out, tmp_path):  # noqa: F811
