@@ -15,7 +15,7 @@ OUT ?=
 SEED ?=
 N ?=
 
-.PHONY: install browser lint test-fast data train update monitor evaluate score serve mlflow-ui mlflow-server test test-cohorts bench clean-venv help
+.PHONY: docs docs-serve install browser lint test-fast data train update monitor evaluate score serve mlflow-ui mlflow-server test test-cohorts bench clean-venv help
 
 help:
 	@echo "make install | data | train [DATA= OUTCOME= SEED= ON_INVALID= ALLOW_UNGATED=1 PROMOTE=no] | update DATA= | evaluate [DATA=] |"
@@ -144,6 +144,14 @@ bench: install
 	$(if $(QUICK),,$(BIN)/python -m bench.soak --seconds 600 --rate 60 --kill-every 60)
 	$(if $(QUICK),,$(BIN)/python -m bench.instability)
 	$(if $(QUICK),,$(BIN)/python -m bench.instability_speed)
+
+# The documentation site from docs/ (mkdocs, material theme): built strictly (every link and anchor
+# checked) into site/, or served offline on 127.0.0.1:8001.
+docs: install
+	$(BIN)/mkdocs build --strict
+
+docs-serve: install
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001 --no-livereload
 
 clean-venv:
 	rm -rf $(VENV)

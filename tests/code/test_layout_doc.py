@@ -1,4 +1,4 @@
-"""The README's Layout is the tree: one entry per package folder, naming exactly the modules it holds.
+"""The documentation's Layout page (docs/layout.md) is the tree: one entry per package folder, naming exactly the modules it holds.
 
 An entry starts at the line's first column with the folder (`pipeline/data/`); its modules follow,
 separated by commas, each optionally followed by what it holds in parentheses. A module counts as
@@ -16,8 +16,8 @@ OURS = ("core", "models", "pipeline", "serving", "cli")
 
 
 def _layout() -> str:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    return readme.split("## Layout", 1)[1].split("```", 2)[1]
+    page = (ROOT / "docs" / "layout.md").read_text(encoding="utf-8")
+    return page.split("# Layout", 1)[1].split("```", 2)[1]
 
 
 def _entries(layout: str) -> dict[str, set[str]]:
@@ -62,7 +62,7 @@ def test_every_package_folder_has_an_entry_naming_exactly_its_modules() -> None:
             wrong.append(f"{folder}: not named: {sorted(modules - listed)}")
         if listed - modules:
             wrong.append(f"{folder}: named but not there: {sorted(listed - modules)}")
-    assert not wrong, "README Layout out of step with the tree:\n" + "\n".join(wrong)
+    assert not wrong, "docs/layout.md out of step with the tree:\n" + "\n".join(wrong)
 
 
 def test_subfolders_named_in_an_entry_exist() -> None:

@@ -218,10 +218,10 @@ def test_the_champion_is_refitted_in_the_challengers_folds_and_never_predicts_a_
     assert calls == [s for _, s, _, _ in outer_splits(y, 2, 4, 3)]
 
 
-def test_the_readme_states_the_gate_and_promotion_rules_word_for_word():
+def test_the_training_docs_state_the_gate_and_promotion_rules_word_for_word():
     from pathlib import Path
 
     from pipeline.train.gate import PROMOTION_RULE
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
     assert f"> {GATE_RULE}" in readme and f"> {PROMOTION_RULE}" in readme
