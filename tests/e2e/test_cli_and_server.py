@@ -35,7 +35,9 @@ def workspace(tmp_path_factory):
         "ICANS_AUTH": "on",
         "ICANS_CV_FOLDS": "3",
         "ICANS_CV_REPEATS": "2",
-        "ICANS_RESAMPLE_N_ITER": "1",
+        # the one-configuration search these tests use for speed makes a model the gate rightly refuses
+        # (worse than the logistic comparator); they test the commands and the service, not the gate
+        "ICANS_ALLOW_UNGATED": "1",
         "OMP_NUM_THREADS": "1",
     }
     return root, env
