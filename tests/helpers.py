@@ -88,6 +88,8 @@ def make_settings(root: Path, **overrides):
     from core.settings import Settings
 
     values = dict(
+        # tests of the gate set allow_ungated=False; the rest need a served model from small, quick searches
+        allow_ungated=True,
         tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
         artifact_root=(root / "mlartifacts").as_uri(),
         data_dir=root / "data",

@@ -81,7 +81,9 @@ def test_every_search_starts_from_the_library_defaults_at_every_size():
     from xgboost import XGBClassifier
 
     hgb = HistGradientBoostingClassifier().get_params()
-    assert all(hgb[k] == v for k, v in LIBRARY_DEFAULTS["hist_gradient_boosting"].items())
+    # every default but max_depth, which is capped at the bootstrap ensemble's depth (sklearn: None)
+    assert all(hgb[k] == v for k, v in LIBRARY_DEFAULTS["hist_gradient_boosting"].items() if k != "max_depth")
+    assert hgb["max_depth"] is None and LIBRARY_DEFAULTS["hist_gradient_boosting"]["max_depth"] == 8
     xgb = XGBClassifier().get_xgb_params()  # xgboost leaves its defaults unset (None) in get_params
     assert xgb.get("max_depth") in (None, 6) and XGBClassifier().n_estimators in (None, 100)
 
@@ -98,7 +100,7 @@ def test_the_outer_cross_validation_runs_the_shipped_search(tmp_path, monkeypatc
     import pipeline.train.validation as validation
     from pipeline.train.assessment import validation_procedure
 
-    settings = make_settings(tmp_path, n_iter=3, search_cv_folds=2, cv_folds=3)
+    settings = make_settings(tmp_path, allow_ungated=False, n_iter=3, search_cv_folds=2, cv_folds=3)
     calls: list[tuple] = []
     real = validation.tune
 

@@ -140,7 +140,7 @@ def test_a_first_model_refused_by_the_gate_can_be_registered_ungated(tmp_path, m
     path = tmp_path / "cohort.csv"
     generate_cohort(300, seed=11).to_csv(path, index=False)
     cheap = dict(validation="auto", cv_repeats=1, n_iter=1, search_cv_folds=2, instability_models=0)
-    settings = make_settings(tmp_path, **cheap)
+    settings = make_settings(tmp_path, allow_ungated=False, **cheap)
     refused = training.train(settings, data=path)
     assert not refused.promoted and "ALLOW_UNGATED=1" in refused.reason
     mlflow.set_tracking_uri(settings.tracking_uri)
@@ -168,7 +168,7 @@ def test_a_first_model_refused_by_the_gate_can_be_registered_ungated(tmp_path, m
     from core.contract import example_request
     from serving.app import create_app
 
-    with TestClient(create_app(make_settings(tmp_path, auth="off", **cheap))) as http:
+    with TestClient(create_app(make_settings(tmp_path, allow_ungated=False, auth="off", **cheap))) as http:
         ready = wait_ready(http)
         assert ready.status_code == 200, ready.text
         assert ready.json()["model"]["ungated"] is True and "ALLOW_UNGATED=1" in ready.json()["warning"]
@@ -208,11 +208,11 @@ def test_a_shuffled_outcome_cohort_is_never_promoted(tmp_path, n, seed):
 
     path = tmp_path / "noise.csv"
     _shuffled(n, seed).to_csv(path, index=False)
-    result = train(make_settings(tmp_path, **GATE_SETTINGS), data=path)
+    result = train(make_settings(tmp_path, allow_ungated=False, **GATE_SETTINGS), data=path)
     assert not result.promoted, result.reason
     assert result.reason.startswith("quality gate") and result.design == "repeated_cv"
     assert result.decision[0].startswith("DECISION") and "NOT promoted" in "\n".join(result.decision)
-    mlflow.set_tracking_uri(make_settings(tmp_path).tracking_uri)
+    mlflow.set_tracking_uri(make_settings(tmp_path, allow_ungated=False).tracking_uri)
     with pytest.raises(Exception):
         MlflowClient().get_model_version_by_alias(result.model_name, "champion")
 
@@ -228,12 +228,12 @@ def test_a_challenger_meets_the_champion_out_of_fold_on_the_same_patients_and_no
 
     path = tmp_path / "cohort.csv"
     generate_cohort(600, 5).to_csv(path, index=False)
-    first = train(make_settings(tmp_path, **GATE_SETTINGS), data=path)
+    first = train(make_settings(tmp_path, allow_ungated=False, **GATE_SETTINGS), data=path)
     assert first.promoted, first.reason
-    second = train(make_settings(tmp_path, promote=False, **GATE_SETTINGS), data=path)
+    second = train(make_settings(tmp_path, allow_ungated=False, promote=False, **GATE_SETTINGS), data=path)
     assert not second.promoted and "PROMOTE=no" in second.reason
     assert "refitted inside the same 5 x 3 outer folds" in second.reason and "out of fold on the same 600" in second.reason
-    mlflow.set_tracking_uri(make_settings(tmp_path).tracking_uri)
+    mlflow.set_tracking_uri(make_settings(tmp_path, allow_ungated=False).tracking_uri)
     client = MlflowClient()
     assert str(client.get_model_version_by_alias(second.model_name, "champion").version) == first.version
     tags = client.get_model_version(second.model_name, second.version).tags
