@@ -87,3 +87,16 @@ def cds(trained, keys):
     with TestClient(app) as c:
         _ready(c)
         yield c
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_run_left_active():
+    """A test that leaves an MLflow run active (an implicit one, from set_tag outside a run) would make
+    every later training in this process fail with "Run ... is already active": end it after each test."""
+    yield
+    import sys
+
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()

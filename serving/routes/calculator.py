@@ -127,6 +127,7 @@ async def calculator_form(request: Request) -> HTMLResponse:
 
 @router.post(
     PATH,
+    include_in_schema=False,  # a browser form (x-www-form-urlencoded), not an API: clients use POST /v1/risk
     response_class=HTMLResponse,
     summary="The calculator's form, scored: the same page with the risk, its interval and the waterfall",
     responses={401: {"description": "no valid API key (ICANS_AUTH on)"}, 422: {"description": "a value breaks the contract"}},
@@ -148,8 +149,11 @@ async def calculator_result(request: Request) -> HTMLResponse:
         if exc.status_code not in (401, 403):
             raise
         shown = {k: v for k, v in values.items() if k != "api_key"}
+        headers = dict(pages.HEADERS)
+        if exc.status_code == 401:  # say how to authenticate, as every 401 of the service does
+            headers["WWW-Authenticate"] = (exc.headers or {}).get("WWW-Authenticate", "Bearer")
         return HTMLResponse(_page(request, shown, {}, key_error=str(exc.detail)), status_code=exc.status_code,
-                            headers=pages.HEADERS)
+                            headers=headers)
     values.pop("api_key", None)
     record, errors = _record(values)
     try:  # every rule at once: the contract's ranges too, beside what could not be read

@@ -73,7 +73,8 @@ HYPOTHESIS = dict(
 
 # Operations that answer without credentials, on purpose. Anything else answering 2xx without a
 # valid key fails the no-credentials pass.
-PUBLIC = {"GET /healthz", "GET /readyz", "GET /v1/model", "GET /v1/model/card"}
+# GET /calculator: the empty form (no patient data); its POST is authorised like any client's
+PUBLIC = {"GET /healthz", "GET /readyz", "GET /v1/model", "GET /v1/model/card", "GET /calculator"}
 SCORING = {"POST /v1/risk", "POST /v1/risk/batch"}
 ADMIN = {"POST /v1/admin/reload"}
 # CDS Hooks: a signed JWT of a configured EHR issuer, `aud` = the endpoint's URL (serving/cds_auth.py)
