@@ -161,8 +161,19 @@ def _json_content(content_type: str | None) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-class StrictJSONRoute(APIRoute):
-    """An APIRoute whose JSON body is parsed by `parse` before FastAPI validates it."""
+class _ParsedBodyRoute(APIRoute):
+    """An APIRoute whose JSON body is parsed by `parse_body` before FastAPI validates it; the parser's
+    `refusal` is answered by `refuse`, and what is not JSON is left to FastAPI as it always was."""
+
+    refusal: type[Exception] = Exception
+
+    @staticmethod
+    def parse_body(body: bytes) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def refuse(exc: Any, request: Request) -> Response:
+        raise NotImplementedError
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -171,15 +182,27 @@ class StrictJSONRoute(APIRoute):
             body = await request.body()
             if body and _json_content(request.headers.get("content-type")):
                 try:
-                    request._json = parse(body)
-                except BodyRefused as exc:
-                    rid = request.scope.get("state", {}).get("request_id")
-                    return JSONResponse({"detail": exc.errors, "request_id": rid}, status_code=422)
+                    request._json = self.parse_body(body)
+                except self.refusal as exc:
+                    return self.refuse(exc, request)
                 except (ValueError, RecursionError):  # not JSON: FastAPI answers it as it always has
                     pass
             return await handler(request)
 
         return strict
+
+
+def _body_refused(exc: BodyRefused, request: Request) -> JSONResponse:
+    rid = request.scope.get("state", {}).get("request_id")
+    return JSONResponse({"detail": exc.errors, "request_id": rid}, status_code=422)
+
+
+class StrictJSONRoute(_ParsedBodyRoute):
+    """An APIRoute whose JSON body is parsed by `parse` before FastAPI validates it."""
+
+    refusal = BodyRefused
+    parse_body = staticmethod(parse)
+    refuse = staticmethod(_body_refused)
 
 
 # -- CDS Hooks bodies (issue 25): not the contract's shape, so only duplicate keys are refused ------
@@ -235,21 +258,9 @@ def duplicate_error(exc: DuplicateKey, request: Request) -> JSONResponse:
     )
 
 
-class NoDuplicateKeysRoute(APIRoute):
+class NoDuplicateKeysRoute(_ParsedBodyRoute):
     """An APIRoute whose JSON body is refused (400) if a key is given twice; otherwise as FastAPI parses it."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def strict(request: Request) -> Response:
-            body = await request.body()
-            if body and _json_content(request.headers.get("content-type")):
-                try:
-                    request._json = parse_no_duplicates(body)
-                except DuplicateKey as exc:
-                    return duplicate_error(exc, request)
-                except (ValueError, RecursionError):  # not JSON: FastAPI answers it as it always has
-                    pass
-            return await handler(request)
-
-        return strict
+    refusal = DuplicateKey
+    parse_body = staticmethod(parse_no_duplicates)
+    refuse = staticmethod(duplicate_error)
