@@ -97,3 +97,29 @@ def test_the_family_choice_includes_the_logistic_family(data):
     assert fit_procedure(X, y, tuned, 3, 0, 1).chosen == "logistic"
     tuned["xgboost"]["cv_log_loss"] = 0.40
     assert fit_procedure(X, y, tuned, 3, 0, 1).chosen == "xgboost"
+
+
+def test_a_served_logistic_champion_answers_with_an_explanation_that_adds_up(tmp_path):
+    """The whole path for the logistic family: a training restricted to it registers and serves it,
+    and /v1/risk's answer adds up (base + contributions = log-odds), with its bootstrap interval."""
+    from fastapi.testclient import TestClient
+
+    from pipeline.train.run import train
+    from serving.app import create_app
+    from tests.helpers import make_settings, random_records
+
+    settings = make_settings(tmp_path, families=["logistic"], auth="off", default_cohort_size=800)
+    result = train(settings)
+    assert result.chosen == "logistic" and result.promoted
+    with TestClient(create_app(settings)) as client:
+        from tests.helpers import wait_ready
+
+        wait_ready(client)
+        for record in random_records(5, seed=3):
+            r = client.post("/v1/risk", json=record)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            total = body["explanation"]["base_log_odds"] + sum(c["log_odds"] for c in body["explanation"]["contributions"])
+            assert abs(total - body["log_odds"]) < 1e-9
+            low, high = body["uncertainty"]["interval"]
+            assert 0 < low <= high < 1 and body["uncertainty"]["bootstrap_models"] == 20
