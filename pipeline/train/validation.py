@@ -311,7 +311,7 @@ class Procedure:
 
     @property
     def search(self) -> Search:
-        return Search(self.n_iter, self.cv_folds)
+        return Search(self.n_iter, self.cv_folds, self.families)
 
     def run(self, X: np.ndarray, y: np.ndarray, seed: int) -> FoldRun:
         tuned = {name: tune(name, X, y, self.n_iter, self.cv_folds, seed, 1, self.space_events)

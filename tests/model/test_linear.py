@@ -123,3 +123,14 @@ def test_a_served_logistic_champion_answers_with_an_explanation_that_adds_up(tmp
             assert abs(total - body["log_odds"]) < 1e-9
             low, high = body["uncertainty"]["interval"]
             assert 0 < low <= high < 1 and body["uncertainty"]["bootstrap_models"] == 20
+
+
+def test_an_unknown_family_is_refused_by_name_of_the_setting():
+    from pydantic import ValidationError
+
+    from core.settings import Settings
+
+    with pytest.raises(ValidationError, match="ICANS_FAMILIES must name only xgboost, hist_gradient_boosting, logistic"):
+        Settings(families=["random_forest"])
+    with pytest.raises(ValidationError):
+        Settings(families=[])
