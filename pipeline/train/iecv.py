@@ -34,13 +34,11 @@ import pandas as pd
 from pipeline.evidence.centre_performance import MEASURES, MIN_CENTRE_EVENTS, centre_row
 from core.contract import CENTRE_COLUMN
 from pipeline.stats.meta_analysis import Pooled, pool_measures
+from pipeline.train import gate
 
 log = logging.getLogger(__name__)
 
 MIN_CENTRES = 3
-# Heterogeneity too large for one model (issue 27): the slope's prediction interval wholly
-# outside 0.7-1.3, i.e. a new centre would very likely need its own recalibration.
-SLOPE_ACCEPTABLE = (0.7, 1.3)
 
 
 class IECVRefused(ValueError):
@@ -76,9 +74,8 @@ class IECVResult:
         return {k: v for k, v in out.items() if np.isfinite(v)}
 
     def heterogeneity_too_large(self) -> bool:
-        s = self.pooled.get("calibration_slope")
-        lo, hi = SLOPE_ACCEPTABLE
-        return s is not None and bool(np.isfinite(s.pi_low)) and (s.pi_high < lo or s.pi_low > hi)
+        """`pipeline.train.gate.heterogeneity_too_large` on this IECV's pooled estimates."""
+        return gate.heterogeneity_too_large(self.pooled)
 
     def transport_sentence(self) -> str:
         """How the model transports, in one paragraph for the run description."""
@@ -94,9 +91,10 @@ class IECVResult:
         if oe is not None:
             parts.append(f"O/E {oe.estimate:.2f} (prediction interval {oe.pi_low:.2f}-{oe.pi_high:.2f}).")
         if self.heterogeneity_too_large():
-            parts.append("Between-centre heterogeneity is too large for one model as it is: the calibration "
-                         "slope's prediction interval lies wholly outside 0.7-1.3; a new centre should validate "
-                         "and update it locally (make update) before use.")
+            lo, hi = gate.CALIBRATION_SLOPE_BAND
+            parts.append(f"Between-centre heterogeneity is too large for one model as it is: the calibration "
+                         f"slope's prediction interval lies wholly outside {lo}-{hi}; a new centre should validate "
+                         "and update it locally (make update DATA=<centre file>) before use.")
         elif oe is not None and np.isfinite(oe.pi_low) and (oe.pi_low < 0.8 or oe.pi_high > 1.25):
             parts.append("Calibration-in-the-large varies between centres: a new centre should check it on its "
                          "own patients and recalibrate the intercept if needed (make update).")
@@ -182,22 +180,28 @@ def run_iecv(df: pd.DataFrame, outcome: str, settings: Any, thresholds: dict[str
                       [c for _, _, c in done])
 
 
-def validate_by_centre(df: pd.DataFrame, outcome: str, settings: Any, bundle: Any, n_jobs: int = 1) -> list[str]:
-    """The hook `make train` calls inside its MLflow run: when the file has >= 3 estimable centres,
-    run IECV, log per-centre and pooled metrics, the forest plots and the table, and return the
-    transport sentence for the run description (an empty list otherwise: nothing logged)."""
+def validate_by_centre(df: pd.DataFrame, outcome: str, settings: Any, bundle: Any,
+                       n_jobs: int = 1) -> tuple[IECVResult | None, list[str]]:
+    """The IECV `make train` runs before its gate: when the file has >= 3 estimable centres, the
+    result (its pooled estimates go to the gate, `GATE_RULE` (5)); otherwise None, with a note when
+    the file has centres but too few to validate by centre. Nothing is logged here (`log_to_run`)."""
     if not applies(df, outcome):
         total, _ = centres_with_events(df, outcome)
         if total:
-            return [f"IECV not run: fewer than {MIN_CENTRES} centres with {MIN_CENTRE_EVENTS} events each "
-                    f"({total} centres in the file)."]
-        return []
+            return None, [f"IECV not run: fewer than {MIN_CENTRES} centres with {MIN_CENTRE_EVENTS} events each "
+                          f"({total} centres in the file)."]
+        return None, []
+    thresholds = {"low": float(bundle.low_threshold), "high": float(bundle.high_threshold)}
+    return run_iecv(df, outcome, settings, thresholds, n_jobs), []
+
+
+def log_to_run(result: IECVResult) -> list[str]:
+    """Into the training's MLflow run: per-centre and pooled metrics, the heterogeneity verdict, the
+    forest plots and tables under iecv/; returns the transport sentence for the run description."""
     import mlflow
 
     from pipeline.report.forest_plot import forest_plots
 
-    thresholds = {"low": float(bundle.low_threshold), "high": float(bundle.high_threshold)}
-    result = run_iecv(df, outcome, settings, thresholds, n_jobs)
     mlflow.log_metrics(result.metrics())
     mlflow.log_metric("iecv_seconds", result.seconds)
     sentence = result.transport_sentence()

@@ -21,6 +21,7 @@ from models.candidates import CANDIDATES, SMALL_DATA_EVENTS
 from pipeline.report import plots
 from pipeline.train.assessment import Evaluation
 from pipeline.train.gate import GATE_RULE, PROMOTION_RULE, gate_status
+from pipeline.train.iecv import IECVResult
 from core.contract import CONTRACT_VERSION, FEATURE_NAMES
 from pipeline.evidence.directions import feature_directions, unconstrained_fit
 from core.features import N_MATRIX
@@ -209,8 +210,10 @@ def provenance(run: TrainingRun) -> dict[str, Any]:
 
 def describe_version(
     client: MlflowClient, run: TrainingRun, version: str, ev: Evaluation, chosen: str, gate: GateVerdict,
+    transport: IECVResult | None = None,
 ) -> None:
-    """The registered version's description and tags: what it is and how it was validated."""
+    """The registered version's description and tags: what it is and how it was validated (and, when
+    it was validated by centre, how it transports: the pooled figures and the heterogeneity verdict)."""
     model_name, outcome, run_id = run.model_name, run.outcome, run.run_id
     gate_ok, ungated, gate_reason = gate.ok, gate.ungated, gate.reason
     design = ev.design
@@ -221,13 +224,27 @@ def describe_version(
         f"{fmt_ci(v, 'calibration_slope', 2)}, Brier {v.get('brier', np.nan):.4f}; m-EASIX AUROC "
         f"{v.get('m_easix_auroc', np.nan):.3f}. Quality gate: {gate_status(gate_ok, gate_reason)}. Model card: "
         f"artifact model/artifacts/{BUNDLE_ARTIFACT}/model_card.html of run {run_id} (also GET /v1/model/card). "
-        "Research use only."))
+        + (transport.transport_sentence() + " " if transport is not None else "") + "Research use only."))
+    if transport is not None:
+        for key, value in transport_tags(transport).items():
+            client.set_model_version_tag(model_name, version, key, value)
     client.set_model_version_tag(model_name, version, "validation_design", design.kind)
     client.set_model_version_tag(model_name, version, "validated_auroc", f"{ev.validated['auroc']:.4f}")
     client.set_model_version_tag(model_name, version, "quality_gate", gate_status(gate_ok, gate_reason))
     client.set_model_version_tag(model_name, version, "quality_gate_reason", gate_reason[:5000])
     if ungated:
         client.set_model_version_tag(model_name, version, "ungated", "true")
+
+
+def transport_tags(transport: IECVResult) -> dict[str, str]:
+    """The pooled IECV figures the gate judged, and its heterogeneity verdict, as the version's tags."""
+    tags = {"iecv_centres": str(len(transport.rows)),
+            "iecv_heterogeneity_too_large": str(transport.heterogeneity_too_large()).lower()}
+    for measure, p in transport.pooled.items():
+        if measure in ("auroc", "calibration_slope", "calibration_intercept", "oe"):
+            tags[f"iecv_{measure}"] = (f"{p.estimate:.4f} (95% CI {p.ci_low:.4f}-{p.ci_high:.4f}; "
+                                       f"95% PI {p.pi_low:.4f}-{p.pi_high:.4f}; tau2 {p.tau2:.4f}; I2 {p.i2:.0f}%)")
+    return tags
 
 
 def validation_section(ev: Evaluation) -> dict[str, Any]:
