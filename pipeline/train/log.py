@@ -28,6 +28,7 @@ from core.features import N_MATRIX
 from pipeline.monitor.statistics import reference_summary
 from models.registry import BUNDLE_ARTIFACT
 from pipeline.report import render_validation_report, save_plots, write_model_card
+from pipeline.report.forest_plot import transport_summary
 from pipeline.tracking.runs import git_commit, log_dataset, log_quarantine
 from pipeline.train.training_run import GateVerdict, TrainingRun
 from pipeline.train.validation import MODEL, RESAMPLING, SPLIT, Fitted
@@ -150,19 +151,25 @@ def record_verdicts(run: TrainingRun, ev: Evaluation, bundle: ModelBundle, metri
 
 def write_artifacts(
     tmp_path: Path, ev: Evaluation, bundle: ModelBundle, explained: Explained, outcome: str,
-    card_info: dict[str, Any], provenance: dict[str, Any],
+    card_info: dict[str, Any], provenance: dict[str, Any], transport: IECVResult | None = None,
 ) -> Path:
-    """Plots, the evidence report and the model card logged to the run; returns the saved bundle's directory."""
+    """Plots, the evidence report and the model card logged to the run; returns the saved bundle's directory.
+    With an IECV (`transport`), the report and the card show its pooled figures and forest plots."""
     plots.roc_plot(ev.y, ev.plot_scores, tmp_path / "roc.png", f"ROC, {ev.label} ({outcome})")
     plots.shap_summary_plot(
         explained.contributions, explained.base, ev.frame, list(FEATURE_NAMES), tmp_path / "shap_summary.png"
     )
     save_plots(ev.evidence, tmp_path)
     mlflow.log_artifacts(str(tmp_path), artifact_path="plots")
+    summary = None
+    if transport is not None:  # drawn after the plots/ folder is logged (the run has them under iecv/)
+        summary = transport_summary(transport.rows, transport.pooled, transport.transport_sentence(),
+                                    transport.heterogeneity_too_large(), tmp_path / "iecv")
+        card_info = {**card_info, "transport": summary}
     report_dir = tmp_path / "evidence"
     report_dir.mkdir()
     report_path = render_validation_report(ev.evidence, tmp_path, tmp_path / "report" / "validation_report.html",
-                                           instability=bundle.metadata.get("instability"))
+                                           instability=bundle.metadata.get("instability"), transport=summary)
     (report_dir / "evidence.json").write_text(json.dumps(ev.evidence.to_dict(), default=str))
 
     bundle_dir = bundle.save(tmp_path / BUNDLE_ARTIFACT)

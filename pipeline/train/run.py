@@ -171,6 +171,7 @@ def _stages(run: TrainingRun, experiment_id: str, client: MlflowClient) -> _Stag
             instability.instability_plot(inst, bundle.low_threshold, bundle.high_threshold, Path(tmp) / "instability.png")
         bundle_dir = train_log.write_artifacts(
             Path(tmp), ev, bundle, explained, run.outcome, train_log.card_info(run, bundle), train_log.provenance(run),
+            transport,
         )
         heartbeat()
         version = log_bundle_version(bundle_dir, run.model_name)  # register
