@@ -61,7 +61,10 @@ PROMOTION_RULE = (
     f"not larger by more than {PROMOTION_MARGINS['calibration_slope_distance']}, |calibration-in-the-large| not "
     f"larger by more than {PROMOTION_MARGINS['calibration_intercept_distance']} (log-odds) and net benefit at "
     f"each risk-group threshold not lower by more than {PROMOTION_MARGINS['net_benefit']}. AUROCs of different "
-    "cohorts are never compared."
+    "cohorts are never compared. When the training validated by centre, the champion's configuration is also "
+    "refitted leaving each centre out as the challenger was, and the same margins apply to the per-centre paired "
+    "differences pooled by random effects (Hartung-Knapp-Sidik-Jonkman 95% interval): the challenger must be "
+    "non-inferior on both."
 )
 
 INSUFFICIENT = "insufficient evidence"

@@ -195,6 +195,93 @@ def validate_by_centre(df: pd.DataFrame, outcome: str, settings: Any, bundle: An
     return run_iecv(df, outcome, settings, thresholds, n_jobs), []
 
 
+Z_95 = 1.959963984540054  # a per-centre paired interval's half-width in SEs (its bootstrap is ~normal)
+
+
+def pool_paired_differences(per_centre: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Each promotion criterion's per-centre paired differences (`paired_comparison`'s output, one dict per
+    centre) pooled by random effects (REML, HKSJ 95% CI), SE from each centre's 95% interval; a criterion
+    with fewer than 2 centres with an interval is left out. The shape `gate.non_inferiority` judges."""
+    from pipeline.stats.meta_analysis import random_effects
+
+    out: dict[str, dict[str, float]] = {}
+    for key in per_centre[0] if per_centre else {}:
+        d = np.array([c[key]["difference"] for c in per_centre], float)
+        se = np.array([(c[key]["ci_high"] - c[key]["ci_low"]) / (2 * Z_95) for c in per_centre], float)
+        ok = np.isfinite(d) & np.isfinite(se) & (se >= 0)
+        if ok.sum() < 2:
+            continue
+        if np.all(se[ok] == 0):  # the same risks at every centre (the champion's own configuration): no spread
+            pooled = (float(np.mean(d[ok])), float(np.min(d[ok])), float(np.max(d[ok])))
+        else:
+            ok &= se > 0
+            if ok.sum() < 2:
+                continue
+            p = random_effects(d[ok], se[ok], key)
+            pooled = (p.estimate, p.ci_low, p.ci_high)
+        out[key] = {"difference": pooled[0], "ci_low": pooled[1], "ci_high": pooled[2], "centres": float(ok.sum()),
+                    "challenger": float(np.mean([c[key]["challenger"] for c, o in zip(per_centre, ok) if o])),
+                    "champion": float(np.mean([c[key]["champion"] for c, o in zip(per_centre, ok) if o]))}
+    return out
+
+
+def champion_by_centre(result: IECVResult, df: pd.DataFrame, outcome: str, settings: Any,
+                       config: tuple[str, dict[str, Any]], thresholds: dict[str, float]) -> dict[str, Any]:
+    """The champion's configuration refitted leaving each estimable centre out (the challenger's IECV
+    seeds), both scored on that centre's patients (`paired_comparison`), the per-centre differences
+    pooled (`pool_paired_differences`) and judged on `PROMOTION_MARGINS` (`gate.non_inferiority`)."""
+    from threadpoolctl import threadpool_limits
+
+    from core.features import encode_frame
+    from pipeline.evidence.repeat_intervals import paired_comparison
+    from pipeline.train.assessment import refit_predict
+    from pipeline.train.validation import Search
+
+    X, y = encode_frame(df), df[outcome].astype(int).to_numpy()
+    centre = df[CENTRE_COLUMN].astype(str).to_numpy()
+    estimable = {r["centre"] for r in result.rows if r["estimable"]}
+    per_centre = []
+    with threadpool_limits(1):
+        for i, code in enumerate(sorted(set(centre))):  # run_iecv's order, so its seeds
+            if code not in estimable:
+                continue
+            test_idx, train_idx = np.flatnonzero(centre == code), np.flatnonzero(centre != code)
+            champ = refit_predict(config, X[train_idx], y[train_idx], X[test_idx], Search.of(settings).cv_folds,
+                                  settings.seed + 10_000 * (i + 1))
+            per_centre.append(paired_comparison(y[test_idx], result.predictions[test_idx][None, :], champ[None, :],
+                                                thresholds, seed=settings.seed))
+    criteria = pool_paired_differences(per_centre)
+    ok, lines = gate.non_inferiority(criteria) if criteria else (False, ["no criterion could be pooled"])
+    return {"criteria": criteria, "non_inferior": bool(ok), "lines": lines, "centres": len(per_centre)}
+
+
+def with_centre_comparison(compare: Any, result: IECVResult, df: pd.DataFrame, outcome: str, settings: Any,
+                           thresholds: dict[str, float]) -> Any:
+    """The training's champion comparison (`PROMOTION_RULE`) when it validated by centre: the design's
+    comparison, and the same margins on the pooled per-centre differences (`champion_by_centre`); the
+    challenger must be non-inferior on both. A champion whose configuration cannot be refitted is
+    compared on the design's patients only, and the lines say so."""
+
+    def both(champion_bundle: Any) -> dict[str, Any]:
+        d = compare(champion_bundle)
+        config = gate.champion_configuration(champion_bundle.metadata, champion_bundle.kind)
+        if "criteria" not in d:
+            return d
+        if config is None:
+            d["lines"] = list(d["lines"]) + ["by centre: not compared (the champion's configuration is not refittable)"]
+            return d
+        c = champion_by_centre(result, df, outcome, settings, config, thresholds)
+        d["criteria"] = {**d["criteria"], **{f"iecv_{k}": v for k, v in c["criteria"].items()}}
+        d["lines"] = list(d["lines"]) + [f"by centre: {line}" for line in c["lines"]]
+        d["non_inferior"] = bool(d["non_inferior"] and c["non_inferior"])
+        d["basis"] = (f"{d['basis']}; and by centre: the champion's configuration refitted leaving each of the "
+                      f"{c['centres']} centres out as the challenger was, the per-centre paired differences pooled by "
+                      "random effects (HKSJ 95% CI)")
+        return d
+
+    return both
+
+
 def log_to_run(result: IECVResult) -> list[str]:
     """Into the training's MLflow run: per-centre and pooled metrics, the heterogeneity verdict, the
     forest plots and tables under iecv/; returns the transport sentence for the run description."""

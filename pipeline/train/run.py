@@ -178,7 +178,10 @@ def _stages(run: TrainingRun, experiment_id: str, client: MlflowClient) -> _Stag
     train_log.describe_version(client, run, version, ev, fitted.chosen, gate, transport)
 
     # promote: under the lock, the comparison is with whatever is champion NOW
-    verdict = promote_if_allowed(client, settings, run.model_name, version, gate, ev.compare, ev.validated["auroc"])
+    compare = ev.compare if transport is None else iecv.with_centre_comparison(
+        ev.compare, transport, run.cohort.data, run.outcome, settings,
+        {"low": bundle.low_threshold, "high": bundle.high_threshold})  # PROMOTION_RULE: and by centre
+    verdict = promote_if_allowed(client, settings, run.model_name, version, gate, compare, ev.validated["auroc"])
     log_verdict(verdict)
     return _Stages(ev, fitted.chosen, metrics, gate, notes, version, verdict)
 

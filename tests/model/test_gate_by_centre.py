@@ -60,3 +60,59 @@ def test_without_pooled_estimates_the_gate_is_the_design_alone_and_missing_ones_
 
 def test_the_rule_states_the_transport_criterion_once():
     assert "prediction interval of the calibration slope" in GATE_RULE and "make update" in GATE_RULE
+
+
+def _criteria(difference: float, half_width: float) -> dict[str, dict[str, float]]:
+    keys = ("auroc", "calibration_slope_distance", "calibration_intercept_distance", "net_benefit_low")
+    return {k: {"difference": difference, "ci_low": difference - half_width, "ci_high": difference + half_width,
+                "challenger": 0.5, "champion": 0.5} for k in keys}
+
+
+def test_per_centre_differences_are_pooled_and_judged_on_the_promotion_margins():
+    from pipeline.train.gate import non_inferiority
+    from pipeline.train.iecv import pool_paired_differences
+
+    close = pool_paired_differences([_criteria(d, 0.02) for d in (0.004, -0.003, 0.001, 0.0, -0.002)])
+    assert close["auroc"]["ci_low"] < 0 < close["auroc"]["ci_high"] and close["auroc"]["centres"] == 5
+    assert non_inferiority({"auroc": close["auroc"]})[0]
+    worse = pool_paired_differences([_criteria(d, 0.03) for d in (-0.08, -0.06, -0.07, -0.09, -0.05)])
+    ok, lines = non_inferiority({"auroc": worse["auroc"]})
+    assert not ok and "beyond the margin" in lines[0]
+    same = pool_paired_differences([_criteria(0.0, 0.0)] * 3)  # the champion's own configuration
+    assert same["auroc"]["ci_low"] == same["auroc"]["ci_high"] == 0.0
+
+
+def test_the_champion_comparison_also_judges_the_pooled_differences_by_centre():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from pipeline.data.synthetic_centres import CentreSpec, generate_consortium
+    from pipeline.evidence.centre_performance import centre_row
+    from pipeline.train.assessment import refit_predict
+    from pipeline.train.iecv import IECVResult, with_centre_comparison
+    from core.features import encode_frame
+
+    df = generate_consortium(tuple(CentreSpec(c, 220) for c in "ABCD"), seed=3)
+    y, centre = df["severe_icans"].astype(int).to_numpy(), df["centre"].to_numpy()
+    settings = SimpleNamespace(seed=1, n_iter=1, search_cv_folds=2)
+    X = encode_frame(df)
+    config = ("logistic", {"model__C": 1.0})
+    thresholds = {"low": 0.1, "high": 0.3}
+    design = {"criteria": {}, "non_inferior": True, "lines": [], "basis": "the design's folds", "champion_auroc": 0.7}
+
+    def iecv_of(risk: np.ndarray) -> IECVResult:
+        rows = [{"centre": c, **centre_row(y[centre == c], risk[centre == c])} for c in "ABCD"]
+        return IECVResult(rows, {}, risk, 0.0)
+
+    risk = np.full(len(y), np.nan)
+    for i, c in enumerate("ABCD"):  # the champion's configuration, as IECV would have refitted it
+        risk[centre == c] = refit_predict(config, X[centre != c], y[centre != c], X[centre == c], 2, 1 + 10_000 * (i + 1))
+    champion = SimpleNamespace(metadata={"params": config[1]}, kind="logistic")
+    d = with_centre_comparison(lambda _: dict(design), iecv_of(risk), df, "severe_icans", settings, thresholds)(champion)
+    assert d["non_inferior"] and "iecv_auroc" in d["criteria"] and "4 centres" in d["basis"]
+    assert any(line.startswith("by centre: auroc") for line in d["lines"])
+    # a challenger that ranks no better than chance at any centre: the design alone would have let it in
+    noise = np.random.default_rng(0).uniform(0.05, 0.4, len(y))
+    d = with_centre_comparison(lambda _: dict(design), iecv_of(noise), df, "severe_icans", settings, thresholds)(champion)
+    assert not d["non_inferior"] and d["criteria"]["iecv_auroc"]["ci_high"] < 0
