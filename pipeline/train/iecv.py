@@ -12,7 +12,10 @@ When: a cohort file with a `centre` column and at least `MIN_CENTRES` (3) centre
 of freedom and no prediction interval exists (Riley's t has k-2 df); why 10 events: below it a
 centre's AUROC SE and calibration slope are unstable (docs/multi-centre.md). IECV runs BESIDE the
 design `pipeline.train.validation` chose (split or repeated CV): that design estimates the average
-performance the gate uses; IECV answers a different question, how the model transports.
+performance; IECV answers a different question, how the model transports. The gate judges both
+(`pipeline.train.gate.GATE_RULE` (5): the pooled estimates and the heterogeneity verdict), and so
+does the champion comparison (`with_centre_comparison`: the champion's configuration refitted
+leaving each centre out, the per-centre paired differences pooled).
 
 The centres run as parallel tasks through joblib, on a Dask cluster when ICANS_CLUSTER is set
 (`pipeline.train.cluster`); each task's seed is fixed by the centre's position, not by the worker.
