@@ -80,3 +80,17 @@ def forest_plot(rows: list[dict[str, Any]], pooled: Pooled | None, measure: str,
 def forest_plots(rows: list[dict[str, Any]], pooled: dict[str, Pooled], out_dir: Path) -> list[Path]:
     """One forest plot per measure: forest_<measure>.png."""
     return [forest_plot(rows, pooled.get(m), m, Path(out_dir) / f"forest_{m}.png") for m in LABELS]
+
+
+def transport_summary(rows: list[dict[str, Any]], pooled: dict[str, Pooled], sentence: str,
+                      heterogeneity_too_large: bool, out_dir: Path) -> dict[str, Any]:
+    """What the validation report and the model card show of an IECV (`sections.transport_blocks`):
+    the transport sentence, the pooled figures of the four measures, and their forest plots drawn
+    into out_dir (forest_<measure>.png, named by `plots`)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = forest_plots(rows, pooled, out_dir)
+    return {"sentence": sentence, "heterogeneity_too_large": bool(heterogeneity_too_large),
+            "pooled": [pooled[m].to_dict() for m in LABELS if m in pooled],
+            "centres": [{k: r[k] for k in ("centre", "n", "events", "estimable")} for r in rows],
+            "plots": {m: str(p) for m, p in zip(LABELS, paths)}}

@@ -4,6 +4,8 @@ the run's facts and evidence here, its prose in pipeline/report/templates/model_
 
 from __future__ import annotations
 
+import base64
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -56,7 +58,9 @@ def render_model_card(
     """The model card (Mitchell et al., FAT* 2019) as (markdown, html), from one run's evidence.
 
     model_info (all optional): name, version, run_id, trained_at, kind, params, thresholds,
-      calibration, contract_version, git_commit, n_params, instability (pipeline.train.instability's summary).
+      calibration, contract_version, git_commit, n_params, instability (pipeline.train.instability's summary),
+      transport (an IECV's summary, pipeline.report.forest_plot.transport_summary: its forest plots are
+      embedded in the HTML and linked by file name from the Markdown).
     data_provenance (all optional): synthetic (bool), sha256, file, n_rows, n_dev, n_test, seed,
       n_rows_rejected, description.
     Missing entries show as "not recorded". The HTML is self-contained and escaped.
@@ -134,13 +138,16 @@ def render_model_card(
             s.thresholds_table(ev),
             ("p", "Subgroups (held-out set):" if not s.resampled(ev) else "Subgroups (out-of-fold risks):"),
             ("ul", subgroup_lines),
-        ] + s.direction_blocks(ev)[1:] + learning + s.instability_blocks(model_info.get("instability"))),
+        ] + s.direction_blocks(ev)[1:] + learning + s.instability_blocks(model_info.get("instability"))
+          + s.transport_blocks(model_info.get("transport"))),
         ("Ethical considerations", [("ul", lines(text.ethics(synthetic)))]),
         ("Caveats and recommendations", [("ul", caveats)]
          + [("note", n) for n in ev.notes if n not in caveats and n not in said_elsewhere]),
     ]
     title = f"Model card: {name}"
-    return to_markdown(title, sections, BANNER), to_html(title, sections, BANNER)
+    images = {str(p): base64.b64encode(Path(p).read_bytes()).decode("ascii")
+              for p in (model_info.get("transport") or {}).get("plots", {}).values()}
+    return to_markdown(title, sections, BANNER), to_html(title, sections, BANNER, images)
 
 
 PENDING_VERSION = "not yet registered (named in the copy under the run evidence/ folder once registered; GET /v1/model)"
@@ -158,6 +165,9 @@ def write_model_card(evidence: Evidence, model_info: Mapping[str, Any], data_pro
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path, html_path = out_dir / MODEL_CARD_MD, out_dir / MODEL_CARD_HTML
+    for plot in (model_info.get("transport") or {}).get("plots", {}).values():  # the Markdown links them by name
+        if Path(plot).parent.resolve() != out_dir.resolve():
+            shutil.copyfile(plot, out_dir / Path(plot).name)
     md_path.write_text(markdown, encoding="utf-8")
     html_path.write_text(page, encoding="utf-8")
     return md_path, html_path

@@ -247,3 +247,23 @@ def instability_blocks(instability: Mapping[str, Any] | None) -> list[Block]:
     if i.get("note"):
         blocks.append(("note", str(i["note"])))
     return blocks
+
+
+def transport_blocks(transport: Mapping[str, Any] | None) -> list[Block]:
+    """How the model transports to a new centre (internal-external cross-validation, when the training
+    validated by centre; `pipeline.report.forest_plot.transport_summary`): the sentence, the pooled
+    table and one forest plot per measure, each with the pooled estimate, its CI and the 95% PI."""
+    if not transport:
+        return []
+    from pipeline.report.forest_plot import CAPTION, LABELS
+
+    rows = [[LABELS.get(p["measure"], (p["measure"],))[0], str(p["k"]), num(p["estimate"]),
+             f"{num(p['ci_low'])} to {num(p['ci_high'])}", f"{num(p['pi_low'])} to {num(p['pi_high'])}",
+             num(p["tau2"], 4), f"{num(p['i2'], 0)}%"] for p in transport["pooled"]]
+    blocks: list[Block] = [("p", str(transport["sentence"])),
+                           ("table", ["measure", "centres", "pooled", "95% CI", "95% prediction interval (new centre)",
+                                      "tau2", "I2"], rows)]
+    for measure, path in transport["plots"].items():
+        blocks.append(("img", f"forest plot: {LABELS.get(measure, (measure,))[0]} by centre", str(path)))
+    blocks.append(("p", CAPTION))
+    return blocks

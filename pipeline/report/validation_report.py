@@ -45,6 +45,7 @@ def render_validation_report(
     out_path: Path,
     title: str | None = None,
     instability: Mapping[str, Any] | None = None,
+    transport: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ONE self-contained HTML validation report to out_path (usually
     `<dir>/validation_report.html`) and the evidence's PNG figures to plots_dir.
@@ -52,7 +53,8 @@ def render_validation_report(
     Figures are embedded as base64 data URIs; any other PNG already in plots_dir (e.g. the ROC and
     SHAP plots of `pipeline.report.plots`) is embedded under "Other figures". No script, no external
     resource. Returns out_path. `instability`: the model's instability summary (pipeline.train.instability),
-    shown with `<plots_dir>/instability.png` when given.
+    shown with `<plots_dir>/instability.png` when given. `transport`: the IECV's summary
+    (`pipeline.report.forest_plot.transport_summary`), shown with its forest plots when given.
     """
     plots_dir = Path(plots_dir)
     figures = save_plots(evidence, plots_dir)
@@ -62,6 +64,7 @@ def render_validation_report(
     others = sorted(p for p in plots_dir.glob("*.png") if p.name not in ours)
     images = {str(p): _b64(p) for p in list(figures.values()) + others
               + ([unstable_png] if instability and unstable_png.exists() else [])}
+    images.update({str(p): _b64(Path(p)) for p in (transport or {}).get("plots", {}).values()})
     ev = evidence
     text = prose("validation_report")
     meta_rows = [[k.replace("_", " "), str(v)] for k, v in ev.meta.items()]
@@ -85,6 +88,9 @@ def render_validation_report(
     if instability:
         picture: list[Block] = [("img", "instability plot", str(unstable_png))] if unstable_png.exists() else []
         sections.append(("Prediction instability", s.instability_blocks(instability) + picture))
+    if transport:
+        sections.append(("Transport to a new centre (internal-external cross-validation)",
+                         s.transport_blocks(transport)))
     if ev.development is not None:
         dv = ev.development
         sections.append(("Development data (out-of-fold predictions)", [("table", ["quantity", "value"], [

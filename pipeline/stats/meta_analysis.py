@@ -11,8 +11,9 @@ mu +- t * sqrt(se^2 + tau^2): with Riley's k-2 df by default (Riley, Higgins & D
 metafor `predict(predtype="riley")`), or metafor's default k-1 (`pi_df="k-1"`).
 
 Checked in tests/model/test_meta_analysis.py against metafor's published values for dat.bcg
-(REML tau^2 to 1e-12, the cumulative REML estimates to their 6 printed decimals) and against
-statsmodels' `combine_effects` (the HKSJ "random effect wls" row) to 1e-8.
+(REML tau^2 to 1e-12, the cumulative REML estimates to their 6 printed decimals, the prediction
+interval's formula to 1e-6 on its robust() example, the knha fit and interval to their printed
+digits) and against statsmodels' `combine_effects` (the HKSJ "random effect wls" row) to 1e-8.
 """
 
 from __future__ import annotations
@@ -117,15 +118,20 @@ def random_effects(
     crit = float(stats.t.ppf(0.975, k - 1))
     vt = _typical_variance(v)
     i2 = 100.0 * tau2 / (vt + tau2)
-    df_pi = k - 2 if pi_df == "k-2" else k - 1
-    if df_pi >= 1:
-        half = float(stats.t.ppf(0.975, df_pi)) * np.sqrt(se_mu**2 + tau2)
-        pi = (mu - half, mu + half)
-    else:
-        pi = (float("nan"), float("nan"))
+    pi = prediction_interval(mu, se_mu, tau2, k - 2 if pi_df == "k-2" else k - 1)
     back = _inverse(scale)
     return Pooled(measure, k, back(mu), back(mu - crit * se_mu), back(mu + crit * se_mu), back(pi[0]), back(pi[1]),
                   float(tau2), float(i2), se_mu, scale)
+
+
+def prediction_interval(mu: float, se_mu: float, tau2: float, df: int, level: float = 0.95) -> tuple[float, float]:
+    """The interval a new centre's true value should fall in: mu +- t(df) sqrt(se_mu^2 + tau^2), as
+    metafor's predict.rma (R/predict.rma.r: pi.se = sqrt(vpred + tau2); crit = qt with the model's
+    k-p df under test="knha", k-p-1 with predtype="riley"). NaN when df < 1."""
+    if df < 1:
+        return float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * float(np.sqrt(se_mu**2 + tau2))
+    return mu - half, mu + half
 
 
 def _inverse(scale: Scale) -> Callable[[float], float]:

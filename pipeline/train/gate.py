@@ -3,17 +3,20 @@
 The gate asks for positive evidence (`GATE_RULE`, stated once: README, model card and run
 description quote it); the champion comparison refits the champion's configuration in the same
 folds as the challenger and promotes on pre-specified non-inferiority margins (`PROMOTION_RULE`);
-the notes say when a simpler model does as well. All on the validation design's honest estimates.
+the notes say when a simpler model does as well. All on the validation design's honest estimates,
+and, when the training validated by centre (`pipeline.train.iecv`), on the pooled random-effects
+estimates of internal-external cross-validation as well: how the model transports to a new centre.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import mlflow
 import numpy as np
 
+from pipeline.stats.meta_analysis import Pooled
 from pipeline.train.validation import LOGISTIC_MODEL, UNTUNED_HGB
 
 CALIBRATION_SLOPE_BAND = (0.7, 1.3)
@@ -31,8 +34,16 @@ GATE_RULE = (
     "paired AUROC difference does not lie wholly below 0); (4) the 95% interval of the calibration slope "
     f"reaches the band {CALIBRATION_SLOPE_BAND[0]}-{CALIBRATION_SLOPE_BAND[1]}. A slope interval wider than "
     f"{MAX_SLOPE_CI_WIDTH} is too wide to judge: the model is registered but not promoted (insufficient "
-    "evidence) and the reason says how many events would settle it."
+    "evidence) and the reason says how many events would settle it. (5) When the training validated by centre "
+    "(internal-external cross-validation, a file with at least 3 centres of at least 10 events and 10 non-events), "
+    "the model must also transport, on the pooled random-effects estimates (REML, Hartung-Knapp-Sidik-Jonkman "
+    "intervals): the lower 95% limit of the pooled AUROC is above 0.5, and the 95% interval of the pooled "
+    "calibration slope reaches the band; and when the 95% prediction interval of the calibration slope for a new "
+    "centre lies wholly outside the band, between-centre heterogeneity is too large for one model: it is "
+    "registered but not promoted, and the reason suggests updating it locally at each centre "
+    "(make update DATA=<centre file>)."
 )
+HETEROGENEITY = "between-centre heterogeneity is too large for one model"
 
 # Non-inferiority margins of the challenger against the champion, fixed before any comparison.
 PROMOTION_MARGINS: dict[str, float] = {
@@ -50,15 +61,49 @@ PROMOTION_RULE = (
     f"not larger by more than {PROMOTION_MARGINS['calibration_slope_distance']}, |calibration-in-the-large| not "
     f"larger by more than {PROMOTION_MARGINS['calibration_intercept_distance']} (log-odds) and net benefit at "
     f"each risk-group threshold not lower by more than {PROMOTION_MARGINS['net_benefit']}. AUROCs of different "
-    "cohorts are never compared."
+    "cohorts are never compared. When the training validated by centre, the champion's configuration is also "
+    "refitted leaving each centre out as the challenger was, and the same margins apply to the per-centre paired "
+    "differences pooled by random effects (Hartung-Knapp-Sidik-Jonkman 95% interval): the challenger must be "
+    "non-inferior on both."
 )
 
 INSUFFICIENT = "insufficient evidence"
 
 
-def quality_gate(validated: dict[str, float]) -> tuple[bool, str]:
-    """`GATE_RULE` on the validated estimates: (passed, reason). A refusal's reason names every
-    failed criterion; "insufficient evidence: ..." when only the calibration is too uncertain."""
+def heterogeneity_too_large(pooled: Mapping[str, Pooled]) -> bool:
+    """`GATE_RULE` (5): the calibration slope's 95% prediction interval for a new centre lies
+    wholly outside `CALIBRATION_SLOPE_BAND` (a new centre would very likely need its own update)."""
+    s = pooled.get("calibration_slope")
+    lo, hi = CALIBRATION_SLOPE_BAND
+    return s is not None and bool(np.isfinite(s.pi_low)) and (s.pi_high < lo or s.pi_low > hi)
+
+
+def _transport(pooled: Mapping[str, Pooled], refused: list[str], insufficient: list[str]) -> None:
+    """`GATE_RULE` (5) on the pooled IECV estimates: appends to the refusals and the missing evidence."""
+    a, s = pooled.get("auroc"), pooled.get("calibration_slope")
+    if a is None or not np.isfinite(a.ci_low):
+        insufficient.append("no pooled AUROC over the centres could be computed")
+    elif a.ci_low <= CHANCE_AUROC:
+        refused.append(f"not shown to transport better than chance: pooled AUROC over {a.k} centres {a.estimate:.3f} "
+                       f"(95% CI {a.ci_low:.3f}-{a.ci_high:.3f}) has its lower limit at or below {CHANCE_AUROC}")
+    low_band, high_band = CALIBRATION_SLOPE_BAND
+    if s is None or not np.isfinite(s.ci_low):
+        insufficient.append("no pooled calibration slope over the centres could be computed")
+        return
+    if s.ci_high < low_band or s.ci_low > high_band:
+        refused.append(f"pooled calibration slope over {s.k} centres, 95% CI {s.ci_low:.2f}-{s.ci_high:.2f}, lies "
+                       f"outside the band {low_band}-{high_band}")
+    if heterogeneity_too_large(pooled):
+        refused.append(f"{HETEROGENEITY}: the 95% prediction interval of the calibration slope for a new centre, "
+                       f"{s.pi_low:.2f}-{s.pi_high:.2f} (tau2 {s.tau2:.3f}, I2 {s.i2:.0f}%), lies wholly outside "
+                       f"the band {low_band}-{high_band}; update the model locally at each centre "
+                       "(make update DATA=<centre file>) before use there")
+
+
+def quality_gate(validated: dict[str, float], pooled: Mapping[str, Pooled] | None = None) -> tuple[bool, str]:
+    """`GATE_RULE` on the validated estimates, and on `pooled` (the IECV's random-effects estimates by
+    measure) when the training validated by centre: (passed, reason). A refusal's reason names every
+    failed criterion; "insufficient evidence: ..." when only the evidence is too uncertain."""
     refused: list[str] = []
     insufficient: list[str] = []
     platt = validated.get("platt_slope", np.nan)
@@ -95,6 +140,8 @@ def quality_gate(validated: dict[str, float]) -> tuple[bool, str]:
         insufficient.append(f"the calibration slope's 95% CI {s_lo:.2f}-{s_hi:.2f} is {s_hi - s_lo:.2f} wide, too wide "
                             f"to judge (at most {MAX_SLOPE_CI_WIDTH}). What would settle it: more events{more}, "
                             "or an external validation cohort (make evaluate)")
+    if pooled is not None:
+        _transport(pooled, refused, insufficient)
     if refused:
         return False, "; ".join(refused + insufficient)
     if insufficient:

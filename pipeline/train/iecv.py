@@ -12,7 +12,10 @@ When: a cohort file with a `centre` column and at least `MIN_CENTRES` (3) centre
 of freedom and no prediction interval exists (Riley's t has k-2 df); why 10 events: below it a
 centre's AUROC SE and calibration slope are unstable (docs/multi-centre.md). IECV runs BESIDE the
 design `pipeline.train.validation` chose (split or repeated CV): that design estimates the average
-performance the gate uses; IECV answers a different question, how the model transports.
+performance; IECV answers a different question, how the model transports. The gate judges both
+(`pipeline.train.gate.GATE_RULE` (5): the pooled estimates and the heterogeneity verdict), and so
+does the champion comparison (`with_centre_comparison`: the champion's configuration refitted
+leaving each centre out, the per-centre paired differences pooled).
 
 The centres run as parallel tasks through joblib, on a Dask cluster when ICANS_CLUSTER is set
 (`pipeline.train.cluster`); each task's seed is fixed by the centre's position, not by the worker.
@@ -34,13 +37,11 @@ import pandas as pd
 from pipeline.evidence.centre_performance import MEASURES, MIN_CENTRE_EVENTS, centre_row
 from core.contract import CENTRE_COLUMN
 from pipeline.stats.meta_analysis import Pooled, pool_measures
+from pipeline.train import gate
 
 log = logging.getLogger(__name__)
 
 MIN_CENTRES = 3
-# Heterogeneity too large for one model (issue 27): the slope's prediction interval wholly
-# outside 0.7-1.3, i.e. a new centre would very likely need its own recalibration.
-SLOPE_ACCEPTABLE = (0.7, 1.3)
 
 
 class IECVRefused(ValueError):
@@ -76,9 +77,8 @@ class IECVResult:
         return {k: v for k, v in out.items() if np.isfinite(v)}
 
     def heterogeneity_too_large(self) -> bool:
-        s = self.pooled.get("calibration_slope")
-        lo, hi = SLOPE_ACCEPTABLE
-        return s is not None and bool(np.isfinite(s.pi_low)) and (s.pi_high < lo or s.pi_low > hi)
+        """`pipeline.train.gate.heterogeneity_too_large` on this IECV's pooled estimates."""
+        return gate.heterogeneity_too_large(self.pooled)
 
     def transport_sentence(self) -> str:
         """How the model transports, in one paragraph for the run description."""
@@ -94,9 +94,10 @@ class IECVResult:
         if oe is not None:
             parts.append(f"O/E {oe.estimate:.2f} (prediction interval {oe.pi_low:.2f}-{oe.pi_high:.2f}).")
         if self.heterogeneity_too_large():
-            parts.append("Between-centre heterogeneity is too large for one model as it is: the calibration "
-                         "slope's prediction interval lies wholly outside 0.7-1.3; a new centre should validate "
-                         "and update it locally (make update) before use.")
+            lo, hi = gate.CALIBRATION_SLOPE_BAND
+            parts.append(f"Between-centre heterogeneity is too large for one model as it is: the calibration "
+                         f"slope's prediction interval lies wholly outside {lo}-{hi}; a new centre should validate "
+                         "and update it locally (make update DATA=<centre file>) before use.")
         elif oe is not None and np.isfinite(oe.pi_low) and (oe.pi_low < 0.8 or oe.pi_high > 1.25):
             parts.append("Calibration-in-the-large varies between centres: a new centre should check it on its "
                          "own patients and recalibrate the intercept if needed (make update).")
@@ -183,22 +184,115 @@ def run_iecv(df: pd.DataFrame, outcome: str, settings: Any, thresholds: dict[str
                       [c for _, _, c in done])
 
 
-def validate_by_centre(df: pd.DataFrame, outcome: str, settings: Any, bundle: Any, n_jobs: int = 1) -> list[str]:
-    """The hook `make train` calls inside its MLflow run: when the file has >= 3 estimable centres,
-    run IECV, log per-centre and pooled metrics, the forest plots and the table, and return the
-    transport sentence for the run description (an empty list otherwise: nothing logged)."""
+def validate_by_centre(df: pd.DataFrame, outcome: str, settings: Any, bundle: Any,
+                       n_jobs: int = 1) -> tuple[IECVResult | None, list[str]]:
+    """The IECV `make train` runs before its gate: when the file has >= 3 estimable centres, the
+    result (its pooled estimates go to the gate, `GATE_RULE` (5)); otherwise None, with a note when
+    the file has centres but too few to validate by centre. Nothing is logged here (`log_to_run`)."""
     if not applies(df, outcome):
         total, _ = centres_with_events(df, outcome)
         if total:
-            return [f"IECV not run: fewer than {MIN_CENTRES} centres with {MIN_CENTRE_EVENTS} events each "
-                    f"({total} centres in the file)."]
-        return []
+            return None, [f"IECV not run: fewer than {MIN_CENTRES} centres with {MIN_CENTRE_EVENTS} events each "
+                          f"({total} centres in the file)."]
+        return None, []
+    thresholds = {"low": float(bundle.low_threshold), "high": float(bundle.high_threshold)}
+    return run_iecv(df, outcome, settings, thresholds, n_jobs), []
+
+
+Z_95 = 1.959963984540054  # a per-centre paired interval's half-width in SEs (its bootstrap is ~normal)
+
+
+def pool_paired_differences(per_centre: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Each promotion criterion's per-centre paired differences (`paired_comparison`'s output, one dict per
+    centre) pooled by random effects (REML, HKSJ 95% CI), SE from each centre's 95% interval; a criterion
+    with fewer than 2 centres with an interval is left out. The shape `gate.non_inferiority` judges."""
+    from pipeline.stats.meta_analysis import random_effects
+
+    out: dict[str, dict[str, float]] = {}
+    for key in per_centre[0] if per_centre else {}:
+        d = np.array([c[key]["difference"] for c in per_centre], float)
+        se = np.array([(c[key]["ci_high"] - c[key]["ci_low"]) / (2 * Z_95) for c in per_centre], float)
+        ok = np.isfinite(d) & np.isfinite(se) & (se >= 0)
+        if ok.sum() < 2:
+            continue
+        if np.all(se[ok] == 0):  # the same risks at every centre (the champion's own configuration): no spread
+            pooled = (float(np.mean(d[ok])), float(np.min(d[ok])), float(np.max(d[ok])))
+        else:
+            ok &= se > 0
+            if ok.sum() < 2:
+                continue
+            p = random_effects(d[ok], se[ok], key)
+            pooled = (p.estimate, p.ci_low, p.ci_high)
+        out[key] = {"difference": pooled[0], "ci_low": pooled[1], "ci_high": pooled[2], "centres": float(ok.sum()),
+                    "challenger": float(np.mean([c[key]["challenger"] for c, o in zip(per_centre, ok) if o])),
+                    "champion": float(np.mean([c[key]["champion"] for c, o in zip(per_centre, ok) if o]))}
+    return out
+
+
+def champion_by_centre(result: IECVResult, df: pd.DataFrame, outcome: str, settings: Any,
+                       config: tuple[str, dict[str, Any]], thresholds: dict[str, float]) -> dict[str, Any]:
+    """The champion's configuration refitted leaving each estimable centre out (the challenger's IECV
+    seeds), both scored on that centre's patients (`paired_comparison`), the per-centre differences
+    pooled (`pool_paired_differences`) and judged on `PROMOTION_MARGINS` (`gate.non_inferiority`)."""
+    from threadpoolctl import threadpool_limits
+
+    from core.features import encode_frame
+    from pipeline.evidence.repeat_intervals import paired_comparison
+    from pipeline.train.assessment import refit_predict
+    from pipeline.train.validation import Search
+
+    X, y = encode_frame(df), df[outcome].astype(int).to_numpy()
+    centre = df[CENTRE_COLUMN].astype(str).to_numpy()
+    estimable = {r["centre"] for r in result.rows if r["estimable"]}
+    per_centre = []
+    with threadpool_limits(1):
+        for i, code in enumerate(sorted(set(centre))):  # run_iecv's order, so its seeds
+            if code not in estimable:
+                continue
+            test_idx, train_idx = np.flatnonzero(centre == code), np.flatnonzero(centre != code)
+            champ = refit_predict(config, X[train_idx], y[train_idx], X[test_idx], Search.of(settings).cv_folds,
+                                  settings.seed + 10_000 * (i + 1))
+            per_centre.append(paired_comparison(y[test_idx], result.predictions[test_idx][None, :], champ[None, :],
+                                                thresholds, seed=settings.seed))
+    criteria = pool_paired_differences(per_centre)
+    ok, lines = gate.non_inferiority(criteria) if criteria else (False, ["no criterion could be pooled"])
+    return {"criteria": criteria, "non_inferior": bool(ok), "lines": lines, "centres": len(per_centre)}
+
+
+def with_centre_comparison(compare: Any, result: IECVResult, df: pd.DataFrame, outcome: str, settings: Any,
+                           thresholds: dict[str, float]) -> Any:
+    """The training's champion comparison (`PROMOTION_RULE`) when it validated by centre: the design's
+    comparison, and the same margins on the pooled per-centre differences (`champion_by_centre`); the
+    challenger must be non-inferior on both. A champion whose configuration cannot be refitted is
+    compared on the design's patients only, and the lines say so."""
+
+    def both(champion_bundle: Any) -> dict[str, Any]:
+        d = compare(champion_bundle)
+        config = gate.champion_configuration(champion_bundle.metadata, champion_bundle.kind)
+        if "criteria" not in d:
+            return d
+        if config is None:
+            d["lines"] = list(d["lines"]) + ["by centre: not compared (the champion's configuration is not refittable)"]
+            return d
+        c = champion_by_centre(result, df, outcome, settings, config, thresholds)
+        d["criteria"] = {**d["criteria"], **{f"iecv_{k}": v for k, v in c["criteria"].items()}}
+        d["lines"] = list(d["lines"]) + [f"by centre: {line}" for line in c["lines"]]
+        d["non_inferior"] = bool(d["non_inferior"] and c["non_inferior"])
+        d["basis"] = (f"{d['basis']}; and by centre: the champion's configuration refitted leaving each of the "
+                      f"{c['centres']} centres out as the challenger was, the per-centre paired differences pooled by "
+                      "random effects (HKSJ 95% CI)")
+        return d
+
+    return both
+
+
+def log_to_run(result: IECVResult) -> list[str]:
+    """Into the training's MLflow run: per-centre and pooled metrics, the heterogeneity verdict, the
+    forest plots and tables under iecv/; returns the transport sentence for the run description."""
     import mlflow
 
     from pipeline.report.forest_plot import forest_plots
 
-    thresholds = {"low": float(bundle.low_threshold), "high": float(bundle.high_threshold)}
-    result = run_iecv(df, outcome, settings, thresholds, n_jobs)
     mlflow.log_metrics(result.metrics())
     mlflow.log_metric("iecv_seconds", result.seconds)
     sentence = result.transport_sentence()

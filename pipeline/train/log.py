@@ -21,12 +21,14 @@ from models.candidates import CANDIDATES, SMALL_DATA_EVENTS, TREE_FAMILIES
 from pipeline.report import plots
 from pipeline.train.assessment import Evaluation
 from pipeline.train.gate import GATE_RULE, PROMOTION_RULE, gate_status
+from pipeline.train.iecv import IECVResult
 from core.contract import CONTRACT_VERSION, FEATURE_NAMES
 from pipeline.evidence.directions import feature_directions, unconstrained_fit
 from core.features import N_MATRIX
 from pipeline.monitor.statistics import reference_summary
 from models.registry import BUNDLE_ARTIFACT
 from pipeline.report import render_validation_report, save_plots, write_model_card
+from pipeline.report.forest_plot import transport_summary
 from pipeline.tracking.runs import git_commit, log_dataset, log_quarantine
 from pipeline.train.training_run import GateVerdict, TrainingRun
 from pipeline.train.validation import MODEL, RESAMPLING, SPLIT, Fitted
@@ -152,19 +154,25 @@ def record_verdicts(run: TrainingRun, ev: Evaluation, bundle: ModelBundle, metri
 
 def write_artifacts(
     tmp_path: Path, ev: Evaluation, bundle: ModelBundle, explained: Explained, outcome: str,
-    card_info: dict[str, Any], provenance: dict[str, Any],
+    card_info: dict[str, Any], provenance: dict[str, Any], transport: IECVResult | None = None,
 ) -> Path:
-    """Plots, the evidence report and the model card logged to the run; returns the saved bundle's directory."""
+    """Plots, the evidence report and the model card logged to the run; returns the saved bundle's directory.
+    With an IECV (`transport`), the report and the card show its pooled figures and forest plots."""
     plots.roc_plot(ev.y, ev.plot_scores, tmp_path / "roc.png", f"ROC, {ev.label} ({outcome})")
     plots.shap_summary_plot(
         explained.contributions, explained.base, ev.frame, list(FEATURE_NAMES), tmp_path / "shap_summary.png"
     )
     save_plots(ev.evidence, tmp_path)
     mlflow.log_artifacts(str(tmp_path), artifact_path="plots")
+    summary = None
+    if transport is not None:  # drawn after the plots/ folder is logged (the run has them under iecv/)
+        summary = transport_summary(transport.rows, transport.pooled, transport.transport_sentence(),
+                                    transport.heterogeneity_too_large(), tmp_path / "iecv")
+        card_info = {**card_info, "transport": summary}
     report_dir = tmp_path / "evidence"
     report_dir.mkdir()
     report_path = render_validation_report(ev.evidence, tmp_path, tmp_path / "report" / "validation_report.html",
-                                           instability=bundle.metadata.get("instability"))
+                                           instability=bundle.metadata.get("instability"), transport=summary)
     (report_dir / "evidence.json").write_text(json.dumps(ev.evidence.to_dict(), default=str))
 
     bundle_dir = bundle.save(tmp_path / BUNDLE_ARTIFACT)
@@ -212,8 +220,10 @@ def provenance(run: TrainingRun) -> dict[str, Any]:
 
 def describe_version(
     client: MlflowClient, run: TrainingRun, version: str, ev: Evaluation, chosen: str, gate: GateVerdict,
+    transport: IECVResult | None = None,
 ) -> None:
-    """The registered version's description and tags: what it is and how it was validated."""
+    """The registered version's description and tags: what it is and how it was validated (and, when
+    it was validated by centre, how it transports: the pooled figures and the heterogeneity verdict)."""
     model_name, outcome, run_id = run.model_name, run.outcome, run.run_id
     gate_ok, ungated, gate_reason = gate.ok, gate.ungated, gate.reason
     design = ev.design
@@ -224,13 +234,27 @@ def describe_version(
         f"{fmt_ci(v, 'calibration_slope', 2)}, Brier {v.get('brier', np.nan):.4f}; m-EASIX AUROC "
         f"{v.get('m_easix_auroc', np.nan):.3f}. Quality gate: {gate_status(gate_ok, gate_reason)}. Model card: "
         f"artifact model/artifacts/{BUNDLE_ARTIFACT}/model_card.html of run {run_id} (also GET /v1/model/card). "
-        "Research use only."))
+        + (transport.transport_sentence() + " " if transport is not None else "") + "Research use only."))
+    if transport is not None:
+        for key, value in transport_tags(transport).items():
+            client.set_model_version_tag(model_name, version, key, value)
     client.set_model_version_tag(model_name, version, "validation_design", design.kind)
     client.set_model_version_tag(model_name, version, "validated_auroc", f"{ev.validated['auroc']:.4f}")
     client.set_model_version_tag(model_name, version, "quality_gate", gate_status(gate_ok, gate_reason))
     client.set_model_version_tag(model_name, version, "quality_gate_reason", gate_reason[:5000])
     if ungated:
         client.set_model_version_tag(model_name, version, "ungated", "true")
+
+
+def transport_tags(transport: IECVResult) -> dict[str, str]:
+    """The pooled IECV figures the gate judged, and its heterogeneity verdict, as the version's tags."""
+    tags = {"iecv_centres": str(len(transport.rows)),
+            "iecv_heterogeneity_too_large": str(transport.heterogeneity_too_large()).lower()}
+    for measure, p in transport.pooled.items():
+        if measure in ("auroc", "calibration_slope", "calibration_intercept", "oe"):
+            tags[f"iecv_{measure}"] = (f"{p.estimate:.4f} (95% CI {p.ci_low:.4f}-{p.ci_high:.4f}; "
+                                       f"95% PI {p.pi_low:.4f}-{p.pi_high:.4f}; tau2 {p.tau2:.4f}; I2 {p.i2:.0f}%)")
+    return tags
 
 
 def validation_section(ev: Evaluation) -> dict[str, Any]:

@@ -158,23 +158,30 @@ def _stages(run: TrainingRun, experiment_id: str, client: MlflowClient) -> _Stag
     inst = instability.analyse(bundle, fitted.chosen, fitted.params, X_dev, y_dev, settings, n_jobs)  # instability
     metrics.update(instability.log_to_mlflow(inst, bundle.low_threshold, bundle.high_threshold, plot=False))
 
+    # validate by centre (a multi-centre file): its pooled estimates go to the gate (GATE_RULE (5))
+    transport, centre_notes = iecv.validate_by_centre(run.cohort.data, run.outcome, settings, bundle, n_jobs)
     # compare: the gate (ALLOW_UNGATED serves a refused model only where nothing else could be served)
-    gate = gate_verdict(client, settings, run.model_name, *quality_gate(ev.validated))
+    gate = gate_verdict(client, settings, run.model_name,
+                        *quality_gate(ev.validated, transport.pooled if transport is not None else None))
     train_log.record_verdicts(run, ev, bundle, metrics, gate)  # log
     notes = comparison_notes(ev.validated, metrics, run.design.kind)  # compare: the simpler models
-    notes += iecv.validate_by_centre(run.cohort.data, run.outcome, settings, bundle, n_jobs)  # issue 27: IECV
+    notes += iecv.log_to_run(transport) if transport is not None else centre_notes
     with tempfile.TemporaryDirectory() as tmp:
         if inst is not None:  # into the run's plots and the validation report
             instability.instability_plot(inst, bundle.low_threshold, bundle.high_threshold, Path(tmp) / "instability.png")
         bundle_dir = train_log.write_artifacts(
             Path(tmp), ev, bundle, explained, run.outcome, train_log.card_info(run, bundle), train_log.provenance(run),
+            transport,
         )
         heartbeat()
         version = log_bundle_version(bundle_dir, run.model_name)  # register
-    train_log.describe_version(client, run, version, ev, fitted.chosen, gate)
+    train_log.describe_version(client, run, version, ev, fitted.chosen, gate, transport)
 
     # promote: under the lock, the comparison is with whatever is champion NOW
-    verdict = promote_if_allowed(client, settings, run.model_name, version, gate, ev.compare, ev.validated["auroc"])
+    compare = ev.compare if transport is None else iecv.with_centre_comparison(
+        ev.compare, transport, run.cohort.data, run.outcome, settings,
+        {"low": bundle.low_threshold, "high": bundle.high_threshold})  # PROMOTION_RULE: and by centre
+    verdict = promote_if_allowed(client, settings, run.model_name, version, gate, compare, ev.validated["auroc"])
     log_verdict(verdict)
     return _Stages(ev, fitted.chosen, metrics, gate, notes, version, verdict)
 

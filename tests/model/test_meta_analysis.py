@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import optimize, stats
 
-from pipeline.stats.meta_analysis import pool_measures, random_effects, tau2_dl, tau2_reml
+from pipeline.stats.meta_analysis import pool_measures, prediction_interval, random_effects, tau2_dl, tau2_reml
 
 # dat.bcg (Colditz et al. 1994): tpos, tneg, cpos, cneg, year
 BCG = np.array([
@@ -97,6 +97,44 @@ def test_prediction_interval_formula():
     half = stats.t.ppf(0.975, 12) * np.sqrt(q.se**2 + q.tau2)
     assert q.pi_high - q.estimate == pytest.approx(half, abs=1e-12)
     assert p.pi_high - p.pi_low > q.pi_high - q.pi_low
+
+
+def test_prediction_interval_equals_metafors_published_values():
+    """metafor (github wviechtb/metafor, R/predict.rma.r): under test="knha" the prediction interval is
+    mu +- qt(0.975, k-1) sqrt(SE^2 + tau^2), SE the Knapp-Hartung SE (our pi_df="k-1"; the default k-2
+    is its predtype="riley"). No value of the knha interval on dat.bcg is published beyond the printed
+    digits, so two published checks:
+
+    1. to 1e-6, the same formula with another SE, tests/testthat/test_misc_robust.r: for
+       robust(rma(yi, vi), cluster=trial) on dat.bcg (log risk ratios, REML), vcov 0.032106 and
+       predict(sav, transf=exp): pred 0.4894209, pi.lb 0.1360214, pi.ub 1.7609930 (t, 12 df);
+    2. the knha call itself at its printed precision, README.md: rma(yi, vi, data=dat, test="knha"):
+       tau^2 0.3132, I^2 92.22%, estimate -0.7145, se 0.1808, tval -3.9522, ci -1.1084 to -0.3206;
+       predict(res, transf=exp, digits=2): pred 0.49, ci 0.33 to 0.73, pi 0.14 to 1.76.
+    """
+    yi, vi = bcg_log_rr()
+    k = len(yi)
+    tau2 = tau2_reml(yi, vi)
+    w = 1 / (vi + tau2)
+    mu = float(w @ yi / w.sum())
+    # the cluster-robust (CR1, each trial its own cluster) variance of mu that robust() uses
+    v_robust = k / (k - 1) * float(np.sum(w**2 * (yi - mu) ** 2)) / w.sum() ** 2
+    assert v_robust == pytest.approx(0.032106, abs=5e-7)
+    low, high = prediction_interval(mu, np.sqrt(v_robust), tau2, k - 1)
+    assert np.exp(mu) == pytest.approx(0.4894209, abs=1e-6)
+    assert np.exp(low) == pytest.approx(0.1360214, abs=1e-6)
+    assert np.exp(high) == pytest.approx(1.7609930, abs=1e-6)
+
+    knha = random_effects(yi, np.sqrt(vi), pi_df="k-1")  # on the log scale
+    assert knha.tau2 == pytest.approx(0.3132, abs=5e-5) and knha.i2 == pytest.approx(92.22, abs=5e-3)
+    assert knha.estimate == pytest.approx(-0.7145, abs=5e-5) and knha.se == pytest.approx(0.1808, abs=5e-5)
+    assert knha.estimate / knha.se == pytest.approx(-3.9522, abs=5e-5)
+    assert (knha.ci_low, knha.ci_high) == pytest.approx((-1.1084, -0.3206), abs=5e-5)
+    # the knha interval is the formula checked in 1., with the Knapp-Hartung SE
+    assert (knha.pi_low, knha.pi_high) == pytest.approx(prediction_interval(mu, knha.se, tau2, k - 1), abs=1e-12)
+    on_ratio = random_effects(yi, np.sqrt(vi), scale="log", pi_df="k-1")
+    assert (on_ratio.estimate, on_ratio.ci_low, on_ratio.ci_high) == pytest.approx((0.49, 0.33, 0.73), abs=5e-3)
+    assert (on_ratio.pi_low, on_ratio.pi_high) == pytest.approx((0.14, 1.76), abs=5e-3)
 
 
 def test_scales_back_transform():
