@@ -239,8 +239,8 @@ def _evaluate_resampled(run: TrainingRun, fitted: Fitted, bundle: ModelBundle) -
     apparent = {MODEL: bundle.predict_proba(X), **{n: _prob_of(m, X) for n, m in comparators.items()}}
     heartbeat()
     procedure = validation_procedure(settings, int(y.sum()))
-    resampled = repeated_cv(X, y, procedure, apparent,
-                            design.repeats, settings.cv_folds, settings.seed, n_jobs)
+    resampled = repeated_cv(X, y, procedure, apparent, design.repeats, settings.cv_folds, settings.seed, n_jobs,
+                            settings.cluster, settings.cluster_workers)
     heartbeat()
     cv_risk = resampled.predictions[MODEL][0]  # the first repeat: every patient predicted out of fold
     others = {LOGISTIC_MODEL: resampled.predictions[LOGISTIC_MODEL][0], UNTUNED_HGB: resampled.predictions[UNTUNED_HGB][0]}

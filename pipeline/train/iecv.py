@@ -145,7 +145,7 @@ def run_iecv(df: pd.DataFrame, outcome: str, settings: Any, thresholds: dict[str
     """Leave each centre out in turn; per-centre figures and their random-effects pooling."""
     from joblib import Parallel, delayed
 
-    from pipeline.train.cluster import joblib_backend
+    from pipeline.train.cluster import jobs, joblib_backend, task, where
     from core.features import encode_frame
     from pipeline.train.validation import Procedure
 
@@ -170,9 +170,9 @@ def run_iecv(df: pd.DataFrame, outcome: str, settings: Any, thresholds: dict[str
         train_idx = np.flatnonzero(centre != code)
         tasks.append((train_idx, test_idx, settings.seed + 10_000 * (i + 1)))  # the task's seed, not the worker's
     with joblib_backend(settings.cluster, settings.cluster_workers) as client:
-        jobs = -1 if client is not None else max(1, min(n_jobs, len(tasks)))
-        done = Parallel(n_jobs=jobs)(delayed(_leave_out)(X, y, tr, te, procedure, seed) for tr, te, seed in tasks)
-        where = f"dask ({len(client.scheduler_info()['workers'])} workers)" if client is not None else "in-process"
+        done = Parallel(n_jobs=jobs(client, n_jobs, len(tasks)))(
+            delayed(task(_leave_out, client))(X, y, tr, te, procedure, seed) for tr, te, seed in tasks)
+        ran_on = where(client)
     predictions = np.full(len(y), np.nan)
     rows = []
     for code, (_, test_idx, _), (risk, _, _) in zip(codes, tasks, done):
@@ -180,7 +180,7 @@ def run_iecv(df: pd.DataFrame, outcome: str, settings: Any, thresholds: dict[str
         rows.append({"centre": code, **centre_row(y[test_idx], risk, thresholds)})
     pooled = pool_measures([r for r in rows if r["estimable"]],
                            MEASURES + tuple(f"net_benefit_{k}" for k in (thresholds or {})))
-    return IECVResult(rows, pooled, predictions, time.perf_counter() - started, [s for _, s, _ in done], where,
+    return IECVResult(rows, pooled, predictions, time.perf_counter() - started, [s for _, s, _ in done], ran_on,
                       [c for _, _, c in done])
 
 

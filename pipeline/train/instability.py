@@ -39,6 +39,7 @@ from models.ensemble import MarginEnsemble
 from models.linear import LinearEnsemble, LinearExplainer, LinearTerms
 from models.trees import FlatTrees, flatten
 from pipeline.tracking import progress
+from pipeline.train.cluster import jobs, joblib_backend, task
 from pipeline.train.validation import fit_configuration
 from pipeline.report.model_card import warning_text
 
@@ -97,12 +98,15 @@ def build_ensemble(models: list[Any], intercepts: Any, slopes: Any) -> MarginEns
 
 
 def bootstrap_ensemble(kind: str, params: dict[str, Any], X: np.ndarray, y: np.ndarray, n_models: int,
-                       cv_folds: int, seed: int, n_jobs: int) -> tuple[MarginEnsemble | LinearEnsemble, int]:
-    """The B bootstrap models of the chosen configuration, compiled; and how many samples were redrawn."""
-    replicates = Parallel(n_jobs=n_jobs, return_as="generator")(  # in order, reported as each ends
-        delayed(_replicate)(kind, params, X, y, cv_folds, seed, b) for b in range(n_models)
-    )
-    out = list(progress.steps(replicates, f"instability: {n_models} bootstrap models", total=n_models))
+                       cv_folds: int, seed: int, n_jobs: int, cluster: str | None = None,
+                       cluster_workers: int = 2) -> tuple[MarginEnsemble | LinearEnsemble, int]:
+    """The B bootstrap models of the chosen configuration, compiled; and how many samples were redrawn.
+    `cluster`: a Dask cluster to fit them on (`pipeline.train.cluster`; None: joblib's local processes)."""
+    with joblib_backend(cluster, cluster_workers) as client:
+        replicates = Parallel(n_jobs=jobs(client, n_jobs, n_models), return_as="generator")(  # in order
+            delayed(task(_replicate, client))(kind, params, X, y, cv_folds, seed, b) for b in range(n_models)
+        )
+        out = list(progress.steps(replicates, f"instability: {n_models} bootstrap models", total=n_models))
     trees, intercepts, slopes, redraws = zip(*out)
     return build_ensemble(list(trees), intercepts, slopes), int(sum(redraws))
 
@@ -177,7 +181,7 @@ def analyse(bundle: ModelBundle, kind: str, params: dict[str, Any], X: np.ndarra
         heartbeat()
     t0 = time.perf_counter()
     ensemble, redraws = bootstrap_ensemble(kind, params, X, y, settings.instability_models, settings.cv_folds,
-                                           settings.seed, n_jobs)
+                                           settings.seed, n_jobs, settings.cluster, settings.cluster_workers)
     inst = summarise(ensemble, X, bundle.explain(X).log_odds, bundle.low_threshold, bundle.high_threshold, len(y))
     inst.summary["redrawn_samples"] = redraws
     inst.summary["seconds"] = round(time.perf_counter() - t0, 1)

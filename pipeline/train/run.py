@@ -26,7 +26,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from sklearn.model_selection import train_test_split
 
-from pipeline.train import iecv, instability, log as train_log
+from pipeline.train import cluster, iecv, instability, log as train_log
 from pipeline.train.assessment import Evaluation, assess
 from pipeline.train.gate import INSUFFICIENT, comparison_notes, gate_status, quality_gate
 from core.contract import FEATURES, OUTCOMES
@@ -118,7 +118,8 @@ def _sweep(client: MlflowClient, experiment_id: str, settings: Settings) -> None
 
 def _train_in_run(run: TrainingRun, experiment_id: str, client: MlflowClient, started: float) -> TrainResult:
     """The stages, then the run's description and the decision block, timed from `started`."""
-    result = _stages(run, experiment_id, client)
+    with cluster.session(run.settings.cluster, run.settings.cluster_workers):  # one cluster for every parallel loop
+        result = _stages(run, experiment_id, client)
     seconds = time.perf_counter() - started
     mlflow.log_metric("train_seconds", seconds)
     mlflow.set_tag("mlflow.note.content", train_log.run_description(

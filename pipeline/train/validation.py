@@ -406,21 +406,27 @@ def repeated_cv(
     folds: int,
     seed: int,
     n_jobs: int,
+    cluster: str | None = None,
+    cluster_workers: int = 2,
 ) -> Resampled:
     """`repeats` x `folds`-fold stratified cross-validation of `procedure`; `apparent`: each model's
-    predictions on X from its fit on all of X (for the optimism figure)."""
+    predictions on X from its fit on all of X (for the optimism figure). `cluster`: a Dask cluster
+    to run the folds on (`pipeline.train.cluster`; None: joblib's local processes)."""
     from joblib import Parallel, delayed
+
+    from pipeline.train.cluster import jobs, joblib_backend, task as on_cluster
 
     started = time.perf_counter()
     tasks = outer_splits(y, repeats, folds, seed)
-    n_jobs = max(1, min(n_jobs, len(tasks)))
     label = f"validation: {repeats} x {folds}-fold cross-validation of the whole procedure"
-    if n_jobs == 1:
-        done = [d for task in progress.steps(tasks, label) for d in _run_folds(X, y, procedure, [task])]
-    else:  # one task per fold (each seeded by its task, so the same results), reported as each ends
-        parts = Parallel(n_jobs=n_jobs, return_as="generator")(
-            delayed(_run_folds)(X, y, procedure, [task]) for task in tasks)
-        done = [d for part in progress.steps(parts, label, total=len(tasks)) for d in part]
+    with joblib_backend(cluster, cluster_workers) as client:
+        n_jobs = jobs(client, n_jobs, len(tasks))
+        if n_jobs == 1:
+            done = [d for task in progress.steps(tasks, label) for d in _run_folds(X, y, procedure, [task])]
+        else:  # one task per fold (each seeded by its task, so the same results), reported as each ends
+            parts = Parallel(n_jobs=n_jobs, return_as="generator")(
+                delayed(on_cluster(_run_folds, client))(X, y, procedure, [task]) for task in tasks)
+            done = [d for part in progress.steps(parts, label, total=len(tasks)) for d in part]
     names = list(done[0][2])
     predictions = {name: np.full((repeats, len(y)), np.nan) for name in names}
     fold_thresholds = np.full((repeats, len(y), 2), np.nan)

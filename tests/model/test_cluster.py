@@ -1,8 +1,9 @@
-"""The same work on a Dask LocalCluster of two worker processes gives byte-identical results."""
+"""The same training on a Dask LocalCluster of two worker processes gives byte-identical results."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -27,16 +28,54 @@ def test_no_address_runs_in_process():
         assert client is None
 
 
-@pytest.mark.slow
-def test_local_cluster_of_two_workers_gives_byte_identical_metrics(tmp_path):
-    from pipeline.train.iecv import run_iecv
+def _served(settings, records) -> tuple[dict[str, float], str]:
+    """Every MLflow metric of the training's runs but the timings, and the served answers (without
+    the model's name and run), of the store in `settings`."""
+    import mlflow
+    from mlflow import MlflowClient
 
-    df = generate_consortium((CentreSpec("A", 150), CentreSpec("B", 150), CentreSpec("C", 150, logit_shift=0.5)),
-                             seed=3)
-    thresholds = {"low": 0.08, "high": 0.3}
-    here = run_iecv(df, "severe_icans", make_settings(tmp_path, n_iter=1, search_cv_folds=2), thresholds)
-    there = run_iecv(df, "severe_icans", make_settings(tmp_path, n_iter=1, search_cv_folds=2,
-                                                       cluster="local", cluster_workers=2), thresholds)
-    assert json.dumps(here.metrics(), sort_keys=True).encode() == json.dumps(there.metrics(), sort_keys=True).encode()
-    assert here.predictions.tobytes() == there.predictions.tobytes()
-    assert (here.where, there.where) == ("in-process", "dask (2 workers)")
+    from models.registry import load_bundle, resolve
+    from serving.predictor import Predictor
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    client = MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    metrics = {f"{r.info.run_name}/{k}": v for r in runs for k, v in r.data.metrics.items()
+               if not k.endswith("_seconds")}
+    resolved = resolve(client, settings.resolved_model_uri)
+    answers = [{k: v for k, v in a.items() if k != "model"}
+               for a in Predictor(load_bundle(resolved), resolved).predict(records)]
+    return metrics, json.dumps(answers, sort_keys=True)
+
+
+@pytest.mark.slow
+def test_a_training_on_a_local_cluster_of_two_workers_is_byte_identical(tmp_path):
+    """The folds of the repeated cross-validation, the bootstrap models and the left-out centres
+    run on the workers, and the metrics and served risks are those of the in-process run."""
+    from distributed import get_task_stream
+
+    from pipeline.train.cluster import session
+    from pipeline.train.run import train
+    from tests.helpers import random_records
+
+    path = tmp_path / "consortium.csv"
+    generate_consortium((CentreSpec("A", 150), CentreSpec("B", 150), CentreSpec("C", 150, logit_shift=0.5)),
+                        seed=3).to_csv(path, index=False)
+    small = dict(validation="repeated_cv", cv_repeats=1, cv_folds=3, n_iter=1, search_cv_folds=2,
+                 instability_models=4)
+    records = random_records(40, seed=1)
+    here = make_settings(tmp_path / "here", **small)
+    train(here, data=path)
+    there = make_settings(tmp_path / "there", cluster="local", cluster_workers=2, **small)
+    with session(there.cluster, there.cluster_workers) as client, get_task_stream(client) as stream:
+        train(there, data=path)  # its loops reuse this session's cluster
+        assert len(client.nthreads()) == 2
+    # each task whole on one worker: the fits inside it are not sent back to the scheduler
+    ran = {re.sub(r"^batch_of_(.+)_[0-9]+_calls-.*$", r"\1", str(t["key"])) for t in stream.data}
+    assert ran == {"_run_folds", "_replicate", "_leave_out"}, ran
+
+    metrics_here, served_here = _served(here, records)
+    metrics_there, served_there = _served(there, records)
+    assert any(k.endswith("/iecv_auroc") for k in metrics_here) and any("instability_" in k for k in metrics_here)
+    assert json.dumps(metrics_here, sort_keys=True).encode() == json.dumps(metrics_there, sort_keys=True).encode()
+    assert served_here.encode() == served_there.encode()
