@@ -25,7 +25,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from core.display import percent_range
+from core.display import percent, percent_range
 from core.contract import FEATURES_BY_NAME, OUTCOMES, intended_use
 from serving.accept import media_ranges
 from serving.fhir import codes as C
@@ -86,7 +86,7 @@ def rationale(answer: dict[str, Any]) -> str:
     ]
     return (
         "Exact SHAP explanation on the log-odds scale (base + contributions = "
-        f"{answer['log_odds']:.4f}, probability {answer['risk']:.4f}). Base {ex['base_log_odds']:+.4f}; "
+        f"{answer['log_odds']:.4f}, probability {percent(answer['risk'])}). Base {ex['base_log_odds']:+.4f}; "
         + "; ".join(parts)
         + "."
     )
