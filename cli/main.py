@@ -115,19 +115,9 @@ def train(ctx, data, outcome, seed, n_patients, n_iter, on_invalid, allow_ungate
         click.echo(f"error: training failed ({type(exc).__name__}: {exc}); the MLflow run is tagged "
                    "failure_reason; rerun with -v for the traceback", err=True)
         sys.exit(EXIT_TRAINING_FAILED)
-    v = result.validated
-    kind = "cross-validated" if result.design == "repeated_cv" else "held-out"
     for note in result.notes:
         click.echo(note)
-    click.echo(f"run {result.run_id}: {result.model_name} v{result.version} ({result.chosen}), "
-               f"validation: {result.design}")
-    click.echo(
-        f"{kind} AUROC {v['auroc']:.3f} (95% CI {v['auroc_ci_low']:.3f}-{v['auroc_ci_high']:.3f}), "
-        f"calibration slope {v['calibration_slope']:.2f} (95% CI {v['calibration_slope_ci_low']:.2f}-"
-        f"{v['calibration_slope_ci_high']:.2f}), Brier {v['brier']:.4f}; "
-        f"logistic {v.get('logistic_auroc', float('nan')):.3f}, m-EASIX {v.get('m_easix_auroc', float('nan')):.3f}"
-    )
-    click.echo("\n".join(result.decision))  # last, in one block
+    click.echo("\n".join(result.report_lines()))  # the decision last, in one block
     if not result.promoted and result.reason.startswith("quality gate"):
         sys.exit(EXIT_NOT_PROMOTED)
 
@@ -166,9 +156,11 @@ def update(ctx, data, outcome, on_invalid) -> None:
                f"(p {s['p_logistic_vs_original']:.3g}), logistic vs intercept-only LR "
                f"{s['lr_logistic_vs_intercept']:.2f} (p {s['p_logistic_vs_intercept']:.3g})")
     click.echo(f"chosen: {METHOD_TEXT[result.method]}")
-    click.echo(f"calibration intercept {b['calibration_intercept']:.2f} -> {a['calibration_intercept']:.2f}, "
-               f"slope {b['calibration_slope']:.2f} -> {a['calibration_slope']:.2f}, "
-               f"AUROC {b['auroc']:.3f} -> {a['auroc']:.3f} (local data, run {result.run_id})")
+    from core.display import figure
+
+    click.echo(", ".join(f"{label} {figure(k, b[k])} -> {figure(k, a[k])}" for k, label in (
+        ("calibration_intercept", "calibration intercept"), ("calibration_slope", "slope"), ("auroc", "AUROC")))
+        + f" (local data, run {result.run_id})")
     if result.version:
         verdict = "promoted to @champion" if result.promoted else "NOT promoted"
         click.echo(f"registered v{result.version}, {verdict}: {result.reason}")
@@ -298,11 +290,11 @@ def evaluate(data, outcome, on_invalid, summary=None, centre=None, overwrite=Fal
     except ModelNotFound as exc:
         raise click.ClickException(f"{exc}; train one first (make train)") from None
     click.echo(f"run {result['run_id']}: {result['model']}")
-    click.echo(
-        "external AUROC {auroc:.3f}, calibration slope {calibration_slope:.2f}, Brier {brier:.4f}".format(
-            **result["metrics"]
-        )
-    )
+    from core.display import figure
+
+    m = result["metrics"]
+    click.echo(f"external AUROC {figure('auroc', m['auroc'])}, calibration slope "
+               f"{figure('calibration_slope', m['calibration_slope'])}, Brier {figure('brier', m['brier'])}")
 
 
 def _centre_summary(settings, data, outcome, on_invalid, out, centre, overwrite) -> None:
@@ -337,9 +329,12 @@ def meta_command(summaries, version) -> None:
         _data_error(exc)
     click.echo(f"meta-analysis run {result['run_id']}: {result['model']['name']} v{result['model']['version']}, "
                f"{len(result['centres'])} centres")
+    from core.display import figure
+
     for m, p in result["pooled"].items():
-        click.echo(f"{m}: {p.estimate:.3f} (95% CI {p.ci_low:.3f}-{p.ci_high:.3f}; 95% prediction interval "
-                   f"{p.pi_low:.3f}-{p.pi_high:.3f}; tau2 {p.tau2:.4f}, I2 {p.i2:.0f}%)")
+        click.echo(f"{m}: {figure(m, p.estimate)} (95% CI {figure(m, p.ci_low)} to {figure(m, p.ci_high)}; 95% "
+                   f"prediction interval {figure(m, p.pi_low)} to {figure(m, p.pi_high)}; tau2 {p.tau2:.4f}, "
+                   f"I2 {p.i2:.0f}%)")
 
 
 @main.command("iecv")

@@ -22,7 +22,7 @@ class Feature:
     name: str
     kind: Kind
     description: str
-    unit: str = "-"
+    unit: str | None = None  # None: the value has no unit (categories, yes/no); JSON says null
     required: bool = True
     # Hard (physically possible) range; `min_exclusive` for "> 0".
     min: float | None = None
@@ -56,7 +56,7 @@ class Feature:
     def unit_text(self) -> str:
         """The unit as people read it; '' when the value has none."""
         unit = self.unit if self.display_unit is None else self.display_unit
-        return "" if unit == "-" else unit
+        return unit or ""
 
     def category_text(self, value: str) -> str:
         """A category in words (the contract's code when it has no label)."""
@@ -372,7 +372,7 @@ def markdown_table() -> str:
     ]
     for f in FEATURES:
         rows.append(
-            f"| `{f.name}` | {f.kind} | {f.unit} | {f.range_text} | "
+            f"| `{f.name}` | {f.kind} | {f.unit or '-'} | {f.range_text} | "
             f"{'yes' if f.required else 'no'} | {f.loinc or '-'} | {monotone_text(f)} | "
             f"{f.description} |"
         )

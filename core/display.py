@@ -33,6 +33,58 @@ def percent_range(lo: float, hi: float) -> str:
     return f"{a}-{b}" if a.startswith("<") else f"{a.rstrip('%')}-{b}"
 
 
+# One rule per headline figure, wherever people read it (the model card, the validation report, the
+# run's and the version's descriptions, the CLI, the decision block, the IECV and update summaries):
+# the decimals each kind of figure is printed with. JSON for machines keeps full precision. A key is
+# matched by its kind, so "validated_auroc", "m_easix_auroc" and "auroc_minus_m_easix" are AUROCs.
+DECIMALS: dict[str, int] = {
+    "auroc": 3,
+    "auprc": 3,
+    "calibration_slope": 2,
+    "calibration_intercept": 2,
+    "observed_expected_ratio": 2,
+    "observed_expected": 2,  # O/E as the monitoring names it
+    "oe": 2,  # and as the meta-analysis names it
+    "brier": 4,
+    "scaled_brier": 3,
+    "net_benefit": 4,
+    "calibration_in_the_large": 4,
+    "ici": 4,
+    "e50": 4,
+    "e90": 4,
+}
+_KINDS = sorted(DECIMALS, key=len, reverse=True)
+
+
+def decimals(key: str) -> int:
+    """The decimals of a figure named by its key (or a key that contains its kind); 3 otherwise."""
+    for kind in _KINDS:
+        if key == kind or key.startswith(kind + "_") or key.endswith("_" + kind) or f"_{kind}_" in key:
+            return DECIMALS[kind]
+    return 3
+
+
+def figure(key: str, v: Any, signed: bool = False) -> str:
+    """A headline figure by its rule ('0.742', '0.95', '0.1234'); 'n/a' when missing or not finite."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "n/a"
+    if not math.isfinite(f):
+        return "n/a"
+    d = decimals(key)
+    text = f"{f:+.{d}f}" if signed else f"{f:.{d}f}"
+    return text.replace("-", "", 1) if float(text) == 0 and text.startswith("-") else text
+
+
+def figure_ci(d: Any, key: str, label: str = "") -> str:
+    """'0.742 (0.682 to 0.804)' from d[key] and d[key_ci_low], d[key_ci_high] (the point alone when
+    either limit is missing); label heads the interval ('95% CI ')."""
+    point = figure(key, d.get(key))
+    low, high = figure(key, d.get(f"{key}_ci_low")), figure(key, d.get(f"{key}_ci_high"))
+    return point if "n/a" in (low, high) else f"{point} ({label}{low} to {high})"
+
+
 def number(v: float) -> str:
     """A measured value: three significant figures, whole numbers from 1,000 (no exponent)."""
     if not math.isfinite(v):

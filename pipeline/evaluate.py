@@ -74,6 +74,6 @@ def evaluate(
             mlflow.log_artifact(str(report))
         run_id = run.info.run_id
     MlflowClient().set_model_version_tag(
-        resolved.name, resolved.version, f"external_validation_{run_id[:8]}", f"{metrics['auroc']:.4f}"
+        resolved.name, resolved.version, f"external_validation_{run_id[:8]}", repr(float(metrics["auroc"]))
     )
     return {"run_id": run_id, "model": f"{resolved.name} v{resolved.version}", "metrics": metrics}

@@ -10,10 +10,10 @@ from core.contract import FEATURES, INTENDED_USE, Feature, example_request
 
 
 def _field(f: Feature) -> tuple[Any, Any]:
-    extra: dict[str, Any] = {"unit": f.unit}
+    extra: dict[str, Any] = {"unit": f.unit} if f.unit else {}  # unitless: no "unit" key
     if f.loinc:
         extra["loinc"] = f.loinc
-    description = f"{f.description} ({f.unit})" if f.unit != "-" else f.description
+    description = f"{f.description} ({f.unit})" if f.unit else f.description
     if f.kind == "float":
         bounds: dict[str, float] = {"le": f.max}  # type: ignore[dict-item]
         bounds["gt" if f.min_exclusive else "ge"] = f.min  # type: ignore[assignment]
@@ -54,7 +54,8 @@ PatientFeatures: type[BaseModel] = create_model(  # type: ignore[call-overload]
 class Contribution(BaseModel):
     feature: str
     value: float | bool | str | None
-    unit: str
+    unit: str | None = Field(description="The contract's unit of value; null when the value has none (a category "
+                                         "or yes/no)")
     log_odds: float = Field(description="SHAP value of this feature on the log-odds scale")
 
 

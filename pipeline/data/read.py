@@ -134,7 +134,7 @@ def _rule_text(column: str, check: str) -> str:
     if check == "field_uniqueness":
         return "must be unique (duplicate value)"
     if f is not None and f.kind == "float":
-        return f"must be in {f.range_text} {f.unit}".rstrip(" -")
+        return f"must be in {f.range_text}" + (f" {f.unit}" if f.unit else "")
     if f is not None and f.kind == "category":
         return f"must be one of: {f.range_text}"
     if check.startswith("isin([0, 1, 2, 3, 4]"):

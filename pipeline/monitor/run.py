@@ -31,6 +31,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from core import display
+
 MONITORING_EXPERIMENT = "icans-risk-monitoring"
 
 
@@ -365,10 +367,9 @@ def _calibration_html(decision: dict[str, Any], calibration, chart: Path | None)
 
 
 def _ci_text(f: dict[str, float], key: str) -> str:
-    v, lo, hi = f.get(key, np.nan), f.get(f"{key}_ci_low", np.nan), f.get(f"{key}_ci_high", np.nan)
-    if not np.isfinite(v):
+    if not np.isfinite(f.get(key, np.nan)):
         return ""
-    return f"{v:.3f}" + (f" (95% CI {lo:.3f} to {hi:.3f})" if np.isfinite(lo) and np.isfinite(hi) else "")
+    return display.figure_ci(f, key, "95% CI ")
 
 
 def _cell(v: Any) -> str:

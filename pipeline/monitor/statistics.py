@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chi2, fisher_exact, random_table
 
+from core import display
 from core.contract import FEATURES
 
 N_BINS = 10
@@ -285,8 +286,8 @@ def verdict(y: np.ndarray, p: np.ndarray, development_auroc: float | tuple[float
         level = alpha if retrain_alpha is None else retrain_alpha
         if np.isfinite(z) and z < -norm.ppf(1 - level / 2) and now < dev[0] - 0.05:
             return {"verdict": "retrain", "events": events, "statistics": {**test.statistics, "auroc_drop_z": z},
-                    "text": (f"discrimination has fallen: AUROC {now:.3f} (95% CI {d['auroc_ci_low']:.3f}-"
-                             f"{d['auroc_ci_high']:.3f}) against {dev[0]:.3f} at development (z {z:.2f}); "
+                    "text": (f"discrimination has fallen: AUROC {display.figure_ci(d, 'auroc', '95% CI ')} against "
+                             f"{display.figure('auroc', dev[0])} at development (z {z:.2f}); "
                              "recalibration cannot restore it")}
     words = {INTERCEPT: ("recalibrate the intercept", "the risks are systematically too high or too low"),
              LOGISTIC: ("recalibrate intercept and slope", "the risks are too extreme or not extreme enough")}

@@ -19,6 +19,8 @@ from typing import Any, Mapping, Sequence
 import jinja2
 import numpy as np
 
+from core import display
+
 BANNER = "Research use only. Not a medical device. No treatment advice."
 
 Block = tuple
@@ -45,13 +47,15 @@ def num(v: Any, digits: int = 3) -> str:
     return f"{f:.{digits}f}"
 
 
-def ci(d: Mapping[str, Any], key: str, digits: int = 3) -> str:
-    """'0.741 (0.682 to 0.804)' from d[key], d[key_ci_low], d[key_ci_high]."""
-    point = num(d.get(key), digits)
-    low, high = d.get(f"{key}_ci_low"), d.get(f"{key}_ci_high")
-    if low is None or high is None or not (math.isfinite(float(low)) and math.isfinite(float(high))):
-        return point
-    return f"{point} ({num(low, digits)} to {num(high, digits)})"
+def rounded(key: str, v: Any) -> str:
+    """A headline figure (AUROC, slope, intercept, Brier, O/E, net benefit...) by its one rounding
+    rule (core.display.DECIMALS), the same in every document and message."""
+    return display.figure(key, v)
+
+
+def ci(d: Mapping[str, Any], key: str) -> str:
+    """'0.741 (0.682 to 0.804)' from d[key], d[key_ci_low], d[key_ci_high], by the figure's rule."""
+    return display.figure_ci(d, key)
 
 
 def pct(v: Any, digits: int = 1) -> str:

@@ -27,7 +27,7 @@ from pipeline.evidence import (
     Evidence,
     learning_curve_summary,
 )
-from pipeline.report.document import num
+from pipeline.report.document import rounded
 
 # One name and one colour per series, in every figure and table: the evidence's keys are style's.
 assert (MODEL, EASIX, M_EASIX, ORACLE, TREAT_ALL, TREAT_NONE) == (
@@ -80,8 +80,8 @@ def evaluated_on(evidence: Evidence) -> str:
 
 
 def auroc_text(x: float | None) -> str:
-    """An AUROC in every figure, table and page: three decimals (pipeline.report.document.num)."""
-    return num(x, 3)
+    """An AUROC in every figure, table and page, by its one rule (core.display.DECIMALS)."""
+    return rounded("auroc", x)
 
 
 def plot_calibration(evidence: Evidence, path: Path) -> Path:
@@ -114,7 +114,7 @@ def plot_calibration(evidence: Evidence, path: Path) -> Path:
     ax.set_ylabel("observed proportion")
     cal = evidence.calibration.get(MODEL, {})
     ax.set_title(f"Calibration ({evidence.outcome}, {evaluated_on(evidence)}): slope "
-                 f"{num(cal.get('calibration_slope'), 2)}, ICI {num(cal.get('ici'), 3)}", fontsize=10)
+                 f"{rounded('calibration_slope', cal.get('calibration_slope'))}, ICI {rounded('ici', cal.get('ici'))}", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     if evidence.y_test is not None and MODEL in evidence.predictions:
         p, y = evidence.predictions[MODEL], evidence.y_test

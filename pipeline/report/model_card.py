@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from core.contract import FEATURES_BY_NAME, INTENDED_USE, ORACLE_COLUMN
 from pipeline.evidence import DEFAULT_SUBGROUPS, MODEL, Evidence
 from pipeline.report import sections as s
-from pipeline.report.document import BANNER, Section, ci, lines, num, prose, to_html, to_markdown
+from pipeline.report.document import BANNER, Section, ci, rounded, lines, num, prose, to_html, to_markdown
 
 MODEL_CARD_MD = "model_card.md"
 MODEL_CARD_HTML = "model_card.html"
@@ -105,7 +105,7 @@ def render_model_card(
     for r in ev.subgroups.to_dict(orient="records"):
         flag = f" [SMALL: {r['small_reason']}]" if r["small"] else ""
         subgroup_lines.append(f"{r['group_label']} {r['level_label']}: n = {r['n']}, events = {r['events']}, "
-                              f"AUROC {ci(r, 'auroc')}, CITL {num(r['calibration_in_the_large'], 4)}{flag}")
+                              f"AUROC {ci(r, 'auroc')}, CITL {rounded('calibration_in_the_large', r['calibration_in_the_large'])}{flag}")
 
     gate = model_info.get("gate") or {}
     if gate.get("rule"):  # the gate's rule, stated once (pipeline.train.gate.GATE_RULE)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from core import style
+from core import display, style
 from core.contract import FEATURES_BY_NAME
 
 ROC_CAPTION = (
@@ -47,7 +47,7 @@ def roc_plot(y: np.ndarray, scores: dict[str, np.ndarray], path: Path, title: st
         auc = roc_auc_score(y[keep], s[keep])
         key = style.series(label)
         ax.plot(fpr, tpr, color=style.colour(key), lw=2.2 if key == style.MODEL else 1.4,
-                ls="--" if key == style.ORACLE else "-", label=f"{style.name(key)} (AUROC {auc:.3f})")
+                ls="--" if key == style.ORACLE else "-", label=f"{style.name(key)} (AUROC {display.figure('auroc', auc)})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.005)
     ax.set_aspect("equal")

@@ -23,7 +23,7 @@ from pipeline.evidence import (
     Evidence,
     learning_curve_summary,
 )
-from pipeline.report.document import Block, ci, lines, num, pct, prose
+from pipeline.report.document import Block, ci, rounded, lines, num, pct, prose
 
 _name = style.name
 
@@ -41,7 +41,8 @@ def discrimination_table(ev: Evidence) -> Block:
 
 
 def comparison_table(ev: Evidence) -> Block:
-    rows = [[f"model minus {_name(name)}", num(c["difference"]), f"{num(c['ci_low'])} to {num(c['ci_high'])}",
+    rows = [[f"model minus {_name(name)}", rounded("auroc", c["difference"]),
+             f"{rounded('auroc', c['ci_low'])} to {rounded('auroc', c['ci_high'])}",
              pct(c.get("share_model_better"))] for name, c in ev.comparisons.items()]
     return ("table", ["AUROC difference", "estimate", "95% paired bootstrap CI", "resamples with model better"], rows)
 
@@ -49,16 +50,16 @@ def comparison_table(ev: Evidence) -> Block:
 def calibration_table(ev: Evidence) -> Block:
     rows = []
     for name, c in ev.calibration.items():
-        rows.append([_name(name), num(c.get("calibration_in_the_large"), 4), num(c.get("observed_expected_ratio")),
-                     ci(c, "calibration_intercept"), ci(c, "calibration_slope"), num(c.get("ici"), 4),
-                     num(c.get("e50"), 4), num(c.get("e90"), 4), ci(c, "brier", 4), num(c.get("scaled_brier"))])
+        rows.append([_name(name)] + [rounded(k, c.get(k)) for k in ("calibration_in_the_large", "observed_expected_ratio")]
+                    + [ci(c, "calibration_intercept"), ci(c, "calibration_slope")]
+                    + [rounded(k, c.get(k)) for k in ("ici", "e50", "e90")] + [ci(c, "brier"), rounded("scaled_brier", c.get("scaled_brier"))])
     return ("table", ["probability", "CITL (mean p - mean y)", "O/E", "intercept (95% CI)", "slope (95% CI)",
                       "ICI", "E50", "E90", "Brier (95% CI)", "scaled Brier"], rows)
 
 
 def net_benefit_table(ev: Evidence, thresholds: Iterable[float] = (0.05, 0.10, 0.15, 0.20, 0.30)) -> Block:
     names = [MODEL] + [n for n in ev.predictions if n != MODEL] + [TREAT_ALL, TREAT_NONE]
-    rows = [[pct(t, 0)] + [num(ev.net_benefit_at(n, t), 4) for n in names] for t in thresholds]
+    rows = [[pct(t, 0)] + [rounded("net_benefit", ev.net_benefit_at(n, t)) for n in names] for t in thresholds]
     return ("table", ["threshold"] + [_name(n) for n in names], rows)
 
 
@@ -78,7 +79,7 @@ def subgroup_table(ev: Evidence) -> Block:
     rows, flags = [], []
     for r in ev.subgroups.to_dict(orient="records"):
         rows.append([r["group_label"], r["level_label"], r["n"], r["events"], ci(r, "auroc"),
-                     num(r["calibration_in_the_large"], 4), num(r["brier"], 4),
+                     rounded("calibration_in_the_large", r["calibration_in_the_large"]), rounded("brier", r["brier"]),
                      ("SMALL: " + r["small_reason"]) if r["small"] else ""])
         flags.append(bool(r["small"]))
     return ("table", ["subgroup", "level", "n", "events", "AUROC (95% CI)", "CITL (mean p - mean y)", "Brier", "flag"],
@@ -121,8 +122,8 @@ def learning_curve_blocks(ev: Evidence, image: Path | None) -> list[Block]:
     for size in wide.index:
         best = max(trained, key=lambda c: wide.loc[size, c]) if trained else None
         runner = max((wide.loc[size, c] for c in trained if c != best), default=np.nan)
-        verdict = f"{_name(best)} by {num(wide.loc[size, best] - runner)}" if best is not None else "-"
-        rows.append([int(size), num(events[size], 0)] + [num(wide.loc[size, c]) for c in cols] + [verdict])
+        verdict = f"{_name(best)} by {rounded('auroc', wide.loc[size, best] - runner)}" if best is not None else "-"
+        rows.append([int(size), num(events[size], 0)] + [rounded("auroc", wide.loc[size, c]) for c in cols] + [verdict])
     fitted = "once" if repeats == 1 else f"on {repeats} independent training cohorts (mean shown)"
     blocks: list[Block] = [
         ("p", prose("evidence").learning_curve(fitted)),
@@ -141,15 +142,15 @@ def headline(ev: Evidence) -> list[str]:
         f"AUROC {ci(d, 'auroc')}; AUPRC {ci(d, 'auprc')} (prevalence {num(d['prevalence'])}); "
         f"n = {d['n']}, events = {d['events']}; {ev.n_boot} bootstrap resamples.",
         f"Calibration: slope {ci(c, 'calibration_slope')}, intercept {ci(c, 'calibration_intercept')}, "
-        f"calibration-in-the-large {num(c['calibration_in_the_large'], 4)}, ICI {num(c['ici'], 4)}; "
-        f"Brier {num(c['brier'], 4)}, scaled Brier {num(c['scaled_brier'])}.",
+        f"calibration-in-the-large {rounded('calibration_in_the_large', c['calibration_in_the_large'])}, "
+        f"ICI {rounded('ici', c['ici'])}; Brier {rounded('brier', c['brier'])}, scaled Brier {rounded('scaled_brier', c['scaled_brier'])}.",
     ]
     for name, cmp_ in ev.comparisons.items():
-        items.append(f"AUROC model minus {_name(name)}: {num(cmp_['difference'])} "
-                     f"({num(cmp_['ci_low'])} to {num(cmp_['ci_high'])}).")
+        items.append(f"AUROC model minus {_name(name)}: {rounded('auroc', cmp_['difference'])} "
+                     f"({rounded('auroc', cmp_['ci_low'])} to {rounded('auroc', cmp_['ci_high'])}).")
     if ev.y_test is not None:
-        nb = ", ".join(f"{pct(t, 0)}: {num(ev.net_benefit_at(MODEL, t), 4)} (treat all "
-                       f"{num(ev.net_benefit_at(TREAT_ALL, t), 4)})" for t in NET_BENEFIT_REPORTED)
+        nb = ", ".join(f"{pct(t, 0)}: {rounded('net_benefit', ev.net_benefit_at(MODEL, t))} (treat all "
+                       f"{rounded('net_benefit', ev.net_benefit_at(TREAT_ALL, t))})" for t in NET_BENEFIT_REPORTED)
         items.append(f"Net benefit at thresholds {nb}.")
     if ORACLE in ev.discrimination:
         items.append(f"Oracle AUROC (true synthetic probability): {ci(ev.discrimination[ORACLE], 'auroc')}.")
@@ -164,9 +165,10 @@ def better_than_model(ev: Evidence) -> list[str]:
         if name in (MODEL, ORACLE) or not (math.isfinite(other.get("auroc", math.nan)) and other["auroc"] > d["auroc"]):
             continue
         oc = ev.calibration.get(name) or {}
-        brier = ((num(oc["brier"], 4), num(c["brier"], 4)) if math.isfinite(float(oc.get("brier", math.nan)))
+        brier = ((rounded("brier", oc["brier"]), rounded("brier", c["brier"])) if math.isfinite(float(oc.get("brier", math.nan)))
                  else None)
-        out.append(prose("evidence").better_than_model(_name(name), num(other["auroc"]), num(d["auroc"]), brier))
+        out.append(prose("evidence").better_than_model(_name(name), rounded("auroc", other["auroc"]), rounded("auroc", d["auroc"]),
+                                                       brier))
     return out
 
 
@@ -184,7 +186,7 @@ def validation_blocks(ev: Evidence) -> list[Block]:
     if not v:
         return [("p", prose("evidence").external_validation())]
     est = v.get("estimates", {})
-    rows = [[_name(k), ci(est, k, 4 if k == "brier" else 3)]
+    rows = [[_name(k), ci(est, k)]
             for k in ("auroc", "calibration_slope", "calibration_intercept", "brier") if k in est]
     if "auroc_minus_m_easix" in est:
         rows.append(["AUROC minus m-EASIX", ci(est, "auroc_minus_m_easix")])
@@ -197,9 +199,9 @@ def validation_blocks(ev: Evidence) -> list[Block]:
         names = list(rs["cross_validated"])
         head = ["model", "apparent AUROC", "cross-validated AUROC", "optimism", "SD over repeats",
                 "cross-validated slope"]
-        table = [[_name(n), num(rs["apparent"].get(n, {}).get("auroc")), num(rs["cross_validated"][n]["auroc"]),
-                  num(rs["optimism"][n]["auroc"]), num(rs["spread_over_repeats"][n]["auroc"]),
-                  num(rs["cross_validated"][n]["calibration_slope"], 2)] for n in names]
+        table = [[_name(n), rounded("auroc", rs["apparent"].get(n, {}).get("auroc")), rounded("auroc", rs["cross_validated"][n]["auroc"]),
+                  rounded("auroc", rs["optimism"][n]["auroc"]), rounded("auroc", rs["spread_over_repeats"][n]["auroc"]),
+                  rounded("calibration_slope", rs["cross_validated"][n]["calibration_slope"])] for n in names]
         blocks += [
             ("p", prose("evidence").resampling(rs["repeats"], rs["folds"], f"{rs['seconds']:.0f}")),
             ("table", head, table),

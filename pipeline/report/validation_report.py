@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from core.contract import INTENDED_USE
 from pipeline.evidence import SMALL_SUBGROUP_EVENTS, SMALL_SUBGROUP_N, Evidence
 from pipeline.report import sections as s
-from pipeline.report.document import BANNER, Block, Section, ci, num, prose, to_html
+from pipeline.report.document import BANNER, Block, Section, ci, rounded, prose, to_html
 from pipeline.report.figures import CAPTIONS, save_plots
 
 REPORT_FILE = "validation_report.html"
@@ -95,7 +95,7 @@ def render_validation_report(
         dv = ev.development
         sections.append(("Development data (out-of-fold predictions)", [("table", ["quantity", "value"], [
             ["AUROC (95% CI)", ci(dv, "auroc")], ["AUPRC (95% CI)", ci(dv, "auprc")],
-            ["ICI", num(dv.get("ici"), 4)], ["Brier", num(dv.get("brier"), 4)],
+            ["ICI", rounded("ici", dv.get("ici"))], ["Brier", rounded("brier", dv.get("brier"))],
         ]), ("p", text.development())]))
     if others:
         blocks: list[Block] = []

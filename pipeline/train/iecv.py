@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.evidence.centre_performance import MEASURES, MIN_CENTRE_EVENTS, centre_row
+from core import display
 from core.contract import CENTRE_COLUMN
 from pipeline.stats.meta_analysis import Pooled, pool_measures
 from pipeline.train import gate
@@ -86,13 +87,17 @@ class IECVResult:
         parts = [f"Internal-external cross-validation over {len(self.rows)} centres"
                  + (f" ({len(small)} too small to estimate, reported but not pooled)" if small else "") + ":"]
         a, s, oe = (self.pooled.get(m) for m in ("auroc", "calibration_slope", "oe"))
+        r = display.figure
         if a is not None:
-            parts.append(f"pooled AUROC {a.estimate:.3f} (95% CI {a.ci_low:.3f}-{a.ci_high:.3f}); a new centre "
-                         f"should expect {a.pi_low:.3f}-{a.pi_high:.3f} (95% prediction interval), I2 {a.i2:.0f}%.")
+            parts.append(f"pooled AUROC {r('auroc', a.estimate)} (95% CI {r('auroc', a.ci_low)} to "
+                         f"{r('auroc', a.ci_high)}); a new centre should expect {r('auroc', a.pi_low)} to "
+                         f"{r('auroc', a.pi_high)} (95% prediction interval), I2 {a.i2:.0f}%.")
         if s is not None:
-            parts.append(f"Calibration slope {s.estimate:.2f} (prediction interval {s.pi_low:.2f}-{s.pi_high:.2f}).")
+            parts.append(f"Calibration slope {r('calibration_slope', s.estimate)} (prediction interval "
+                         f"{r('calibration_slope', s.pi_low)} to {r('calibration_slope', s.pi_high)}).")
         if oe is not None:
-            parts.append(f"O/E {oe.estimate:.2f} (prediction interval {oe.pi_low:.2f}-{oe.pi_high:.2f}).")
+            parts.append(f"O/E {r('observed_expected_ratio', oe.estimate)} (prediction interval "
+                         f"{r('observed_expected_ratio', oe.pi_low)} to {r('observed_expected_ratio', oe.pi_high)}).")
         if self.heterogeneity_too_large():
             lo, hi = gate.CALIBRATION_SLOPE_BAND
             parts.append(f"Between-centre heterogeneity is too large for one model as it is: the calibration "

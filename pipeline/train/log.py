@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
+from core import display
 from models.artifact import Explained, ModelBundle
 from models.candidates import CANDIDATES, SMALL_DATA_EVENTS, TREE_FAMILIES
 from pipeline.report import plots
@@ -120,14 +121,15 @@ def record_verdicts(run: TrainingRun, ev: Evaluation, bundle: ModelBundle, metri
     """The figures and the gate's verdict in the bundle's metadata, the evidence and the run."""
     gate_ok, gate_reason, ungated, empty = gate.ok, gate.reason, gate.ungated, run.empty
     design = ev.design
-    bundle.metadata["test_metrics"] = {k: round(float(v), 4) for k, v in metrics.items() if np.isfinite(v)}
+    # full precision: machines read these (GET /v1/model); people read them rounded by core.display
+    bundle.metadata["test_metrics"] = {k: float(v) for k, v in metrics.items() if np.isfinite(v)}
     bundle.metadata["gate"] = {"passed": gate_ok, "reason": gate_reason, "ungated": ungated, "rule": GATE_RULE,
                                "status": gate_status(gate_ok, gate_reason)}
     bundle.metadata["validation"] = {
         "design": design.kind,
         "description": design.reason,
-        "estimates": {k: round(float(v), 4) for k, v in ev.validated.items() if np.isfinite(v)},
-        "optimism": ({k: round(v, 4) for k, v in ev.resampled.optimism(MODEL).items()} if ev.resampled else {}),
+        "estimates": {k: float(v) for k, v in ev.validated.items() if np.isfinite(v)},
+        "optimism": ({k: float(v) for k, v in ev.resampled.optimism(MODEL).items()} if ev.resampled else {}),
     }
     ev.evidence.validation = validation_section(ev)
     if empty:
@@ -230,16 +232,15 @@ def describe_version(
     client.set_model_version_tag(model_name, version, "outcome", outcome)
     v = ev.validated
     client.update_model_version(model_name, version, description=(
-        f"{chosen} for {outcome}: {design.kind} AUROC {fmt_ci(v, 'auroc')}, calibration slope "
-        f"{fmt_ci(v, 'calibration_slope', 2)}, Brier {v.get('brier', np.nan):.4f}; m-EASIX AUROC "
-        f"{v.get('m_easix_auroc', np.nan):.3f}. Quality gate: {gate_status(gate_ok, gate_reason)}. Model card: "
+        f"{chosen} for {outcome}: {validated_summary(v, design.kind)}. "
+        f"Quality gate: {gate_status(gate_ok, gate_reason)}. Model card: "
         f"artifact model/artifacts/{BUNDLE_ARTIFACT}/model_card.html of run {run_id} (also GET /v1/model/card). "
         + (transport.transport_sentence() + " " if transport is not None else "") + "Research use only."))
     if transport is not None:
         for key, value in transport_tags(transport).items():
             client.set_model_version_tag(model_name, version, key, value)
     client.set_model_version_tag(model_name, version, "validation_design", design.kind)
-    client.set_model_version_tag(model_name, version, "validated_auroc", f"{ev.validated['auroc']:.4f}")
+    client.set_model_version_tag(model_name, version, "validated_auroc", repr(float(ev.validated["auroc"])))
     client.set_model_version_tag(model_name, version, "quality_gate", gate_status(gate_ok, gate_reason))
     client.set_model_version_tag(model_name, version, "quality_gate_reason", gate_reason[:5000])
     if ungated:
@@ -266,10 +267,14 @@ def validation_section(ev: Evaluation) -> dict[str, Any]:
     return out
 
 
-def fmt_ci(v: dict[str, float], key: str, digits: int = 3) -> str:
-    lo, hi = v.get(f"{key}_ci_low", np.nan), v.get(f"{key}_ci_high", np.nan)
-    ci = f" (95% CI {lo:.{digits}f}-{hi:.{digits}f})" if np.isfinite(lo) and np.isfinite(hi) else ""
-    return f"{v.get(key, np.nan):.{digits}f}{ci}"
+def validated_summary(v: dict[str, float], kind: str) -> str:
+    """The validated estimates in one line, as the CLI, the run's and the version's descriptions say
+    them (core.display's rule for each figure, so the card and the report print the same digits)."""
+    def est(key: str) -> str:
+        return display.figure_ci(v, key, "95% CI ")
+    return (f"{kind} AUROC {est('auroc')}, calibration slope {est('calibration_slope')}, intercept "
+            f"{est('calibration_intercept')}, Brier {est('brier')}; logistic AUROC "
+            f"{display.figure('auroc', v.get('logistic_auroc'))}, m-EASIX AUROC {display.figure('auroc', v.get('m_easix_auroc'))}")
 
 
 def run_description(ev: Evaluation, chosen: str, gate: GateVerdict, promoted: bool, reason: str, empty: list[str],
@@ -279,9 +284,7 @@ def run_description(ev: Evaluation, chosen: str, gate: GateVerdict, promoted: bo
     v = ev.validated
     kind = "cross-validated (whole procedure, repeated)" if ev.design.kind == RESAMPLING else "held-out"
     lines = [
-        f"**{chosen}**, {kind} AUROC {fmt_ci(v, 'auroc')}, calibration slope {fmt_ci(v, 'calibration_slope', 2)}, "
-        f"intercept {fmt_ci(v, 'calibration_intercept', 2)}, Brier {fmt_ci(v, 'brier', 4)}; "
-        f"m-EASIX AUROC {v.get('m_easix_auroc', np.nan):.3f}.",
+        f"**{chosen}**, {validated_summary(v, kind)}.",
         "",
         f"Validation: **{ev.design.kind}**: {ev.design.reason}.",
         "",

@@ -16,6 +16,7 @@ import mlflow
 import numpy as np
 from mlflow import MlflowClient
 
+from core import display
 from pipeline.train.gate import PROMOTION_MARGINS
 from models.registry import champion, load_bundle, promotion_lock
 from pipeline.tracking.liveness import now_text, reconcile_tags
@@ -102,10 +103,12 @@ def promote(
             else:
                 hi = d["ci_high"] if np.isfinite(d["ci_high"]) else d["difference"]
                 promoted = bool(hi >= 0)
-                ci = (f" (95% CI {d['ci_low']:+.3f} to {d['ci_high']:+.3f})" if np.isfinite(d["ci_low"]) else "")
+                ci = (f" (95% CI {display.figure('auroc', d['ci_low'], True)} to "
+                      f"{display.figure('auroc', d['ci_high'], True)})" if np.isfinite(d["ci_low"]) else "")
                 verdict = ("not clearly worse: promoted" if promoted else "clearly worse: the champion stays")
-                reason = (f"AUROC {new_auroc:.4f} vs champion v{current.version}'s {champ_auroc:.4f}, difference "
-                          f"{d['difference']:+.3f}{ci} {d.get('basis', 'on the same patients')}: {verdict}")
+                reason = (f"AUROC {display.figure('auroc', new_auroc)} vs champion v{current.version}'s "
+                          f"{display.figure('auroc', champ_auroc)}, difference {display.figure('auroc', d['difference'], True)}"
+                          f"{ci} {d.get('basis', 'on the same patients')}: {verdict}")
     held = promoted and not settings.promote
     if held:
         promoted, reason = False, f"PROMOTE=no: the alias was not moved (it would have been: {reason})"

@@ -37,7 +37,7 @@ from core.settings import Settings
 from pipeline.tracking.runs import log_bundle_version, setup_mlflow
 from pipeline.train.training_run import GateVerdict, TrainingRun
 from pipeline.train.tuning import build_bundle, choose, tune_candidates
-from pipeline.train.validation import SPLIT, Design, check_trainable, choose_design
+from pipeline.train.validation import RESAMPLING, SPLIT, Design, check_trainable, choose_design
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,13 @@ class TrainResult:
     validated: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     decision: list[str] = field(default_factory=list)  # the gate's and the promotion's verdicts, one block
+
+    def report_lines(self) -> list[str]:
+        """What `icans-risk train` prints last: the run, the validated estimates (core.display's rule
+        for each figure, as in the card and the report), then the decision block."""
+        kind = "cross-validated" if self.design == RESAMPLING else "held-out"
+        return [f"run {self.run_id}: {self.model_name} v{self.version} ({self.chosen}), validation: {self.design}",
+                train_log.validated_summary(self.validated, kind), *self.decision]
 
 
 def train(

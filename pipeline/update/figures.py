@@ -73,8 +73,8 @@ def describe_bundle(bundle: ModelBundle, validated: dict[str, float], df: pd.Dat
     what monitoring compares the site's patients with (the local patients it was updated on)."""
     from pipeline.monitor.statistics import reference_summary
 
-    bundle.metadata["test_metrics"] = {f"validated_{k}": round(float(v), 4) for k, v in validated.items()
-                                       if np.isfinite(v)}
+    # full precision: machines read these (GET /v1/model); people read them rounded by core.display
+    bundle.metadata["test_metrics"] = {f"validated_{k}": float(v) for k, v in validated.items() if np.isfinite(v)}
     ex = bundle.explain(X)
     bundle.metadata["reference"] = reference_summary(
         df, ex.risk, dict(zip(bundle.feature_names, np.mean(np.abs(ex.contributions), axis=0))))

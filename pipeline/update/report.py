@@ -14,6 +14,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from core import display
 from models.artifact import ModelBundle
 from pipeline.evidence import Evidence, build_evidence
 from core.features import N_MATRIX
@@ -97,6 +98,12 @@ def prepend_update_note(bundle_dir: Path, info: dict[str, Any]) -> None:
                                                f"{html.escape(text)}</p>", 1), encoding="utf-8")
 
 
+def before_after(m: dict[str, float]) -> str:
+    """'calibration intercept -0.12, slope 0.91, AUROC 0.742' by core.display's rule for each figure."""
+    return ", ".join(f"{label} {display.figure(k, m.get(k))}" for k, label in (
+        ("calibration_intercept", "calibration intercept"), ("calibration_slope", "slope"), ("auroc", "AUROC")))
+
+
 def run_note(name: str, parent_version: str, version: str, test: ClosedTest, before: dict[str, float],
              after: dict[str, float], promoted: bool, reason: str) -> str:
     """The update run's MLflow note: the closed test, the figures before and after, the promotion."""
@@ -105,9 +112,7 @@ def run_note(name: str, parent_version: str, version: str, test: ClosedTest, bef
         "",
         closed_test_text(test),
         "",
-        f"Before: calibration intercept {before['calibration_intercept']:.2f}, slope {before['calibration_slope']:.2f}, "
-        f"AUROC {before['auroc']:.3f}. After: intercept {after['calibration_intercept']:.2f}, slope "
-        f"{after['calibration_slope']:.2f}, AUROC {after['auroc']:.3f}.",
+        f"Before: {before_after(before)}. After: {before_after(after)}.",
         "",
         f"Promotion: {'champion' if promoted else 'not promoted'}: {reason}. Research use only.",
     ])

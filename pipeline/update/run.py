@@ -224,14 +224,14 @@ def _update(settings: Settings, data: Path, outcome: str | None, on_invalid: str
             new_bundle.metadata["validation"] = {
                 "design": "local_update", "description": f"{METHOD_TEXT[test.method]} on {len(y)} local patients "
                 f"({events} events); figures on the local data, optimism-corrected",
-                "estimates": {k: round(float(v), 4) for k, v in validated.items() if np.isfinite(v)}}
+                "estimates": {k: float(v) for k, v in validated.items() if np.isfinite(v)}}
             bundle_dir = save_with_card(new_bundle, evidence, t / "bundle", name=name, run_id=run.info.run_id,
                                         parent=parent, cohort=cohort, df=df, data=data, seed=settings.seed, info=info)
             version = log_bundle_version(bundle_dir, name)
         result.version = version
         for key, value in (("outcome", outcome), ("update_method", test.method),
                            ("parent_version", str(parent_ref.version)), ("local_data_sha256", cohort.sha256),
-                           ("validation_design", "local_update"), ("validated_auroc", f"{validated['auroc']:.4f}"),
+                           ("validation_design", "local_update"), ("validated_auroc", repr(float(validated["auroc"]))),
                            ("quality_gate", "passed" if gate_ok else "failed")):
             client.set_model_version_tag(name, version, key, value)
         for key in ("lr_logistic_vs_original", "p_logistic_vs_original", "lr_logistic_vs_intercept",

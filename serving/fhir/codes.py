@@ -79,6 +79,11 @@ CONTRACT_UCUM: dict[str, str] = {
 }
 assert all(f.unit in CONTRACT_UCUM for f in FEATURES if f.kind == "float"), "a contract unit lacks its UCUM code"
 
+
+def contract_ucum(feature: str) -> str:
+    """The UCUM code of a numeric feature's contract unit (every float feature has one)."""
+    return CONTRACT_UCUM[FEATURES_BY_NAME[feature].unit or ""]
+
 # Unit conversion, UCUM-based. Each family maps a unit (lower-cased UCUM code) to its size in the
 # family's base unit; a value converts to the contract unit when both units are in one family.
 _MASS_CONC = {  # base g/L
@@ -155,7 +160,7 @@ def normalise_unit(unit: str) -> str:
 
 def conversion_factor(feature: str, unit: str) -> float | None:
     """Multiply a value in `unit` by this to get the contract unit of `feature`; None if unknown."""
-    target = normalise_unit(CONTRACT_UCUM[FEATURES_BY_NAME[feature].unit])
+    target = normalise_unit(contract_ucum(feature))
     source = normalise_unit(unit)
     molar = _MOLAR.get(feature, {})
     if source in molar:

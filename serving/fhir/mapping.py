@@ -236,7 +236,7 @@ class Mapper(MedicationRules, ConditionRules):
             value = raw * factor
             if factor != 1.0:
                 value = float(f"{value:.12g}")  # drop conversion noise (e.g. 8.000000000000002)
-            target = C.CONTRACT_UCUM[FEATURES_BY_NAME[feature].unit] if feature else "kg"
+            target = C.contract_ucum(feature) if feature else "kg"
             shown = q.comparator or C.normalise_unit(unit) != C.normalise_unit(target)
             original = f"{q.comparator or ''}{fmt_num(raw)} {q.unit or unit}" if shown else None
             named = obs.code.text or next((c.display for c in obs.code.coding or [] if c.display), None)

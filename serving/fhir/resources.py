@@ -25,6 +25,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from core.display import percent, percent_range
 from core.contract import FEATURES_BY_NAME, OUTCOMES, intended_use
 from serving.accept import media_ranges
 from serving.fhir import codes as C
@@ -72,19 +73,9 @@ def format_value(name: str, value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        unit = FEATURES_BY_NAME[name].unit if name in FEATURES_BY_NAME else "-"
-        return f"{value:.4g}" + ("" if unit == "-" else f" {unit}")
+        unit = FEATURES_BY_NAME[name].unit if name in FEATURES_BY_NAME else None
+        return f"{value:.4g}" + (f" {unit}" if unit else "")
     return str(value)
-
-
-def percent(risk: float) -> str:
-    if risk < 0.001:
-        return "<0.1%"
-    if risk > 0.995:
-        return ">99%"
-    if risk < 0.1:
-        return f"{risk * 100:.1f}%"
-    return f"{risk * 100:.0f}%"
 
 
 def rationale(answer: dict[str, Any]) -> str:
@@ -95,7 +86,7 @@ def rationale(answer: dict[str, Any]) -> str:
     ]
     return (
         "Exact SHAP explanation on the log-odds scale (base + contributions = "
-        f"{answer['log_odds']:.4f}, probability {answer['risk']:.4f}). Base {ex['base_log_odds']:+.4f}; "
+        f"{answer['log_odds']:.4f}, probability {percent(answer['risk'])}). Base {ex['base_log_odds']:+.4f}; "
         + "; ".join(parts)
         + "."
     )
@@ -143,7 +134,7 @@ def input_observation(name: str, value: Any) -> dict[str, Any]:
             "value": float(value),
             "unit": f.unit,
             "system": C.UCUM,
-            "code": C.CONTRACT_UCUM[f.unit],
+            "code": C.contract_ucum(f.name),
         }
     elif f.kind == "bool":
         obs["valueBoolean"] = bool(value)
@@ -214,7 +205,7 @@ def risk_assessment(
                 {"url": "bootstrapModels", "valueInteger": int(unc["bootstrap_models"])},
             ],
         }]
-        notes.insert(2, {"text": f"{INTERVAL_WORDS}: {float(lo):.4f}-{float(hi):.4f} (extension {INTERVAL_EXTENSION})."})
+        notes.insert(2, {"text": f"{INTERVAL_WORDS}: {percent_range(float(lo), float(hi))} (extension {INTERVAL_EXTENSION})."})
     if basis:
         ra["basis"] = basis
     if request_id:

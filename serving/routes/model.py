@@ -19,6 +19,8 @@ router = APIRouter(tags=["model"])
 @router.get(
     "/v1/model",
     summary="The served model: version, metrics, features, thresholds",
+    description=("Metrics keep full precision (the documents round them for people). Each feature's `unit` is "
+                 "the contract's unit, or null when the value has none (a category or yes/no)."),
     responses={503: {"description": "No model loaded yet"}},
 )
 def model_info(request: Request, p: PredictorDep, state: ModelStateDep, settings: SettingsDep) -> dict:

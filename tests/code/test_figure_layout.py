@@ -9,6 +9,7 @@ from itertools import combinations
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.text import Text
 
@@ -114,3 +115,56 @@ def test_figure_titles_name_the_validation_design_used(evidence, laid_out, tmp_p
             title = fig.axes[0].get_title()
             assert words in title, title
             assert ("held-out" in title) == (design == "split"), title
+
+
+@pytest.fixture(scope="module")
+def small_evidence():
+    """A small fixed Evidence (300 + 200 synthetic patients, 20 bootstrap resamples): every table
+    and curve the figures draw, built in about a second, no training."""
+    from scipy.special import expit, logit
+
+    from pipeline import evidence as ev
+    from pipeline.data.synthetic import generate_cohort
+
+    dev, test = generate_cohort(300, 31), generate_cohort(200, 32)
+    rng = np.random.default_rng(1)
+    p_test = expit(logit(test["p_true"].to_numpy()) + rng.normal(0, 0.5, len(test)))
+    p_dev = expit(logit(dev["p_true"].to_numpy()) + rng.normal(0, 0.5, len(dev)))
+    learning = pd.DataFrame(
+        [{"size": s, "events_train": s // 6, "model": m, "auroc": a + s / 1e4, "seconds": 0.1}
+         for s in (100, 200, 300) for m, a in (("xgboost", 0.70), ("logistic", 0.72), ("m_easix", 0.67),
+                                                (ev.ORACLE, 0.82))])
+    return ev.build_evidence(
+        dev["severe_icans"].astype(int).to_numpy(), p_dev, dev,
+        test["severe_icans"].astype(int).to_numpy(), p_test, test,
+        {"low": 0.08, "high": 0.3}, 24, n_boot=20, curve_boot=10, learning_curve=learning,
+        other_predictions={"logistic": np.clip(p_test + rng.normal(0, 0.03, len(test)), 0.001, 0.999)},
+    )
+
+
+@pytest.mark.parametrize("design", ["repeated_cv", "split"])
+def test_the_evidence_figures_have_no_overlapping_text(small_evidence, laid_out, tmp_path, design):
+    """Every evidence PNG (calibration, decision curve, subgroups, learning curve, ROC) as saved,
+    caption included: no title, axis label, tick label, legend entry or caption overlaps another."""
+    from dataclasses import replace
+
+    ev = replace(small_evidence, validation={"design": design})
+    saved = report.save_plots(ev, tmp_path)
+    scores = {"model": ev.predictions["model"], "logistic": ev.predictions["logistic"]}
+    plots.roc_plot(ev.y_test, scores, tmp_path / "roc.png", "ROC, out-of-fold risks (severe_icans)")
+    frame = _frame(len(ev.y_test))
+    contributions = np.random.default_rng(2).normal(0, 0.3, (len(frame), len(FEATURES)))
+    plots.shap_summary_plot(contributions, np.full(len(frame), -2.0), frame, [f.name for f in FEATURES],
+                            tmp_path / "shap_summary.png")
+    assert set(saved) == {"calibration", "decision_curve", "subgroups", "learning_curve"}
+    assert len(laid_out) == len(saved) + 2
+    for fig, name in zip(laid_out, [*saved, "roc", "shap_summary"]):
+        assert sum(bool(t.get_text().strip()) for t in fig.findobj(Text)) > 10, name  # a real figure
+        assert overlapping(fig) == [], name
+
+
+def _frame(n: int) -> pd.DataFrame:
+    """n synthetic patients' contract columns (the SHAP summary colours its dots by them)."""
+    from pipeline.data.synthetic import generate_cohort
+
+    return generate_cohort(n, 33)[[f.name for f in FEATURES]]

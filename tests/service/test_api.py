@@ -153,6 +153,28 @@ def test_model_endpoint_describes_the_served_version(client, champion_version):
     assert body["notice"] == INTENDED_USE
 
 
+def _units(node):
+    """Every value of a "unit" key anywhere in a JSON answer."""
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "unit"] + [u for v in node.values() for u in _units(v)]
+    return [u for v in node for u in _units(v)] if isinstance(node, list) else []
+
+
+def test_a_unitless_value_has_a_null_unit_never_a_dash(client):
+    model = client.get("/v1/model").json()
+    risk = client.post("/v1/risk", json=example_request()).json()
+    units = _units(model) + _units(risk)
+    assert units and "-" not in units
+    for answer in (model["features"], risk["explanation"]["contributions"]):
+        by_name = {c.get("name") or c.get("feature"): c for c in answer}
+        assert by_name["sex"]["unit"] is None and by_name["prior_allo_hct"]["unit"] is None
+        assert by_name["crp_mg_l"]["unit"] == "mg/L"
+    spec = client.get("/openapi.json").json()
+    assert "null when the value has none" in spec["components"]["schemas"]["Contribution"]["properties"]["unit"]["description"]
+    assert "null when the value has none" in spec["paths"]["/v1/model"]["get"]["description"]
+    assert "unit" not in spec["components"]["schemas"]["PatientFeatures"]["properties"]["sex"]
+
+
 def test_openapi_says_research_use_and_carries_the_contract_example(client):
     spec = client.get("/openapi.json").json()
     assert "Research use only" in spec["info"]["description"]

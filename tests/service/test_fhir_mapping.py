@@ -15,7 +15,8 @@ from core.contract import FEATURE_NAMES, FEATURES, FEATURES_BY_NAME, example_req
 from serving.fhir import codes as C
 from serving.fhir.mapping import PrefetchError, map_prefetch, parse_cell_dose_unit, prefetch_templates
 from serving.fhir.card import card
-from serving.fhir.resources import percent, prune, risk_assessment, wants_fhir
+from core.display import percent
+from serving.fhir.resources import prune, risk_assessment, wants_fhir
 from serving.schemas import PatientFeatures
 from tests.helpers import Chart, EXPECTED, NOW, mapped
 
