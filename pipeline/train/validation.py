@@ -46,7 +46,6 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_pre
 from models.calibration import PlattOnMargin, risk_of
 from models.candidates import (
     CANDIDATES,
-    TREE_FAMILIES,
     library_defaults,
     make_logistic,
     make_untuned_hist_gradient_boosting,
@@ -223,9 +222,10 @@ def fit_procedure(
     seed: int,
     n_jobs: int,
 ) -> Fitted:
-    """Choose the tree family with the lowest CV log-loss, calibrate it on out-of-fold margins
-    (never on the patients a margin was fitted on), then fit it on all of X."""
-    chosen = min((n for n in tuned if n in TREE_FAMILIES), key=lambda n: tuned[n]["cv_log_loss"])
+    """Choose the family with the lowest CV log-loss (every family, the logistic one included, on the
+    same out-of-fold criterion), calibrate it on out-of-fold margins (never on the patients a margin
+    was fitted on), then fit it on all of X."""
+    chosen = min(tuned, key=lambda n: tuned[n]["cv_log_loss"])
     estimator, platt, oof = fit_configuration(chosen, tuned[chosen]["params"], X, y, cv_folds, seed, n_jobs)
     oof_risk = risk_of(platt.transform(_logit(oof)))
     slope = platt_slope_of(oof, y)
