@@ -73,18 +73,20 @@ def one(kind: str, n: int, seed: int, fresh: Any, overrides: dict[str, Any] | No
     df.to_csv(path, index=False)
     settings = Settings(tracking_uri=f"sqlite:///{work / 'mlflow.db'}", artifact_root=(work / "art").as_uri(),
                         data_dir=work / "data", instability_models=0, **(overrides or {}))
-    row: dict[str, Any] = {"kind": kind, "n": n, "seed": seed, "events": int(df["severe_icans"].sum())}
+    row: dict[str, Any] = {"kind": kind, "n": n, "seed": seed, "events": int(df["severe_icans"].sum()),
+                           "load_average_before": os.getloadavg()}
     started = time.perf_counter()
     try:
         result = train(settings, data=path)
     except TrainingRefused as exc:
-        row.update(promoted=False, gate="cohort refused", reason=str(exc), seconds=time.perf_counter() - started)
+        row.update(promoted=False, gate="cohort refused", reason=str(exc), seconds=time.perf_counter() - started,
+                   load_average_after=os.getloadavg())
         return row
     v = result.validated
     run = MlflowClient().get_run(result.run_id).data
     row.update(
         promoted=result.promoted, gate=run.tags.get("quality_gate"), reason=result.reason[:600],
-        chosen=result.chosen, seconds=time.perf_counter() - started,
+        chosen=result.chosen, seconds=time.perf_counter() - started, load_average_after=os.getloadavg(),
         **{k: float(v.get(k, np.nan)) for k in (
             "auroc", "auroc_ci_low", "auroc_ci_high", "calibration_slope", "calibration_slope_ci_low",
             "calibration_slope_ci_high", "logistic_auroc", "m_easix_auroc", "platt_slope")},
@@ -159,7 +161,24 @@ def markdown(report: dict[str, Any]) -> str:
         for t in report["timing"]:
             lines.append(f"- {t['n']} patients: {t['seconds']:.0f} s (exit {t['exit']}, load average after "
                          f"{t['load_average_after'][0]:.1f})")
-    lines += ["", "Each run: one row of bench/gate_simulation.json (reason, validated figures, chosen family)."]
+    lines += ["", "Each run (the full reason is in bench/gate_simulation.json; load average: 1-minute, before / "
+              "after the training):", "",
+              "| cohort | n | seed | events | gate | promoted | chosen | validated AUROC (95% CI) | "
+              "calibration slope (95% CI) | logistic / m-EASIX AUROC | fresh AUROC shipped / untuned | s | load |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["runs"]:
+        def f(key: str, fmt: str = ".3f") -> str:
+            return "-" if r.get(key) is None or np.isnan(r.get(key)) else format(r[key], fmt)
+        fresh = f"{f('fresh_auroc')} / {f('fresh_auroc_untuned_defaults')}" if r["kind"] == "real" else "-"
+        load = f"{r.get('load_average_before', [np.nan])[0]:.1f} / {r.get('load_average_after', [np.nan])[0]:.1f}"
+        lines.append(f"| {r['kind']} | {r['n']} | {r['seed']} | {r['events']} | {r.get('gate')} | {r['promoted']} | "
+                     f"{r.get('chosen', '-')} | {f('auroc')} ({f('auroc_ci_low')}-{f('auroc_ci_high')}) | "
+                     f"{f('calibration_slope', '.2f')} ({f('calibration_slope_ci_low', '.2f')} to "
+                     f"{f('calibration_slope_ci_high', '.2f')}) | {f('logistic_auroc')} / {f('m_easix_auroc')} | "
+                     f"{fresh} | {r['seconds']:.0f} | {load} |")
+    lines += ["", "Reasons (first 300 characters):", ""]
+    for r in report["runs"]:
+        lines.append(f"- {r['kind']} n={r['n']} seed={r['seed']}: {str(r.get('reason', ''))[:300]}")
     return "\n".join(lines) + "\n"
 
 
@@ -202,6 +221,7 @@ def main() -> None:
                 report["runs"].append(row)
                 report["summary"] = summarise(report["runs"])
                 args.out.write_text(json.dumps(report, indent=1, default=float))
+                args.out.with_suffix(".md").write_text(markdown(report))
                 print(f"{kind} n={n} seed={seed}: promoted={row['promoted']} gate={row.get('gate')} "
                       f"AUROC {row.get('auroc', float('nan')):.3f} ({row.get('auroc_ci_low', float('nan')):.3f}) "
                       f"{row['seconds']:.0f} s", flush=True)

@@ -69,14 +69,15 @@ def tune_and_fit(size: int, gen_seed: int, settings: Any, n_jobs: int) -> dict[s
     from pipeline.data.synthetic import generate_cohort
     from core.features import encode_frame
     from pipeline.train.tuning import choose_thresholds
-    from pipeline.train.validation import choose_design, fit_procedure, tune
+    from pipeline.train.validation import Search, choose_design, fit_procedure, tune
 
     df = generate_cohort(size, gen_seed)
     X, y = encode_frame(df), df[OUTCOME].astype(int).to_numpy()
     design = choose_design(int(y.sum()), len(y), settings)
+    search = Search.of(settings)  # the shipped search (pipeline.train.tuning: tune_candidates, choose)
     t0 = time.perf_counter()
-    tuned = {name: tune(name, X, y, settings.n_iter, settings.cv_folds, settings.seed, n_jobs) for name in CANDIDATES}
-    fitted = fit_procedure(X, y, tuned, settings.cv_folds, settings.seed, n_jobs)
+    tuned = {name: tune(name, X, y, search.n_iter, search.cv_folds, settings.seed, n_jobs) for name in CANDIDATES}
+    fitted = fit_procedure(X, y, tuned, search.cv_folds, settings.seed, n_jobs)
     low, high = choose_thresholds(y, fitted.oof_risk)
     return {"size": size, "gen_seed": gen_seed, "X": X, "y": y, "fitted": fitted, "low": low, "high": high,
             "design": design.kind, "tune_fit_s": round(time.perf_counter() - t0, 1)}
@@ -118,7 +119,7 @@ def assess(dev: dict[str, Any], settings: Any, n_models: int, n_jobs: int, test,
     final_test = 1 / (1 + np.exp(-test_log_odds))
     row = {
         "size": dev["size"], "gen_seed": dev["gen_seed"], "design": dev["design"], "events": int(y.sum()),
-        "chosen": fitted.chosen, "params": {k: (v.item() if hasattr(v, "item") else v) for k, v in fitted.params.items()},
+        "chosen": fitted.chosen, "platt_refused": bool(getattr(fitted, "platt_refused", False)), "params": {k: (v.item() if hasattr(v, "item") else v) for k, v in fitted.params.items()},
         "low": dev["low"], "high": dev["high"], "redrawn_samples": redraws,
         "mean_risk_dev": s["mean_risk"], "mape_dev": s["mape"], "mape_p90_dev": s["mape_p90"],
         "median_width_dev": s["median_interval_width"], "group_change_dev": s["group_change"],
@@ -222,7 +223,6 @@ def _numba_threads() -> int:
 
 
 def main() -> None:
-    from bench.instability_report import report
     from pipeline.data.synthetic import generate_cohort
     from core.features import encode_frame
     from core.settings import Settings
@@ -238,17 +238,22 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=HERE)
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--from-json", type=Path, help="rewrite the .md from a results .json, without running")
+    ap.add_argument("--before", type=Path, default=HERE / "instability_before_issue23.json",
+                    help="an earlier run's .json, shown beside this one (before / after table)")
     args = ap.parse_args()
     if args.from_json:
+        from bench.instability_report import report
+
         saved = json.loads(args.from_json.read_text())
-        for k in ("n_iter", "cv_folds", "seed", "models", "n_jobs"):
-            setattr(args, k, saved["settings"][k])
-        text = report(saved["cohorts"], saved["speed"], args, saved["total_s"], saved.get("finished"))
+        for k in ("n_iter", "cv_folds", "seed", "models", "n_jobs", "search_cv_folds"):
+            setattr(args, k, saved["settings"].get(k))
+        text = report(saved["cohorts"], saved["speed"], args, saved["total_s"], saved.get("finished"), _before(args))
         (args.out_dir / "instability.md").write_text(text)
         print(text)
         return
     settings = default
     args.n_iter, args.cv_folds, args.seed = settings.n_iter, settings.cv_folds, settings.seed
+    args.search_cv_folds = settings.search_cv_folds
     started = time.perf_counter()
     test_df = generate_cohort(TEST_N, TEST_SEED)
     fresh_df = generate_cohort(FRESH_N, FRESH_SEED)
@@ -275,21 +280,34 @@ def main() -> None:
               f"load {row['loadavg'][0]})", flush=True)
         if row["size"] == max(args.sizes) and speed_source is None:
             speed_source = (bundle, test[0])
+        _write(args, rows, None, time.perf_counter() - started, partial=True)  # a cut-short run keeps its rows
     spd = None
     if speed_source is not None and not args.no_speed:
         print("speed ...", flush=True)
         spd = speed(*speed_source)
         print(json.dumps({k: v for k, v in spd.items() if not isinstance(v, dict)}, default=float), flush=True)
-    total = time.perf_counter() - started
+    print(_write(args, rows, spd, time.perf_counter() - started, partial=False))
+
+
+def _before(args: argparse.Namespace) -> dict | None:
+    return json.loads(args.before.read_text()) if args.before and args.before.exists() else None
+
+
+def _write(args: argparse.Namespace, rows: list[dict], spd: dict | None, total: float, partial: bool) -> str:
+    """bench/instability.json and .md (after every cohort: a run cut short keeps what it measured)."""
+    from bench.instability_report import report
+
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    finished = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()) + (" (partial: still running)" if partial else "")
     (args.out_dir / "instability.json").write_text(json.dumps(
-        {"settings": {"n_iter": args.n_iter, "cv_folds": args.cv_folds, "seed": args.seed, "models": args.models,
-                      "n_jobs": args.n_jobs, "fresh_n": FRESH_N, "test_n": TEST_N, "batch_n": BATCH_N},
-         "cohorts": rows, "speed": spd, "total_s": round(total, 1),
-         "finished": time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, indent=1, default=float))
-    text = report(rows, spd, args, total)
+        {"settings": {"n_iter": args.n_iter, "search_cv_folds": args.search_cv_folds, "cv_folds": args.cv_folds,
+                      "seed": args.seed, "models": args.models, "n_jobs": args.n_jobs, "fresh_n": FRESH_N,
+                      "test_n": TEST_N, "batch_n": BATCH_N, "sizes": args.sizes, "seeds": args.seeds,
+                      "extra_small_seeds": args.extra_small_seeds},
+         "cohorts": rows, "speed": spd, "total_s": round(total, 1), "finished": finished}, indent=1, default=float))
+    text = report(rows, spd, args, total, finished, _before(args))
     (args.out_dir / "instability.md").write_text(text)
-    print(text)
+    return text
 
 
 if __name__ == "__main__":

@@ -22,14 +22,43 @@ def _short(n: int, part: list[dict]) -> str:
             f"{_mean(part, 'coverage_limit'):.0%} (per seed {seeds})")
 
 
+def before_after(before: dict, rows: list[dict]) -> list[str]:
+    """Per size, an earlier run's figures beside this run's (means over each run's own seeds)."""
+    b_set = before["settings"]
+    out = ["## Before / after", "",
+           f"Before: {before.get('finished', 'an earlier run')}, n_iter={b_set.get('n_iter')}, "
+           f"{b_set.get('search_cv_folds', b_set.get('cv_folds'))}-fold search, tree families only "
+           "(bench/instability_before_issue23.json). After: this run. Means over the generator seeds "
+           "(seeds: how many); coverage is over the 2,000 test patients of each seed.", "",
+           "| n | seeds before / after | chosen before / after | coverage of the limit before / after | "
+           "coverage of p_true before / after | median 95% width (test) before / after | "
+           "median 95% width (dev) before / after |",
+           "|---|---|---|---|---|---|---|"]
+    for n in sorted({r["size"] for r in before["cohorts"]} | {r["size"] for r in rows}):
+        b = [r for r in before["cohorts"] if r["size"] == n]
+        a = [r for r in rows if r["size"] == n]
+
+        def pair(key: str, fmt: str) -> str:
+            return " / ".join(format(_mean(part, key), fmt) if part else "-" for part in (b, a))
+
+        chosen = " / ".join(", ".join(sorted({r["chosen"].replace("hist_gradient_boosting", "hgb") for r in part}))
+                            or "-" for part in (b, a))
+        out.append(f"| {n:,} | {len(b)} / {len(a)} | {chosen} | {pair('coverage_limit', '.1%')} | "
+                   f"{pair('coverage_p_true', '.1%')} | {pair('median_width_test', '.3f')} | "
+                   f"{pair('median_width_dev', '.3f')} |")
+    return out + [""]
+
+
 def report(rows: list[dict], spd: dict | None, args: argparse.Namespace, total_s: float,
-           finished: str | None = None) -> str:
+           finished: str | None = None, before: dict | None = None) -> str:
     sizes = sorted({r["size"] for r in rows})
     out = [
         "# How sure is 18%? Development instability and the served interval (issue 17)", "",
         f"Generator cohorts, tuned and fitted as `make train` does (every family tuned with n_iter="
-        f"{args.n_iter}, {args.cv_folds}-fold CV, procedure seed {args.seed}; thresholds from the out-of-fold "
-        f"risks), then B = {args.models} bootstrap models of the chosen configuration "
+        f"{args.n_iter}, {getattr(args, 'search_cv_folds', None) or args.cv_folds}-fold search CV, procedure seed "
+        f"{args.seed}; the family with the lowest CV log-loss; thresholds from the out-of-fold "
+        f"risks), then B = {args.models} bootstrap models of the chosen configuration, each calibrated on its "
+        f"{args.cv_folds}-fold out-of-fold margins as training's instability analysis does "
         "(`pipeline.train.instability.bootstrap_ensemble`). Development = the whole cohort (every size here is "
         "validated by repeated CV in training, so training fits on all patients too; see `design`). "
         f"Test = {TEST_N:,} fresh generator patients (seed {TEST_SEED}). Limit = the same configuration "
@@ -58,6 +87,8 @@ def report(rows: list[dict], spd: dict | None, args: argparse.Namespace, total_s
             f"{_mean(part, 'group_change_test'):.1%} | {_mean(part, 'coverage_limit'):.1%} | "
             f"{_mean(part, 'limit_below'):.1%} / {_mean(part, 'limit_above'):.1%} | "
             f"{_mean(part, 'coverage_p_true'):.1%} | {_mean(part, 'mean_abs_final_minus_limit'):.4f} |")
+    if before:
+        out += [""] + before_after(before, rows)[:-1]
     out += ["", "In short (means over seeds; the per-cohort table shows how much the chosen configuration, and "
             "with it the width, varies between seeds of one size): "
             + "; ".join(_short(n, [r for r in rows if r["size"] == n]) for n in sizes) + "."]
@@ -85,6 +116,10 @@ def report(rows: list[dict], spd: dict | None, args: argparse.Namespace, total_s
         "and the re-tuning left out of the bootstrap, are not in it; see bench/instability_retune.md).",
         "",
     ]
+    if not spd and before and before.get("speed"):
+        spd = before["speed"]
+        out += [f"Speed was not re-measured in this run (`--no-speed`); the figures below are the earlier run's "
+                f"({before.get('finished', '')}, {spd['kind']} model).", ""]
     if spd:
         e, u, b = spd["explain_one"], spd["uncertainty_one"], spd["explain_plus_uncertainty_one"]
         out += [
