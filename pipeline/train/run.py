@@ -169,8 +169,8 @@ def _stages(run: TrainingRun, experiment_id: str, client: MlflowClient) -> _Stag
     # validate by centre (a multi-centre file): its pooled estimates go to the gate (GATE_RULE (5))
     transport, centre_notes = iecv.validate_by_centre(run.cohort.data, run.outcome, settings, bundle, n_jobs)
     # compare: the gate (ALLOW_UNGATED serves a refused model only where nothing else could be served)
-    gate = gate_verdict(client, settings, run.model_name,
-                        *quality_gate(ev.validated, transport.pooled if transport is not None else None))
+    judged = (ev.validated,) if transport is None else (ev.validated, transport.pooled)
+    gate = gate_verdict(client, settings, run.model_name, *quality_gate(*judged))
     train_log.record_verdicts(run, ev, bundle, metrics, gate)  # log
     notes = comparison_notes(ev.validated, metrics, run.design.kind)  # compare: the simpler models
     notes += iecv.log_to_run(transport) if transport is not None else centre_notes
