@@ -103,9 +103,18 @@ class IECVResult:
             parts.append(f"Between-centre heterogeneity is too large for one model as it is: the calibration "
                          f"slope's prediction interval lies wholly outside {lo}-{hi}; a new centre should validate "
                          "and update it locally (make update DATA=<centre file>) before use.")
-        elif oe is not None and np.isfinite(oe.pi_low) and (oe.pi_low < 0.8 or oe.pi_high > 1.25):
-            parts.append("Calibration-in-the-large varies between centres: a new centre should check it on its "
-                         "own patients and recalibrate the intercept if needed (make update).")
+        else:
+            if s is not None and np.isfinite(s.pi_low) and (s.pi_low < gate.CALIBRATION_SLOPE_BAND[0]
+                                                            or s.pi_high > gate.CALIBRATION_SLOPE_BAND[1]):
+                # the gate refuses only an interval wholly outside the band (which a pooled CI outside it
+                # implies); a spread around a good mean is said, so a new centre knows to check
+                lo, hi = gate.CALIBRATION_SLOPE_BAND
+                parts.append(f"A new centre's calibration slope may fall outside {lo}-{hi} (the prediction "
+                             "interval reaches beyond it): check calibration on the centre's own patients (make "
+                             "evaluate) and update the model there if needed (make update DATA=<centre file>).")
+            if oe is not None and np.isfinite(oe.pi_low) and (oe.pi_low < 0.8 or oe.pi_high > 1.25):
+                parts.append("Calibration-in-the-large varies between centres: a new centre should check it on its "
+                             "own patients and recalibrate the intercept if needed (make update).")
         return " ".join(parts)
 
 

@@ -95,7 +95,7 @@ def test_the_champion_comparison_also_judges_the_pooled_differences_by_centre():
 
     df = generate_consortium(tuple(CentreSpec(c, 220) for c in "ABCD"), seed=3)
     y, centre = df["severe_icans"].astype(int).to_numpy(), df["centre"].to_numpy()
-    settings = SimpleNamespace(seed=1, n_iter=1, search_cv_folds=2)
+    settings = SimpleNamespace(seed=1, n_iter=1, search_cv_folds=2, families=["logistic"])
     X = encode_frame(df)
     config = ("logistic", {"model__C": 1.0})
     thresholds = {"low": 0.1, "high": 0.3}
@@ -116,3 +116,20 @@ def test_the_champion_comparison_also_judges_the_pooled_differences_by_centre():
     noise = np.random.default_rng(0).uniform(0.05, 0.4, len(y))
     d = with_centre_comparison(lambda _: dict(design), iecv_of(noise), df, "severe_icans", settings, thresholds)(champion)
     assert not d["non_inferior"] and d["criteria"]["iecv_auroc"]["ci_high"] < 0
+
+
+def test_a_spread_around_a_good_mean_is_not_refused_but_said_with_the_local_check():
+    """Slopes alternating 0.1 and 1.9 pool to about 1 with a prediction interval far beyond the band on
+    both sides: the gate cannot call the mean bad, so the transport sentence tells a new centre to check
+    its own calibration and update locally; a homogeneous consortium gets no such advice."""
+    from pipeline.train.iecv import IECVResult
+
+    spread = consortium([0.1, 1.9] * 4)
+    s = spread["calibration_slope"]
+    assert s.pi_low < CALIBRATION_SLOPE_BAND[0] and s.pi_high > CALIBRATION_SLOPE_BAND[1]
+    assert quality_gate(GOOD, spread)[0]
+    rows = [{"centre": f"c{i}", "estimable": True} for i in range(8)]
+    said = IECVResult(rows, spread, None, 0.0).transport_sentence()
+    assert "may fall outside 0.7-1.3" in said and "make update DATA=<centre file>" in said
+    calm = IECVResult(rows[:5], consortium([1.0, 0.9, 1.1, 0.95, 1.05]), None, 0.0).transport_sentence()
+    assert "may fall outside" not in calm
