@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.contract import DEFAULT_OUTCOME, OUTCOMES
+from core.style import FAMILIES
 
 
 def _default_tracking_uri() -> str:
@@ -103,6 +104,9 @@ class Settings(BaseSettings):
         description="inner folds of the search and of the Platt calibration",
     )
     cv_folds: int = Field(default=5, ge=2)
+    # The families the family choice may serve (ICANS_FAMILIES='["xgboost"]'); every family is still
+    # tuned, the logistic one being the gate's comparator. Chosen by cross-validated log-loss.
+    families: list[str] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
     instability_models: int = Field(
         default=200, ge=0,
         description="bootstrap refits of the chosen configuration for the instability analysis and the served "
@@ -196,6 +200,8 @@ class Settings(BaseSettings):
     def _refuse_unsafe_defaults(self) -> "Settings":
         if self.outcome not in OUTCOMES:
             raise ValueError(f"ICANS_OUTCOME must be one of {sorted(OUTCOMES)}")
+        if not set(self.families) <= set(FAMILIES):
+            raise ValueError(f"ICANS_FAMILIES must name only {', '.join(FAMILIES)}")
         if self.store_timeout_s * 4 > self.audit_timeout_s:
             raise ValueError(
                 "ICANS_STORE_TIMEOUT_S must be at most a quarter of ICANS_AUDIT_TIMEOUT_S "

@@ -24,6 +24,7 @@ import numpy as np
 from models.calibration import calibrated_explanation, calibrated_log_odds, risk_of
 from models.ensemble import ENSEMBLE_FILE, MarginEnsemble
 from models.explain import TreeExplainer
+from models.linear import LinearEnsemble, LinearExplainer, is_linear_ensemble
 from core.contract import CONTRACT_VERSION, FEATURE_NAMES
 from core.features import GROUP, MATRIX_NAMES
 
@@ -87,17 +88,19 @@ class ModelBundle:
     nthread: int = 1
     # documents shipped inside the bundle directory (the model card), read at load
     documents: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
-    _explainer: TreeExplainer | None = field(default=None, repr=False, compare=False)
+    _explainer: TreeExplainer | LinearExplainer | None = field(default=None, repr=False, compare=False)
     # set by `load` when the estimator is not loaded yet: its flattened trees and its saved bytes
     _trees: FlatTrees | None = field(default=None, repr=False, compare=False)
     _estimator_raw: bytes | None = field(default=None, repr=False, compare=False)
     # the B bootstrap models of the instability analysis (models.ensemble), or None
-    instability: MarginEnsemble | None = field(default=None, repr=False, compare=False)
+    instability: MarginEnsemble | LinearEnsemble | None = field(default=None, repr=False, compare=False)
 
     @property
-    def explainer(self) -> TreeExplainer:
+    def explainer(self) -> TreeExplainer | LinearExplainer:
         if self._explainer is None:
-            if self._trees is not None:
+            if self.kind == LinearExplainer.kind:
+                explainer: TreeExplainer | LinearExplainer = LinearExplainer(self.estimator)
+            elif self._trees is not None:
                 explainer = TreeExplainer.from_trees(self.kind, self._trees, nthread=self.nthread)
                 if self.__dict__.get("_estimator") is not None:
                     explainer.attach(self.__dict__["_estimator"])
@@ -216,7 +219,8 @@ class ModelBundle:
         instability = None
         if (path / ENSEMBLE_FILE).exists():
             try:
-                instability = MarginEnsemble.load(path / ENSEMBLE_FILE)
+                form = LinearEnsemble if is_linear_ensemble(path / ENSEMBLE_FILE) else MarginEnsemble
+                instability = form.load(path / ENSEMBLE_FILE)
             except Exception as exc:
                 raise BundleError(ENSEMBLE_FILE, f"unreadable ({type(exc).__name__})") from None
         return cls(estimator=estimator, nthread=nthread, documents=documents, instability=instability, **meta,

@@ -19,16 +19,11 @@ from xgboost import XGBClassifier
 
 from models.ensemble import MAX_DEPTH
 from models.hgb import HistGradientBoosting
+from models.linear import LOG_COLUMNS
 
-from core.contract import FEATURES_BY_NAME
-from core.features import MATRIX_COLUMNS, monotone_constraints
+from core.features import monotone_constraints
 
-# Skewed, non-negative labs and doses enter the linear model on a log scale.
-_LOG_COLUMNS = [
-    j
-    for j, c in enumerate(MATRIX_COLUMNS)
-    if c.level is None and FEATURES_BY_NAME[c.feature].kind == "float" and c.feature != "age_years"
-]
+_LOG_COLUMNS = LOG_COLUMNS  # the linear model's log-scale columns (models.linear states them once)
 
 
 @dataclass(frozen=True)

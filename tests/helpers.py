@@ -94,6 +94,10 @@ def make_settings(root: Path, **overrides):
         artifact_root=(root / "mlartifacts").as_uri(),
         data_dir=root / "data",
         n_iter=2,
+        # the tree families only: the tests' trainings serve a tree model, so the tree serving path (leaf
+        # tables, the lazily loaded booster, the compiled bootstrap kernels) stays covered by every service
+        # test; the served logistic model has its own (tests/model/test_linear.py)
+        families=["xgboost", "hist_gradient_boosting"],
         cv_folds=3,
         default_cohort_size=1500,
         seed=7,

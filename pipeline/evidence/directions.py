@@ -43,7 +43,8 @@ def unconstrained_fit(kind: str, params: dict[str, Any], X: np.ndarray, y: np.nd
     from models.candidates import CANDIDATES
 
     model = CANDIDATES[kind].factory(seed, 1).set_params(**params)
-    model.set_params(**({"monotone_constraints": None} if kind == "xgboost" else {"monotonic_cst": None}))
+    if CANDIDATES[kind].tree:  # the logistic family has no constraint to remove: the same fit
+        model.set_params(**({"monotone_constraints": None} if kind == "xgboost" else {"monotonic_cst": None}))
     model.fit(X, y)
     return lambda Z: model.predict_proba(Z)[:, 1]
 

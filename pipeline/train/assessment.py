@@ -226,7 +226,7 @@ def validation_procedure(settings: Settings, events: int) -> Procedure:
     """The procedure each outer fold re-runs: the shipped search (`Search.of(settings)`, the one
     `pipeline.train.tuning.tune_candidates` runs for the final model), in the whole cohort's space."""
     search = Search.of(settings)
-    return Procedure(search.n_iter, search.cv_folds, space_events=events)
+    return Procedure(search.n_iter, search.cv_folds, space_events=events, families=search.families)
 
 
 def _evaluate_resampled(run: TrainingRun, fitted: Fitted, bundle: ModelBundle) -> Evaluation:

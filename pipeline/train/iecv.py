@@ -161,7 +161,8 @@ def run_iecv(df: pd.DataFrame, outcome: str, settings: Any, thresholds: dict[str
     X, y = encode_frame(df), df[outcome].astype(int).to_numpy()
     codes = sorted(df[CENTRE_COLUMN].astype(str).unique())
     centre = df[CENTRE_COLUMN].astype(str).to_numpy()
-    procedure = Procedure(settings.n_iter, settings.search_cv_folds, space_events=int(y.sum()))
+    procedure = Procedure(settings.n_iter, settings.search_cv_folds, space_events=int(y.sum()),
+                          families=tuple(settings.families))
     tasks = []
     for i, code in enumerate(codes):
         test_idx = np.flatnonzero(centre == code)

@@ -36,6 +36,7 @@ import numpy as np
 from joblib import Parallel, delayed
 
 from models.ensemble import MarginEnsemble
+from models.linear import LinearEnsemble, LinearExplainer, LinearTerms
 from models.trees import FlatTrees, flatten
 from pipeline.tracking import progress
 from pipeline.train.cluster import jobs, joblib_backend, task
@@ -60,14 +61,14 @@ INTERVAL_MEANING = (
 
 @dataclass
 class Instability:
-    ensemble: MarginEnsemble
+    ensemble: MarginEnsemble | LinearEnsemble
     summary: dict[str, Any]
     risks: np.ndarray  # (n, B) bootstrap risks of the development patients
     final_risk: np.ndarray  # (n,) the final model's
 
 
 def _replicate(kind: str, params: dict[str, Any], X: np.ndarray, y: np.ndarray, cv_folds: int, seed: int,
-               b: int) -> tuple[FlatTrees, float, float, int]:
+               b: int) -> tuple[FlatTrees | LinearTerms, float, float, int]:
     """The procedure on bootstrap sample b; a sample with fewer than `cv_folds` patients of either
     class (cross-validation impossible) is drawn again, and the redraws are counted."""
     rng = np.random.default_rng([seed, b])
@@ -79,13 +80,26 @@ def _replicate(kind: str, params: dict[str, Any], X: np.ndarray, y: np.ndarray, 
             break
         redraws += 1
     estimator, platt, _ = fit_configuration(kind, params, X[idx], y[idx], cv_folds, seed, 1)
-    booster = estimator.get_booster() if kind == "xgboost" else estimator
-    return flatten(kind, booster), platt.intercept_, platt.slope_, redraws
+    return compact(kind, estimator), platt.intercept_, platt.slope_, redraws
+
+
+def compact(kind: str, estimator: Any) -> FlatTrees | LinearTerms:
+    """A fitted model as the arrays its ensemble is built from: flattened trees, or a linear model's terms."""
+    if kind == LinearExplainer.kind:
+        return LinearTerms.from_pipeline(estimator)
+    return flatten(kind, estimator.get_booster() if kind == "xgboost" else estimator)
+
+
+def build_ensemble(models: list[Any], intercepts: Any, slopes: Any) -> MarginEnsemble | LinearEnsemble:
+    """The served form of B bootstrap models: compiled tree kernels, or the linear models' stacked terms."""
+    if all(isinstance(m, LinearTerms) for m in models):
+        return LinearEnsemble.build(models, intercepts, slopes)
+    return MarginEnsemble.build(models, intercepts, slopes)
 
 
 def bootstrap_ensemble(kind: str, params: dict[str, Any], X: np.ndarray, y: np.ndarray, n_models: int,
                        cv_folds: int, seed: int, n_jobs: int, cluster: str | None = None,
-                       cluster_workers: int = 2) -> tuple[MarginEnsemble, int]:
+                       cluster_workers: int = 2) -> tuple[MarginEnsemble | LinearEnsemble, int]:
     """The B bootstrap models of the chosen configuration, compiled; and how many samples were redrawn.
     `cluster`: a Dask cluster to fit them on (`pipeline.train.cluster`; None: joblib's local processes)."""
     with joblib_backend(cluster, cluster_workers) as client:
@@ -94,10 +108,10 @@ def bootstrap_ensemble(kind: str, params: dict[str, Any], X: np.ndarray, y: np.n
         )
         out = list(progress.steps(replicates, f"instability: {n_models} bootstrap models", total=n_models))
     trees, intercepts, slopes, redraws = zip(*out)
-    return MarginEnsemble.build(list(trees), intercepts, slopes), int(sum(redraws))
+    return build_ensemble(list(trees), intercepts, slopes), int(sum(redraws))
 
 
-def summarise(ensemble: MarginEnsemble, X: np.ndarray, final_log_odds: np.ndarray, low: float, high: float,
+def summarise(ensemble: MarginEnsemble | LinearEnsemble, X: np.ndarray, final_log_odds: np.ndarray, low: float, high: float,
               n_dev: int) -> Instability:
     """MAPE, interval widths and group changes over the development patients."""
     z = ensemble.margins(X)

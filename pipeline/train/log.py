@@ -17,7 +17,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from models.artifact import Explained, ModelBundle
-from models.candidates import CANDIDATES, SMALL_DATA_EVENTS
+from models.candidates import CANDIDATES, SMALL_DATA_EVENTS, TREE_FAMILIES
 from pipeline.report import plots
 from pipeline.train.assessment import Evaluation
 from pipeline.train.gate import GATE_RULE, PROMOTION_RULE, gate_status
@@ -133,6 +133,9 @@ def record_verdicts(run: TrainingRun, ev: Evaluation, bundle: ModelBundle, metri
                                  "them, and they change no answer of this model")
     free = unconstrained_fit(bundle.kind, dict(bundle.metadata.get("params") or {}), ev.X, ev.y, 0)
     ev.evidence.directions = d = feature_directions(ev.X, bundle.predict_proba, free)
+    if bundle.kind not in TREE_FAMILIES:  # the logistic family takes no monotone constraint: none enforced
+        d["enforced"] = False
+        d["constraint_against_data"] = False
     contradictions = d.loc[d["contradiction"], "feature"].tolist()
     metrics["direction_contradictions"] = len(contradictions)
     if contradictions:

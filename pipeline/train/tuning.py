@@ -65,7 +65,8 @@ def choose(
     X_dev: np.ndarray, y_dev: np.ndarray, tuned: dict[str, dict[str, Any]], settings: Settings, n_jobs: int
 ) -> Fitted:
     """The chosen family refitted on the development patients and calibrated, logged on the parent run."""
-    fitted = fit_procedure(X_dev, y_dev, tuned, Search.of(settings).cv_folds, settings.seed, n_jobs)
+    search = Search.of(settings)
+    fitted = fit_procedure(X_dev, y_dev, tuned, search.cv_folds, settings.seed, n_jobs, search.families)
     chosen = fitted.chosen
     mlflow.set_tag("chosen_family", chosen)
     # the chosen candidate's hyperparameters and CV figures on the parent run too (the UI's run page)

@@ -46,7 +46,6 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_pre
 from models.calibration import PlattOnMargin, risk_of
 from models.candidates import (
     CANDIDATES,
-    TREE_FAMILIES,
     library_defaults,
     make_logistic,
     make_untuned_hist_gradient_boosting,
@@ -55,7 +54,7 @@ from models.candidates import (
 from pipeline.tracking import progress
 from pipeline.stats.metrics import auroc, brier, calibration_slope_intercept
 # the series keys (the model, the comparators) are the figures' keys: one definition, in core.style
-from core.style import LOGISTIC_MODEL, MODEL, UNTUNED_HGB
+from core.style import FAMILIES, LOGISTIC_MODEL, MODEL, UNTUNED_HGB
 
 SPLIT = "split"
 RESAMPLING = "repeated_cv"
@@ -137,10 +136,11 @@ class Search:
 
     n_iter: int
     cv_folds: int
+    families: tuple[str, ...] = FAMILIES  # the families the choice may serve (all are tuned: logistic is the comparator)
 
     @classmethod
     def of(cls, settings: Any) -> "Search":
-        return cls(int(settings.n_iter), int(settings.search_cv_folds))
+        return cls(int(settings.n_iter), int(settings.search_cv_folds), tuple(settings.families))
 
 
 def search_configurations(name: str, n_events: int, n_iter: int, seed: int) -> list[dict[str, Any]]:
@@ -222,10 +222,12 @@ def fit_procedure(
     cv_folds: int,
     seed: int,
     n_jobs: int,
+    families: tuple[str, ...] = FAMILIES,
 ) -> Fitted:
-    """Choose the tree family with the lowest CV log-loss, calibrate it on out-of-fold margins
-    (never on the patients a margin was fitted on), then fit it on all of X."""
-    chosen = min((n for n in tuned if n in TREE_FAMILIES), key=lambda n: tuned[n]["cv_log_loss"])
+    """Choose the family with the lowest CV log-loss (every family, the logistic one included, on the
+    same out-of-fold criterion), calibrate it on out-of-fold margins (never on the patients a margin
+    was fitted on), then fit it on all of X."""
+    chosen = min((n for n in tuned if n in families), key=lambda n: tuned[n]["cv_log_loss"])
     estimator, platt, oof = fit_configuration(chosen, tuned[chosen]["params"], X, y, cv_folds, seed, n_jobs)
     oof_risk = risk_of(platt.transform(_logit(oof)))
     slope = platt_slope_of(oof, y)
@@ -305,15 +307,16 @@ class Procedure:
     n_iter: int
     cv_folds: int
     space_events: int | None = None  # the whole cohort's events: the search space the final model had
+    families: tuple[str, ...] = FAMILIES  # the families the choice may serve (`Search.families`)
 
     @property
     def search(self) -> Search:
-        return Search(self.n_iter, self.cv_folds)
+        return Search(self.n_iter, self.cv_folds, self.families)
 
     def run(self, X: np.ndarray, y: np.ndarray, seed: int) -> FoldRun:
         tuned = {name: tune(name, X, y, self.n_iter, self.cv_folds, seed, 1, self.space_events)
                  for name in CANDIDATES}
-        fitted = fit_procedure(X, y, tuned, self.cv_folds, seed, 1)
+        fitted = fit_procedure(X, y, tuned, self.cv_folds, seed, 1, self.families)
         hgb = make_untuned_hist_gradient_boosting(seed).fit(X, y)
         logistic = make_logistic(seed).set_params(**tuned[LOGISTIC_MODEL]["params"]).fit(X, y)
         models: dict[str, Callable[[np.ndarray], np.ndarray]] = {

@@ -47,6 +47,7 @@ from mlflow import MlflowClient
 from sklearn.model_selection import StratifiedKFold
 
 from models.artifact import ModelBundle
+from models.candidates import CANDIDATES
 from pipeline.train import instability
 from pipeline.train.gate import quality_gate
 from core.contract import OUTCOMES
@@ -138,7 +139,7 @@ def _update(settings: Settings, data: Path, outcome: str | None, on_invalid: str
     folds = StratifiedKFold(5, shuffle=True, random_state=settings.seed)
     revision: Refit | None = None
     revision_oof: np.ndarray | None = None
-    if parent.kind in ("xgboost", "hist_gradient_boosting") and min(events, non_events) >= 10:
+    if parent.kind in CANDIDATES and min(events, non_events) >= 10:
         # the revision is tested against the original too (Vergouwe's order), on its out-of-fold log-odds
         revision_oof = revision_oof_log_odds(parent, X, y, folds, settings.seed)
         test = closed_test_with_revision(y, lp, revision_oof, settings.update_alpha)
@@ -155,7 +156,7 @@ def _update(settings: Settings, data: Path, outcome: str | None, on_invalid: str
     else:
         test = closed_test(y, lp, settings.update_alpha)
         test.notes.append("revision not considered: " + (
-            "the parent is not a tree model" if parent.kind not in ("xgboost", "hist_gradient_boosting")
+            f"the parent's family ({parent.kind}) cannot be refitted here" if parent.kind not in CANDIDATES
             else f"fewer than 10 local patients in a class ({events} events, {non_events} without)"))
     if test.method in (LOGISTIC, REVISION) and test.slope <= 0:
         raise TrainingRefused(

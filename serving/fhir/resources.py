@@ -183,7 +183,7 @@ def risk_assessment(
         "resourceType": "RiskAssessment",
         "contained": contained,
         "status": "final",
-        "method": {"text": f"{model['name']} v{model['version']}: calibrated gradient-boosted model with exact SHAP explanation"},
+        "method": {"text": f"{model['name']} v{model['version']}: calibrated risk model with exact SHAP explanation (family and validation: GET /v1/model)"},
         "code": {"coding": [{"system": C.LOCAL, "code": str(model["name"])}], "text": f"Risk of {OUTCOMES[outcome].description}"},
         "subject": subject or {"display": "patient not identified in the request"},
         "occurrenceDateTime": (occurrence or datetime.now(UTC)).isoformat(timespec="seconds"),

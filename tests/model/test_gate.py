@@ -119,7 +119,7 @@ def test_the_outer_cross_validation_runs_the_shipped_search(tmp_path, monkeypatc
     procedure = validation_procedure(settings, int(y.sum()))
     tr, _ = next(iter(outer_splits(y, 1, settings.cv_folds, settings.seed)))[2:]
     procedure.run(X[tr], y[tr], 11)  # one outer fold
-    assert procedure.search == Search.of(settings) == Search(3, 2)
+    assert procedure.search == Search.of(settings) == Search(3, 2, tuple(settings.families))
     assert set(calls) == shipped and len(shipped) == 3  # same families, configurations, folds and space
 
 
