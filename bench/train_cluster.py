@@ -75,7 +75,8 @@ def training(mode: str, data: Path, workers: int) -> dict[str, Any]:
     run = client.search_runs([e.experiment_id for e in client.search_experiments()],
                              "attributes.run_name LIKE 'train-%'")[0]
     m = run.data.metrics
-    return {"mode": mode, "workers": workers if mode != "in-process" else os.cpu_count(), "wall_seconds": wall,
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"mode": mode, "commit": commit, "workers": workers if mode != "in-process" else os.cpu_count(), "wall_seconds": wall,
             "cpu_seconds": cpu, "load_average_start": load0, "load_average_end": load1,
             "stages": {k: m[k] for k in sorted(m) if k.endswith("_seconds")},
             "auroc_cv": m.get("cv_auroc"), "iecv_auroc": m.get("iecv_auroc"),

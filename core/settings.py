@@ -120,7 +120,8 @@ class Settings(BaseSettings):
     split_min_test_events: int = Field(default=100, ge=1)
     min_events: int = Field(default=20, ge=5, description="fewest events (and non-events) to train on")
     cv_repeats: int = Field(default=5, ge=1, description="repeats of the cross-validation of the whole procedure")
-    # Issue 27: where the parallel work (the internal-external cross-validation's centres) runs.
+    # Issue 27: where the parallel work of a training (the repeated CV's folds, the bootstrap models,
+    # the IECV centres) runs.
     # Unset: in this process (joblib's own workers); "local": a dask.distributed LocalCluster of
     # cluster_workers processes; "tcp://host:8786": an existing Dask scheduler (pipeline/train/cluster.py).
     cluster: str | None = Field(default=None, pattern=r"^(local|tcp://[A-Za-z0-9.\-]+:[0-9]{1,5})$")
