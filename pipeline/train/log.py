@@ -285,12 +285,12 @@ def run_description(ev: Evaluation, chosen: str, gate: GateVerdict, promoted: bo
     kind = "cross-validated (whole procedure, repeated)" if ev.design.kind == RESAMPLING else "held-out"
     lines = [
         f"**{chosen}**, {validated_summary(v, kind)}.",
-        "",
-        f"Validation: **{ev.design.kind}**: {ev.design.reason}.",
-        "",
+        "",  # the decision second: the UI shows the first paragraphs and folds the rest
         f"Quality gate: {gate_status(gate_ok, gate_reason).upper() if not gate_ok else 'passed'}"
         f"{', registered ungated' if ungated else ''}"
         f"{'' if gate_ok else f' ({gate_reason})'}. Promotion: {'champion' if promoted else 'not promoted'}: {reason}.",
+        "",
+        f"Validation: **{ev.design.kind}**: {ev.design.reason}.",
         "",
         f"Gate rule: {GATE_RULE}",
         "",
