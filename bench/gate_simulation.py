@@ -144,15 +144,19 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# Gate simulation (bench/gate_simulation.py)", "",
-             f"Command: `{report['command']}`; {report['machine']}.", "",
-             "| cohort | patients | runs | promoted | gate verdicts | median AUROC (lower 95% limit) | "
+             f"Command: {report['command']}; {report['machine']}.", "",
+             "Settings: " + report["settings"] + ". Every cell was planned with seeds 1-5; a cell with fewer runs "
+             "was cut short by the session's deadline (its seeds are listed).", "",
+             "| cohort | patients | runs (seeds) | promoted | gate verdicts | median AUROC (lower 95% limit) | "
              "median slope-CI width | fresh AUROC: shipped / untuned defaults (shipped better) | median s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for s in report["summary"]:
         fresh = (f"{s['median_fresh_auroc']:.3f} / {s['median_fresh_auroc_untuned_defaults']:.3f} "
                  f"({s['shipped_beats_defaults_on_fresh']}/{s['runs']})" if s["kind"] == "real" else "-")
         gates = ", ".join(f"{k} {v}" for k, v in sorted(s["gate"].items()))
-        lines.append(f"| {s['kind']} | {s['n']} | {s['runs']} | **{s['promoted']}** | {gates} | "
+        seeds = ",".join(str(r["seed"]) for r in sorted(report["runs"], key=lambda r: r["seed"])
+                         if r["kind"] == s["kind"] and r["n"] == s["n"])
+        lines.append(f"| {s['kind']} | {s['n']} | {s['runs']} ({seeds}) | **{s['promoted']}** of {s['runs']} | {gates} | "
                      f"{s['median_auroc']:.3f} ({s['median_auroc_ci_low']:.3f}) | {s['median_slope_ci_width']:.2f} | "
                      f"{fresh} | {s['median_seconds']:.0f} |")
     if report.get("timing"):
@@ -185,7 +189,11 @@ def markdown(report: dict[str, Any]) -> str:
 def merge(paths: list[Path], out: Path) -> None:
     """One report (json and md) from the parts of a run split across processes."""
     parts = [json.loads(p.read_text()) for p in paths if p.exists()]
-    report = {"command": "; ".join(p["command"] for p in parts), "machine": parts[0]["machine"],
+    commands = sorted({p["command"].strip("`") for p in parts})
+    command = f"`{commands[0]}`" if len(commands) == 1 else (
+        f"{len(parts)} invocations of `python -m bench.gate_simulation --kinds KIND --sizes N --seeds SEED --timing "
+        "--out PART.json` (one per cohort, so that a run cut short keeps every finished cohort), merged with `--merge`")
+    report = {"command": command, "machine": parts[0]["machine"],
               "settings": parts[0]["settings"], "runs": [r for p in parts for r in p["runs"]],
               "timing": [t for p in parts for t in p.get("timing", [])]}
     report["summary"] = summarise(report["runs"])
@@ -210,7 +218,7 @@ def main() -> None:
 
     fresh = generate_cohort(FRESH_N, 987_654)
     report: dict[str, Any] = {
-        "command": "python -m bench.gate_simulation " + " ".join(sys.argv[1:]),
+        "command": "`python -m bench.gate_simulation " + " ".join(sys.argv[1:]) + "`",
         "machine": f"{os.cpu_count()} cores, shared (load average at start {os.getloadavg()[0]:.1f})",
         "settings": ("instability_models=0 and " + (f"{REDUCED}" if args.reduced else "every other default"))
         + " for the gate runs", "runs": [], "timing": []}

@@ -245,7 +245,7 @@ def main() -> None:
         from bench.instability_report import report
 
         saved = json.loads(args.from_json.read_text())
-        for k in ("n_iter", "cv_folds", "seed", "models", "n_jobs", "search_cv_folds"):
+        for k in ("n_iter", "cv_folds", "seed", "models", "n_jobs", "search_cv_folds", "runs"):
             setattr(args, k, saved["settings"].get(k))
         text = report(saved["cohorts"], saved["speed"], args, saved["total_s"], saved.get("finished"), _before(args))
         (args.out_dir / "instability.md").write_text(text)

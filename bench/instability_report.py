@@ -68,7 +68,9 @@ def report(rows: list[dict], spd: dict | None, args: argparse.Namespace, total_s
         "model's 95% interval (2.5th-97.5th percentile of the B bootstrap models' risks).",
         "",
         f"Run: {finished or time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, n_jobs {args.n_jobs}, "
-        f"total {total_s / 60:.1f} min. The machine is shared with other jobs: the load average is recorded "
+        f"total {total_s / 60:.1f} min"
+        + (f" ({args.runs})" if getattr(args, "runs", None) else "")
+        + ". The machine is shared with other jobs: the load average is recorded "
         "beside every figure, and the timings are only indicative.",
         "",
         "## Per size (means over generator seeds)", "",
