@@ -8,7 +8,7 @@ absolute prediction error (MAPE) and by how often a patient's risk group would c
 
 Here what is refitted on each bootstrap sample is LESS than that: the chosen configuration as
 shipped, the chosen family with its tuned hyperparameters (not re-tuned and the family not chosen
-again: tuning is the costliest step and would multiply training time by B), its Platt calibration on `cv_folds`-fold out-of-fold margins of
+again: tuning is the costliest step and would multiply training time by B), its Platt calibration on the search's `search_cv_folds`-fold out-of-fold margins of
 that sample, and the fit on the whole sample. The B models are kept in the bundle
 (`models.ensemble.MarginEnsemble`), so that the service can give every answer the 2.5th-97.5th
 percentile range of the B models' risks for that patient.
@@ -40,7 +40,7 @@ from models.linear import LinearEnsemble, LinearExplainer, LinearTerms
 from models.trees import FlatTrees, flatten
 from pipeline.tracking import progress
 from pipeline.train.cluster import jobs, joblib_backend, task
-from pipeline.train.validation import fit_configuration
+from pipeline.train.validation import Search, fit_configuration
 from pipeline.report.model_card import warning_text
 
 if TYPE_CHECKING:
@@ -180,8 +180,10 @@ def analyse(bundle: ModelBundle, kind: str, params: dict[str, Any], X: np.ndarra
     if mlflow.active_run() is not None:  # a tag without an active run would start a stray run
         heartbeat()
     t0 = time.perf_counter()
-    ensemble, redraws = bootstrap_ensemble(kind, params, X, y, settings.instability_models, settings.cv_folds,
-                                           settings.seed, n_jobs, settings.cluster, settings.cluster_workers)
+    # calibrated on the search's folds, as the served model was (tuning.choose: Search.of(settings).cv_folds)
+    ensemble, redraws = bootstrap_ensemble(kind, params, X, y, settings.instability_models,
+                                           Search.of(settings).cv_folds, settings.seed, n_jobs, settings.cluster,
+                                           settings.cluster_workers)
     inst = summarise(ensemble, X, bundle.explain(X).log_odds, bundle.low_threshold, bundle.high_threshold, len(y))
     inst.summary["redrawn_samples"] = redraws
     inst.summary["seconds"] = round(time.perf_counter() - t0, 1)

@@ -77,3 +77,22 @@ def test_a_recalibrated_update_maps_every_bootstrap_model_as_the_final_one(cohor
     again = ens.recalibrated(-0.4, 0.7)
     np.testing.assert_allclose(again.margins(X), -0.4 + 0.7 * ens.margins(X), atol=1e-12)
     assert ens.margins(X[:1])[0, 0] != again.margins(X[:1])[0, 0]  # the original is left as it was
+
+
+def test_each_bootstrap_model_is_calibrated_on_the_shipped_searchs_folds(cohort, monkeypatch, tmp_path):
+    """The refits are the served procedure: Platt on the search's folds (search_cv_folds), as the final
+    model is (pipeline.train.tuning.choose), not on the outer cross-validation's cv_folds."""
+    from tests.helpers import make_settings
+
+    X, y = cohort
+    seen: dict[str, int] = {}
+
+    def recording(kind, params, X, y, n_models, cv_folds, *args, **kwargs):
+        seen["cv_folds"] = cv_folds
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(instability, "bootstrap_ensemble", recording)
+    settings = make_settings(tmp_path, cv_folds=5, search_cv_folds=3, instability_models=4)
+    with pytest.raises(RuntimeError, match="recorded"):
+        instability.analyse(None, "xgboost", PARAMS, X, y, settings, 1)
+    assert seen["cv_folds"] == 3
