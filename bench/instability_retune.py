@@ -54,15 +54,16 @@ def _bootstrap_sample(y: np.ndarray, cv_folds: int, seed: int, b: int) -> np.nda
 def replicate(dev: dict[str, Any], settings: Any, b: int, Xt: np.ndarray) -> dict[str, Any]:
     """Both arms on bootstrap sample b: test-patient risks and the family the retuned arm chose."""
     from models.candidates import CANDIDATES
-    from pipeline.train.validation import fit_procedure, tune
+    from pipeline.train.validation import Search, fit_procedure, tune
 
     X, y, fitted = dev["X"], dev["y"], dev["fitted"]
-    idx = _bootstrap_sample(y, settings.cv_folds, settings.seed, b)
+    search = Search.of(settings)  # the shipped search, as training and bench.instability's tune_and_fit run it
+    idx = _bootstrap_sample(y, search.cv_folds, settings.seed, b)
     Xb, yb = X[idx], y[idx]
-    fixed = fit_configuration(fitted.chosen, fitted.params, Xb, yb, settings.cv_folds, settings.seed, 1)(Xt)
+    fixed = fit_configuration(fitted.chosen, fitted.params, Xb, yb, search.cv_folds, settings.seed, 1)(Xt)
     t0 = time.perf_counter()
-    tuned = {name: tune(name, Xb, yb, settings.n_iter, settings.cv_folds, settings.seed, 1) for name in CANDIDATES}
-    again = fit_procedure(Xb, yb, tuned, settings.cv_folds, settings.seed, 1)
+    tuned = {name: tune(name, Xb, yb, search.n_iter, search.cv_folds, settings.seed, 1) for name in CANDIDATES}
+    again = fit_procedure(Xb, yb, tuned, search.cv_folds, settings.seed, 1, search.families)
     return {"fixed": fixed, "retuned": again.predict(Xt), "chosen": again.chosen,
             "same_params": again.chosen == fitted.chosen and again.params == fitted.params,
             "retune_s": time.perf_counter() - t0}
@@ -70,13 +71,16 @@ def replicate(dev: dict[str, Any], settings: Any, b: int, Xt: np.ndarray) -> dic
 
 def run_cohort(size: int, gen_seed: int, settings: Any, n_models: int, n_jobs: int, test: tuple, fresh: tuple
                ) -> dict[str, Any]:
+    from pipeline.train.validation import Search
+
     t0 = time.perf_counter()
     dev = tune_and_fit(size, gen_seed, settings, 1)
     Xt, pt = test
     reps = Parallel(n_jobs=n_jobs)(delayed(replicate)(dev, settings, b, Xt) for b in range(n_models))
     fitted = dev["fitted"]
     Xf, yf = fresh
-    limit = fit_configuration(fitted.chosen, fitted.params, Xf, yf, settings.cv_folds, settings.seed, n_jobs)(Xt)
+    limit = fit_configuration(fitted.chosen, fitted.params, Xf, yf, Search.of(settings).cv_folds, settings.seed,
+                              n_jobs)(Xt)
     row: dict[str, Any] = {"size": size, "gen_seed": gen_seed, "events": int(dev["y"].sum()),
                            "chosen": fitted.chosen, "models": n_models}
     for arm in ("fixed", "retuned"):
@@ -100,7 +104,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, total_s: float)
     lines = [
         "# Re-tuning in every bootstrap replicate: how much width it adds (issue 23, finding 8)",
         "",
-        f"Generator cohorts tuned and fitted as `make train` does (n_iter {args.n_iter}, {args.cv_folds}-fold CV, "
+        f"Generator cohorts tuned and fitted as `make train` does (n_iter {args.n_iter}, {args.cv_folds}-fold search CV, "
         f"seed {args.seed}); then B = {args.models} bootstrap samples (the samples `pipeline.train.instability` draws), "
         "each fitted twice: **fixed** = the chosen configuration refitted (what the service serves); **retuned** = "
         "every family tuned again on the sample and the family chosen again. Test = "
@@ -153,7 +157,7 @@ def main() -> None:
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--out-dir", type=Path, default=HERE)
     args = ap.parse_args()
-    args.n_iter, args.cv_folds, args.seed = settings.n_iter, settings.cv_folds, settings.seed
+    args.n_iter, args.cv_folds, args.seed = settings.n_iter, settings.search_cv_folds, settings.seed  # the shipped search
     started = time.perf_counter()
     test_df = generate_cohort(TEST_N, TEST_SEED)
     fresh_df = generate_cohort(FRESH_N, FRESH_SEED)
