@@ -216,7 +216,10 @@ def direction_blocks(ev: Evidence) -> list[Block]:
     free = "unconstrained_direction" in d.columns
     rows = [[r.feature, num(r.low, 3), num(r.high, 3), num(r.risk_low, 3), num(r.risk_high, 3),
              num(r.effect, 4), r.model_direction,
-             *([r.unconstrained_direction] if free else []), r.published_direction,
+             *([r.unconstrained_direction] if free else []),
+             # a logistic model takes no monotone constraint: the published direction is shown, not enforced
+             r.published_direction + ("" if r.enforced or r.published_direction.startswith("none") else
+                                      " (not enforced)"),
              "CONTRADICTION" if r.contradiction else (
                  "constraint against these data" if free and r.constraint_against_data else (r.note or ""))]
             for r in d.itertuples()]
@@ -224,7 +227,7 @@ def direction_blocks(ev: Evidence) -> list[Block]:
     blocks: list[Block] = [
         ("p", prose("evidence").directions()),
         ("table", ["feature", "low", "high", "risk at low", "risk at high", "effect", "in the model",
-                   *(["fitted without constraints"] if free else []), "enforced (baseline evidence)", "flag"], rows),
+                   *(["fitted without constraints"] if free else []), "baseline evidence (enforced unless said)", "flag"], rows),
     ]
     if n_bad:
         blocks.append(("note", prose("evidence").contradictions(n_bad)))

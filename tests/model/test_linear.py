@@ -134,3 +134,21 @@ def test_an_unknown_family_is_refused_by_name_of_the_setting():
         Settings(families=["random_forest"])
     with pytest.raises(ValidationError):
         Settings(families=[])
+
+
+def test_the_direction_table_of_a_logistic_model_says_nothing_is_enforced():
+    """A logistic model takes no monotone constraint: the published direction is shown as not enforced."""
+    import pandas as pd
+
+    from pipeline.report.sections import direction_blocks
+
+    rows = pd.DataFrame([{"feature": "crp_mg_l", "low": 2.0, "high": 22.0, "risk_low": 0.1, "risk_high": 0.2,
+                          "effect": 0.1, "model_direction": "raises risk", "published_direction": "raises risk",
+                          "enforced": False, "contradiction": False, "unconstrained_direction": "raises risk",
+                          "constraint_against_data": False, "note": ""}])
+    ev = type("Ev", (), {"directions": rows})()
+    table = next(b for b in direction_blocks(ev) if b[0] == "table")
+    assert table[2][0][-2] == "raises risk (not enforced)"
+    rows["enforced"] = True
+    table = next(b for b in direction_blocks(ev) if b[0] == "table")
+    assert table[2][0][-2] == "raises risk"
