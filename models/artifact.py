@@ -46,11 +46,9 @@ class BundleError(ValueError):
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+    """The file's SHA-256 (hex), read in blocks by the standard library."""
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def file_digests(path: Path) -> dict[str, str]:

@@ -30,7 +30,8 @@ from core.contract import (
 )
 from pipeline.data.parse import parse, typed
 from pipeline.data.problems import CohortError, CohortProblems
-from pipeline.data.table import file_sha256, read_table
+from models.artifact import sha256_file
+from pipeline.data.table import read_table
 from pipeline.data.schema import cohort_schema
 
 # Re-exported: the CLI, the pipeline and the tests import the reader's names from pipeline.data.read.
@@ -39,7 +40,7 @@ __all__ = [
     "Cohort",
     "CohortError",
     "CohortProblems",
-    "file_sha256",
+    "sha256_file",
     "read_cohort",
     "read_table",
     "validate",
@@ -242,4 +243,4 @@ def read_cohort(
         raise CohortError(f"{Path(path).name}: no valid rows left. {report.summary()}", report)
     if outcome is not None:
         valid[outcome] = valid[outcome].astype(bool)
-    return Cohort(valid, report, rejected, sha256=file_sha256(Path(path)), source=str(path))
+    return Cohort(valid, report, rejected, sha256=sha256_file(Path(path)), source=str(path))

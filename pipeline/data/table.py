@@ -7,7 +7,6 @@ an unreadable file becomes a `CohortError` that names the file, never its conten
 from __future__ import annotations
 
 import codecs
-import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -16,14 +15,6 @@ import pyarrow.csv as arrow_csv
 from pandas._libs.parsers import STR_NA_VALUES
 
 from pipeline.data.problems import CohortError
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_table(path: Path) -> pd.DataFrame:

@@ -21,9 +21,9 @@ from core.features import MATRIX_NAMES, encode_frame
 from pipeline.data.read import (
     CohortError,
     CohortProblems,
-    file_sha256,
     read_cohort,
     read_table,
+    sha256_file,
     validate,
 )
 
@@ -588,8 +588,8 @@ def test_sha256_identifies_the_file(cohort_df: pd.DataFrame, valid, tmp_path: Pa
     a = valid
     changed = cohort_df.copy()
     changed.loc[0, "age_years"] = 50.0
-    assert a.sha256 == file_sha256(_csv(cohort_df, tmp_path / "b.csv"))
-    assert a.sha256 != file_sha256(_csv(changed, tmp_path / "c.csv"))
+    assert a.sha256 == sha256_file(_csv(cohort_df, tmp_path / "b.csv"))
+    assert a.sha256 != sha256_file(_csv(changed, tmp_path / "c.csv"))
 
 
 def test_required_features_listed_in_contract_are_the_ones_io_requires(cohort_df, tmp_path):
