@@ -50,12 +50,14 @@ def unconstrained_fit(kind: str, params: dict[str, Any], X: np.ndarray, y: np.nd
 
 
 def feature_directions(X: np.ndarray, predict: Callable[[np.ndarray], np.ndarray],
-                       unconstrained: Callable[[np.ndarray], np.ndarray] | None = None) -> pd.DataFrame:
+                       unconstrained: Callable[[np.ndarray], np.ndarray] | None = None,
+                       constrained: bool = True) -> pd.DataFrame:
     """One row per single-column feature: feature, low, high, risk_low, risk_high, effect,
     model_direction, published_direction, enforced, contradiction, and (with `unconstrained`, the
     same configuration fitted without constraints) unconstrained_effect, unconstrained_direction,
     constraint_against_data. Multi-level categories (one-hot columns) have no single direction and
-    are left out."""
+    are left out. `constrained=False` (a family without monotone constraints, the logistic one):
+    nothing is enforced, so no constraint can go against the data."""
     rows = []
     for j, col in enumerate(MATRIX_COLUMNS):
         f = FEATURES_BY_NAME[col.feature]
@@ -70,20 +72,22 @@ def feature_directions(X: np.ndarray, predict: Callable[[np.ndarray], np.ndarray
         if f.kind == "float":
             observed = Xs[:, j][np.isfinite(Xs[:, j])]
             if observed.size < 2:
-                rows.append(_row(f.name, np.nan, np.nan, np.nan, np.nan, f.direction, note="no values in the data"))
+                rows.append(_row(f.name, np.nan, np.nan, np.nan, np.nan, f.direction, note="no values in the data",
+                                 constrained=constrained))
                 continue
             low, high = (float(v) for v in np.percentile(observed, [10, 90]))
         else:
             low, high = 0.0, 1.0
         if high <= low or not len(Xs):
             rows.append(_row(f.name, low, high, np.nan, np.nan, f.direction,
-                             note="constant in the data" if len(Xs) else "no patient where it is free"))
+                             note="constant in the data" if len(Xs) else "no patient where it is free",
+                             constrained=constrained))
             continue
         X_low, X_high = Xs.copy(), Xs.copy()
         X_low[:, j], X_high[:, j] = low, high
         free = (float(np.mean(unconstrained(X_low))), float(np.mean(unconstrained(X_high)))) if unconstrained else None
         rows.append(_row(f.name, low, high, float(np.mean(predict(X_low))), float(np.mean(predict(X_high))),
-                         f.direction, note=note, free=free))
+                         f.direction, note=note, free=free, constrained=constrained))
     return pd.DataFrame(rows)
 
 
@@ -92,7 +96,7 @@ def _sign(effect: float) -> int:
 
 
 def _row(name: str, low: float, high: float, risk_low: float, risk_high: float, published: int,
-         note: str = "", free: tuple[float, float] | None = None) -> dict[str, object]:
+         note: str = "", free: tuple[float, float] | None = None, constrained: bool = True) -> dict[str, object]:
     effect = risk_high - risk_low
     sign = _sign(effect)
     free_effect = free[1] - free[0] if free else np.nan
@@ -106,10 +110,10 @@ def _row(name: str, low: float, high: float, risk_low: float, risk_high: float, 
         "effect": effect,
         "model_direction": SIGN_TEXT[sign],
         "published_direction": SIGN_TEXT[published] if published else "none at baseline",
-        "enforced": bool(published),
+        "enforced": bool(published and constrained),
         "contradiction": bool(published and sign == -published),
         "unconstrained_effect": free_effect,
         "unconstrained_direction": SIGN_TEXT[free_sign] if free else "not fitted",
-        "constraint_against_data": bool(free and published and free_sign == -published),
+        "constraint_against_data": bool(constrained and free and published and free_sign == -published),
         "note": note,
     }

@@ -135,11 +135,11 @@ def record_verdicts(run: TrainingRun, ev: Evaluation, bundle: ModelBundle, metri
     if empty:
         ev.evidence.notes.append(f"no value in any row for {', '.join(empty)}: every model was fitted without "
                                  "them, and they change no answer of this model")
-    free = unconstrained_fit(bundle.kind, dict(bundle.metadata.get("params") or {}), ev.X, ev.y, 0)
-    ev.evidence.directions = d = feature_directions(ev.X, bundle.predict_proba, free)
-    if bundle.kind not in TREE_FAMILIES:  # the logistic family takes no monotone constraint: none enforced
-        d["enforced"] = False
-        d["constraint_against_data"] = False
+    constrained = bundle.kind in TREE_FAMILIES
+    # the logistic family takes no monotone constraint: the model is its own unconstrained fit (no refit)
+    free = (unconstrained_fit(bundle.kind, dict(bundle.metadata.get("params") or {}), ev.X, ev.y, 0)
+            if constrained else bundle.predict_proba)
+    ev.evidence.directions = d = feature_directions(ev.X, bundle.predict_proba, free, constrained)
     contradictions = d.loc[d["contradiction"], "feature"].tolist()
     metrics["direction_contradictions"] = len(contradictions)
     if contradictions:

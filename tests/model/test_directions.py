@@ -96,3 +96,20 @@ def test_unconstrained_fit_drops_every_constraint():
     predict = unconstrained_fit("hist_gradient_boosting", {"max_depth": 3, "max_iter": 60}, X, y, 0)
     brexu = X[:, MATRIX_NAMES.index("product=brexucabtagene_autoleucel")] == 1
     assert np.mean(predict(X[brexu]) < predict(_switch_to_tisa(X[brexu]))) > 0.5
+
+
+def test_an_unconstrained_family_enforces_nothing_and_no_constraint_goes_against_the_data():
+    """The logistic family: the published direction is shown, not enforced, even where the fit goes against it."""
+    import numpy as np
+
+    from pipeline.data.synthetic import generate_cohort
+    from core.features import MATRIX_NAMES, encode_frame
+    from pipeline.evidence.directions import feature_directions
+
+    X = encode_frame(generate_cohort(300, 2))
+    j = MATRIX_NAMES.index("platelets_10e9_l")  # published: lowers risk; this "model" raises it with platelets
+    risk = lambda Z: 1 / (1 + np.exp(-0.01 * np.nan_to_num(Z[:, j])))  # noqa: E731
+    d = feature_directions(X, risk, risk, constrained=False).set_index("feature")
+    assert not d["enforced"].any() and not d["constraint_against_data"].any()
+    assert d.loc["platelets_10e9_l", "contradiction"]  # still flagged against the evidence
+    assert feature_directions(X, risk, risk).set_index("feature").loc["platelets_10e9_l", "constraint_against_data"]
