@@ -22,6 +22,8 @@ import numpy as np
 
 from core.contract import FEATURES_BY_NAME
 from core.features import MATRIX_COLUMNS
+from core.style import LOGISTIC_MODEL
+from models.ensemble import INTERVAL
 
 # Skewed, non-negative labs and doses enter the linear model on a log scale (one list: the
 # pipeline's transform and these arrays both read it).
@@ -32,7 +34,6 @@ LOG_COLUMNS = [
 ]
 _IS_LOG = np.zeros(len(MATRIX_COLUMNS), dtype=bool)
 _IS_LOG[LOG_COLUMNS] = True
-INTERVAL = (2.5, 97.5)  # as models.ensemble: percentiles of the B models' risks
 
 
 def _g(values: np.ndarray) -> np.ndarray:
@@ -88,7 +89,7 @@ class LinearTerms:
 class LinearExplainer:
     """The logistic bundle's explainer, with the tree explainer's interface (`models.explain`)."""
 
-    kind = "logistic"
+    kind = LOGISTIC_MODEL
 
     def __init__(self, estimator: Any) -> None:
         self.terms = LinearTerms.from_pipeline(estimator)
